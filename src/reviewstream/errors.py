@@ -1,0 +1,68 @@
+"""Exceptions of reviewstream.
+
+The tree::
+
+    ReviewstreamError
+    ├── JobNotFound          unknown job, or its keys expired after retention  (HTTP 404)
+    ├── JobFinished          the job already ended; e.g. cancelling it         (HTTP 409)
+    ├── StoreError           Redis failed or is unreachable (wraps redis errors) (HTTP 503)
+    └── ProviderError        the model upstream failed; ends the job as failed
+        ├── UpstreamStatusError   a non-2xx answer (carries status, retryable or not)
+        ├── UpstreamUnavailable   could not connect, or the connection broke before an answer
+        ├── UpstreamTimeout       connect, first token or silence between tokens
+        └── UpstreamProtocolError in-band error event, truncated stream, malformed data
+
+Redis and httpx exceptions are wrapped at the boundary (``raise StoreError(...) from e``);
+``create_app`` maps the tree to JSON answers, so routes never catch them.
+"""
+
+from __future__ import annotations
+
+
+class ReviewstreamError(Exception):
+    """Base of every error reviewstream raises on purpose."""
+
+
+class JobNotFound(ReviewstreamError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"job {job_id!r} not found (never created, or expired after retention)")
+        self.job_id = job_id
+
+
+class JobFinished(ReviewstreamError):
+    def __init__(self, job_id: str, status: str) -> None:
+        super().__init__(f"job {job_id!r} already ended with status {status!r}")
+        self.job_id = job_id
+        self.status = status
+
+
+class StoreError(ReviewstreamError):
+    """Redis failed; the message says which operation."""
+
+
+class ProviderError(ReviewstreamError):
+    """The model upstream failed. ``retryable`` is only honoured before the first token."""
+
+    retryable: bool = False
+
+
+class UpstreamStatusError(ProviderError):
+    def __init__(
+        self, status: int, detail: str, *, retry_after: float | None = None
+    ) -> None:
+        super().__init__(f"upstream answered HTTP {status}: {detail}")
+        self.status = status
+        self.retry_after = retry_after
+        self.retryable = status in (408, 409, 429) or status >= 500
+
+
+class UpstreamUnavailable(ProviderError):
+    retryable = True
+
+
+class UpstreamTimeout(ProviderError):
+    retryable = True
+
+
+class UpstreamProtocolError(ProviderError):
+    """In-band error, a stream cut before its end marker, or data that does not parse."""

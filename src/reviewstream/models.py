@@ -1,0 +1,102 @@
+"""The domain's data: review requests, job states, pages of tokens and end records.
+
+These are the wire shapes too: the short poll, the long poll, the SSE ``end`` event and the
+WebSocket ``end`` message all use them, so every mode speaks the same offset contract.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .settings import ProviderName
+
+Tone = Literal["balanced", "encouraging", "direct", "formal"]
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class ReviewRequest(BaseModel):
+    """What to write: the seed article's two fields plus optional knobs."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    employee_name: str = Field(min_length=1, max_length=200, examples=["Ada Lovelace"])
+    employee_review_points: str = Field(
+        min_length=1,
+        max_length=8000,
+        examples=["Led the payments migration; mentors two juniors; needs to delegate more."],
+    )
+    tone: Tone = "balanced"
+    length_words: int = Field(default=350, ge=50, le=1500)
+    provider: ProviderName | None = Field(
+        default=None, description="Override REVIEWSTREAM_PROVIDER for this job."
+    )
+    model: str | None = Field(
+        default=None,
+        max_length=200,
+        description="Model name for the provider; for `simulated`, a pace preset "
+        "(`sim-default`, `sim-gpt-4`, `sim-fast`).",
+    )
+
+
+class Usage(BaseModel):
+    """Token counts reported by the provider, when it reports them."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Links(BaseModel):
+    poll: str
+    long_poll: str
+    sse: str
+    ws: str
+
+
+class JobCreated(BaseModel):
+    id: str
+    status: JobStatus
+    links: Links
+
+
+class JobPage(BaseModel):
+    """Tokens ``[offset, next_offset)`` of a job, and where it stands."""
+
+    id: str
+    status: JobStatus
+    offset: int
+    next_offset: int
+    tokens: list[str]
+    ts: list[float] = Field(
+        default_factory=list, description="Server append time of each token (epoch seconds)."
+    )
+    done: bool
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class JobEnd(BaseModel):
+    """The last word on a job, delivered once after its last token."""
+
+    status: JobStatus
+    next_offset: int
+    error: str | None = None
+    usage: dict[str, Any] | None = None
+
+
+class ErrorBody(BaseModel):
+    error: str
+    detail: Any = None

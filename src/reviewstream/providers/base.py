@@ -1,0 +1,33 @@
+"""The provider interface: a prompt in, text deltas out, usage at the end."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..models import ReviewRequest, Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Prompt:
+    """What a provider is asked to write; ``request`` lets the simulated model write offline."""
+
+    system: str
+    user: str
+    model: str
+    max_tokens: int
+    request: ReviewRequest
+
+
+class Provider(Protocol):
+    """An async source of text deltas.
+
+    ``stream`` yields ``str`` deltas as the model writes them and, last, at most one ``Usage``.
+    It raises a ``ProviderError`` subclass on failure (never ends quietly on a truncated
+    stream). Closing the iterator early (``aclose()``) closes the upstream connection.
+    """
+
+    name: str
+
+    def stream(self, prompt: Prompt) -> AsyncIterator[str | Usage]: ...

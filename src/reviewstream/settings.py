@@ -1,0 +1,68 @@
+"""Settings, read from the environment (prefix ``REVIEWSTREAM_``) and an optional ``.env`` file.
+
+The names are a public contract: operators set them in compose files and ``.env``. Every field
+here is documented in ``.env.example``; add rather than rename.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ProviderName = Literal["simulated", "openai", "anthropic"]
+
+
+class Settings(BaseSettings):
+    """Everything reviewstream can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="REVIEWSTREAM_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Redis. Unset: `reviewstream serve` starts a private redis-server and stops it on exit.
+    redis_url: str | None = None
+    redis_max_connections: int = Field(default=64, ge=4)
+    key_prefix: str = Field(default="rs", pattern=r"^[A-Za-z0-9_.-]+$")
+    retention_seconds: int = Field(default=3600, ge=1)
+
+    # Providers.
+    provider: ProviderName = "simulated"
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: SecretStr | None = None
+    openai_model: str = "gpt-4o-mini"
+    anthropic_base_url: str = "https://api.anthropic.com"
+    anthropic_api_key: SecretStr | None = None
+    anthropic_model: str = "claude-sonnet-4-5"
+    anthropic_version: str = "2023-06-01"
+    max_output_tokens: int = Field(default=800, ge=1, le=32000)
+    sim_tokens_per_second: float = Field(default=20.0, gt=0, le=100000)
+    sim_first_token_ms: float = Field(default=400.0, ge=0)
+
+    # Upstream robustness: timeouts and retries (retries only before the first token).
+    upstream_connect_timeout: float = Field(default=10.0, gt=0)
+    upstream_first_token_timeout: float = Field(default=60.0, gt=0)
+    upstream_idle_timeout: float = Field(default=30.0, gt=0)
+    upstream_max_retries: int = Field(default=3, ge=0)
+    upstream_backoff_base: float = Field(default=0.5, ge=0)
+    upstream_backoff_max: float = Field(default=20.0, ge=0)
+
+    # Workers.
+    worker_concurrency: int = Field(default=32, ge=1)
+    lease_seconds: float = Field(default=10.0, gt=0)
+    claim_idle_seconds: float = Field(default=15.0, gt=0)
+    reap_interval_seconds: float = Field(default=1.0, gt=0)
+
+    # Delivery.
+    long_poll_max_timeout: float = Field(default=25.0, gt=0)
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_retry_ms: int = Field(default=1000, ge=0)
+    ws_ping_seconds: float = Field(default=20.0, gt=0)
+    ws_per_message_deflate: bool = False
+    coalesce_ms: float = Field(default=0.0, ge=0)
+    page_size: int = Field(default=256, ge=1, le=10000)
+    resync_seconds: float = Field(default=5.0, gt=0)
+
+    # Requests.
+    max_request_bytes: int = Field(default=65536, ge=1024)

@@ -1,0 +1,114 @@
+"""Shared fixtures: a real redis-server started by the suite, a fresh database per test, and real
+uvicorn servers on 127.0.0.1 for the HTTP, SSE and WebSocket tests.
+
+A missing redis-server is a failure, not a skip: every test here is about real Redis behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+import uvicorn
+from redis import Redis as SyncRedis
+
+from reviewstream.embedded import redis_server_binary
+from reviewstream.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real redis-server on a free loopback port for the whole session."""
+    binary = redis_server_binary()
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="rs-test-redis-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    client = SyncRedis(port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if client.ping():
+                break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"redis-server {binary} did not start")
+            time.sleep(0.02)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> str:
+    """The session's Redis, flushed before each test."""
+    client = SyncRedis.from_url(redis_server)
+    client.flushall()
+    client.close()
+    return redis_server
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    """Fast settings for tests: a quick simulated model and short leases."""
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_url,
+        sim_tokens_per_second=400,
+        sim_first_token_ms=10,
+        lease_seconds=1.0,
+        claim_idle_seconds=1.0,
+        reap_interval_seconds=0.1,
+        upstream_backoff_base=0.01,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
+    """Run ``app`` under a real uvicorn on 127.0.0.1; yields its base URL."""
+    port = free_port()
+    cfg = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
+    )
+    server = uvicorn.Server(cfg)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("uvicorn exited before it started")
+                await asyncio.sleep(0.01)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
