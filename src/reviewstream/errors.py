@@ -5,6 +5,7 @@ The tree::
     ReviewstreamError
     ├── JobNotFound          unknown job, or its keys expired after retention  (HTTP 404)
     ├── JobFinished          the job already ended; e.g. cancelling it         (HTTP 409)
+    ├── ProviderConfigError  unknown provider or model, or a provider without its key (422)
     ├── StoreError           Redis failed or is unreachable (wraps redis errors) (HTTP 503)
     └── ProviderError        the model upstream failed; ends the job as failed
         ├── UpstreamStatusError   a non-2xx answer (carries status, retryable or not)
@@ -34,6 +35,10 @@ class JobFinished(ReviewstreamError):
         super().__init__(f"job {job_id!r} already ended with status {status!r}")
         self.job_id = job_id
         self.status = status
+
+
+class ProviderConfigError(ReviewstreamError, ValueError):
+    """A job asks for a provider or model this deployment cannot run."""
 
 
 class StoreError(ReviewstreamError):

@@ -96,28 +96,30 @@ class JobStore:
     async def create(self, request: ReviewRequest, *, provider: str, model: str) -> str:
         """Store a new queued job and enqueue it in one transaction; returns its id."""
         job_id = new_job_id()
-        meta = {
-            "status": JobStatus.QUEUED.value,
-            "created_at": f"{time.time():.6f}",
-            "provider": provider,
-            "model": model,
-            "request": request.model_dump_json(),
-            "count": 0,
-            "claims": 0,
-        }
         with redis_errors("create job"):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.keys.meta(job_id), mapping=meta)
+                pipe.hset(
+                    self.keys.meta(job_id),
+                    mapping={
+                        "status": JobStatus.QUEUED.value,
+                        "created_at": f"{time.time():.6f}",
+                        "provider": provider,
+                        "model": model,
+                        "request": request.model_dump_json(),
+                        "count": 0,
+                        "claims": 0,
+                    },
+                )
                 pipe.xadd(self.keys.queue, {"job": job_id})
                 await pipe.execute()
         return job_id
 
     async def meta(self, job_id: str) -> dict[str, str]:
         with redis_errors("read job"):
-            meta: dict[str, str] = await self.redis.hgetall(self.keys.meta(job_id))
+            meta = await self.redis.hgetall(self.keys.meta(job_id))
         if not meta:
             raise JobNotFound(job_id)
-        return meta
+        return {str(k): str(v) for k, v in meta.items()}
 
     async def read(self, job_id: str, offset: int, limit: int) -> Snapshot:
         """Tokens from ``offset`` (at most ``limit``) and the job's state, read atomically."""
@@ -219,7 +221,7 @@ class JobStore:
         """New queue entries for this consumer, waiting up to ``block_ms`` for one."""
         with redis_errors("read queue"):
             try:
-                reply = await self.redis.xreadgroup(
+                reply: Any = await self.redis.xreadgroup(
                     WORKER_GROUP, consumer, {self.keys.queue: ">"}, count=count, block=block_ms
                 )
             except ResponseError as e:
@@ -227,11 +229,8 @@ class JobStore:
                     raise
                 await self.ensure_group()
                 return []
-        return [
-            QueueEntry(entry_id, fields["job"])
-            for _stream, entries in reply or []
-            for entry_id, fields in entries
-        ]
+        entries: list[tuple[str, dict[str, str]]] = reply[0][1] if reply else []
+        return [QueueEntry(entry_id, fields["job"]) for entry_id, fields in entries]
 
     async def reclaim_entries(
         self, consumer: str, min_idle_ms: int, count: int
@@ -239,19 +238,19 @@ class JobStore:
         """Entries delivered to a consumer that never claimed them (it died): take them over."""
         with redis_errors("reclaim queue entries"):
             try:
-                reply = await self.redis.xautoclaim(
+                claimed: Any = await self.redis.xautoclaim(
                     self.keys.queue, WORKER_GROUP, consumer, min_idle_ms, "0-0", count=count
                 )
             except ResponseError as e:
                 if "NOGROUP" not in str(e):
                     raise
                 return []
-        return [QueueEntry(entry_id, fields["job"]) for entry_id, fields in reply[1] if fields]
+        return [QueueEntry(entry_id, fields["job"]) for entry_id, fields in claimed[1] if fields]
 
     async def claim(self, entry: QueueEntry, owner: str, lease_ms: int) -> bool:
         """Take a queued job: it becomes running under ``owner`` with a lease. Acks the entry."""
         keys = [self.keys.meta(entry.job_id), self.keys.queue, self.keys.leases]
-        args = [entry.job_id, entry.entry_id, WORKER_GROUP, owner, lease_ms]
+        args: list[str | int] = [entry.job_id, entry.entry_id, WORKER_GROUP, owner, lease_ms]
         with redis_errors("claim job"):
             return bool(await self._claim(keys=keys, args=args) == 1)
 

@@ -1,0 +1,117 @@
+"""The ``reviewstream`` command: ``serve``, ``worker`` and ``bench``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+import uvicorn
+
+from .settings import Settings
+
+log = logging.getLogger("reviewstream")
+
+
+def serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    settings = Settings()
+    if settings.redis_url is None:
+        log.info("REVIEWSTREAM_REDIS_URL is unset: starting an embedded redis-server")
+    app = create_app(settings, run_worker=not args.api_only)
+    config = uvicorn.Config(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        lifespan="on",
+        ws="websockets-sansio",
+        ws_per_message_deflate=settings.ws_per_message_deflate,
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
+        timeout_graceful_shutdown=args.graceful_timeout,
+        proxy_headers=True,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+async def run_worker(settings: Settings) -> None:
+    from .app import provider_http_client, redis_client
+    from .hub import Hub
+    from .keys import Keys
+    from .store import JobStore
+    from .worker import Worker
+
+    if settings.redis_url is None:
+        raise SystemExit("reviewstream worker needs REVIEWSTREAM_REDIS_URL (a shared Redis)")
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with contextlib.AsyncExitStack() as stack:
+        redis = redis_client(settings.redis_url, settings.redis_max_connections)
+        stack.push_async_callback(redis.aclose)
+        keys = Keys(settings.key_prefix)
+        store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
+        hub = Hub(redis, keys)
+        await hub.start()
+        stack.push_async_callback(hub.aclose)
+        http = await stack.enter_async_context(provider_http_client(settings))
+        worker = Worker(store, hub, settings, http)
+        await worker.start()
+        stack.push_async_callback(worker.aclose)
+        log.info("worker %s running (concurrency %d)", worker.name, settings.worker_concurrency)
+        await stop.wait()
+        log.info("worker %s stopping", worker.name)
+
+
+def worker(args: argparse.Namespace) -> int:
+    asyncio.run(run_worker(Settings()))
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run
+
+    return run(args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="reviewstream", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the API (with in-process workers unless --api-only)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api-only", action="store_true", help="run no workers in this process")
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--graceful-timeout", type=float, default=10.0)
+    s.set_defaults(func=serve)
+
+    w = sub.add_parser("worker", help="run workers alone against REVIEWSTREAM_REDIS_URL")
+    w.set_defaults(func=worker)
+
+    with contextlib.suppress(ImportError):
+        from .bench.cli import add_arguments
+
+        b = sub.add_parser("bench", help="compare the four delivery modes on the same jobs")
+        add_arguments(b)
+        b.set_defaults(func=bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Following a job from offset N: the one machinery every live delivery mode uses.
+
+``open_follower`` joins the job's feed on the hub (subscribed and confirmed), then reads the list
+from N, so there is no gap between "read history" and "listen". The follower then yields
+``Batch``es in offset order, each token exactly once, and last one ``JobEnd``. It takes tokens
+from the feed's shared buffer while it keeps up and reads the list in pages when it does not
+(joining late, a slow client, a notification lost to a reconnect). An offset past the end waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .hub import Batch, Feed, Hub
+from .models import JobEnd
+from .store import JobStore
+
+
+@dataclass(frozen=True, slots=True)
+class FollowOptions:
+    page_size: int = 256
+    coalesce_seconds: float = 0.0
+    resync_seconds: float = 5.0
+
+
+class Follower:
+    """An async iterator of ``Batch`` then one ``JobEnd``, from a start offset."""
+
+    def __init__(
+        self, store: JobStore, feed: Feed, job_id: str, offset: int, options: FollowOptions
+    ) -> None:
+        self.job_id = job_id
+        self.offset = offset
+        self._store = store
+        self._feed = feed
+        self._options = options
+        self._epoch = -1  # the feed epoch our last list read was made in; -1: never read
+        self._pending: Batch | JobEnd | None = None
+        self.finished = False
+
+    @property
+    def feed_end(self) -> JobEnd | None:
+        """The job's end, if this process has heard it announced."""
+        return self._feed.end
+
+    async def start(self) -> None:
+        """Read the list once; raises ``JobNotFound`` for an unknown or expired job."""
+        self._pending = await self._read()
+
+    async def _read(self) -> Batch | JobEnd | None:
+        """Read the list from our offset: a batch, the end, or None when caught up."""
+        await self._feed.confirmed.wait()
+        epoch = self._feed.epoch
+        snap = await self._store.read(self.job_id, self.offset, self._options.page_size)
+        if snap.tokens:
+            # More may be stored beyond this page: read again before trusting the feed.
+            if len(snap.tokens) < self._options.page_size:
+                self._epoch = epoch
+            return Batch(snap.offset, snap.tokens, snap.ts)
+        self._epoch = epoch
+        if snap.done or (snap.status.terminal and self.offset >= snap.count):
+            return snap.end()
+        return None
+
+    async def next(self) -> Batch | JobEnd:
+        """The next batch from our offset, or the end; waits while there is nothing new."""
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return self._advance(item)
+        feed, options = self._feed, self._options
+        while True:
+            version = feed.version
+            if self._epoch != feed.epoch:
+                got = await self._read()
+                if got is not None:
+                    return self._advance(got)
+                continue
+            batch = feed.tokens_from(self.offset, options.page_size)
+            if batch is None:  # fell behind the buffer
+                self._epoch = -1
+                continue
+            if batch.tokens:
+                return self._advance(batch)
+            end = feed.end
+            if end is not None:
+                if self.offset >= end.next_offset:
+                    return self._advance(end)
+                self._epoch = -1  # the end says there is more than we saw: read the list
+                continue
+            if not await feed.changed(version, options.resync_seconds):
+                self._epoch = -1  # quiet for long: re-check the list, cheaply, in case
+            elif options.coalesce_seconds > 0:
+                await asyncio.sleep(options.coalesce_seconds)
+
+    def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:
+        if isinstance(item, Batch):
+            self.offset = item.next_offset
+        else:
+            self.finished = True
+        return item
+
+    async def __aiter__(self) -> AsyncIterator[Batch | JobEnd]:
+        while not self.finished:
+            yield await self.next()
+
+
+@contextlib.asynccontextmanager
+async def open_follower(
+    hub: Hub, store: JobStore, job_id: str, offset: int, options: FollowOptions
+) -> AsyncIterator[Follower]:
+    """Follow ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding if unknown."""
+    async with hub.join(job_id) as feed:
+        follower = Follower(store, feed, job_id, offset, options)
+        # The first read also proves the job exists, so routes can answer 404 before streaming.
+        await follower.start()
+        yield follower

@@ -1,0 +1,276 @@
+"""Hub: one Redis pub/sub connection per process, fanned out to every follower in it.
+
+Each job that has followers here gets one ``Feed``: one SUBSCRIBE on the job's channel, a small
+bounded buffer of the most recent notifications (which carry the tokens and their offsets), the
+job's end once announced, and one wake-up event that every waiting follower shares. A caught-up
+follower takes its tokens from the buffer, so Redis does no work per follower per token; a
+follower that falls behind the buffer reads the missing range from the list in pages
+(``follow.Follower``). Nothing is queued per follower, so a slow client costs no memory here.
+
+A feed's buffer is only trusted while its subscription is unbroken: every subscribe confirmation
+(the first, or one after redis-py or the hub reconnected) starts a new ``epoch``, empties the
+buffer and wakes the followers, who then re-read the list from their own offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .errors import StoreError
+from .keys import Keys
+from .models import JobEnd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Tokens ``[offset, offset + len(tokens))`` with the time each was appended."""
+
+    offset: int
+    tokens: list[str]
+    ts: list[float]
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + len(self.tokens)
+
+
+class Feed:
+    """What one process knows of one job's live stream; shared by all its followers there."""
+
+    def __init__(self, channel: str, max_tokens: int) -> None:
+        self.channel = channel
+        self.refs = 0
+        self.epoch = 0
+        self.confirmed = asyncio.Event()
+        self.end: JobEnd | None = None
+        self.version = 0
+        self._changed = asyncio.Event()
+        self._batches: collections.deque[Batch] = collections.deque()
+        self._buffered = 0
+        self._max_tokens = max_tokens
+
+    # -- written by the hub -------------------------------------------------------------------
+
+    def resubscribed(self) -> None:
+        """A (new) subscription is live: older notifications may have been missed."""
+        self.epoch += 1
+        self._batches.clear()
+        self._buffered = 0
+        self.confirmed.set()
+        self._wake()
+
+    def disconnected(self) -> None:
+        self.confirmed.clear()
+        self._batches.clear()
+        self._buffered = 0
+        self._wake()
+
+    def push(self, batch: Batch) -> None:
+        if self._batches and self._batches[-1].next_offset != batch.offset:
+            # Not contiguous with what we hold: drop it all, followers read the list instead.
+            self._batches.clear()
+            self._buffered = 0
+        self._batches.append(batch)
+        self._buffered += len(batch.tokens)
+        while self._buffered > self._max_tokens and len(self._batches) > 1:
+            self._buffered -= len(self._batches.popleft().tokens)
+        self._wake()
+
+    def finish(self, end: JobEnd) -> None:
+        self.end = end
+        self._wake()
+
+    def _wake(self) -> None:
+        self.version += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    # -- read by followers --------------------------------------------------------------------
+
+    def tokens_from(self, offset: int, limit: int) -> Batch | None:
+        """Buffered tokens from ``offset`` on; empty if none yet; None if ``offset`` fell out."""
+        if not self._batches:
+            return Batch(offset, [], [])
+        first = self._batches[0].offset
+        if offset < first:
+            return None
+        tokens: list[str] = []
+        ts: list[float] = []
+        for batch in self._batches:
+            if batch.next_offset <= offset:
+                continue
+            skip = max(offset + len(tokens) - batch.offset, 0)
+            take = batch.tokens[skip : skip + limit - len(tokens)]
+            tokens += take
+            ts += batch.ts[skip : skip + len(take)]
+            if len(tokens) >= limit:
+                break
+        return Batch(offset, tokens, ts)
+
+    async def changed(self, version: int, timeout: float) -> bool:
+        """Wait until the feed changes after ``version``; False on timeout."""
+        if self.version != version:
+            return True
+        try:
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+class Hub:
+    """Routes one pub/sub connection's notifications to in-process followers.
+
+    ``join(job_id)`` subscribes (once per job per process) and returns only after Redis
+    confirmed the subscription, so a follower that reads the list afterwards misses nothing.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        *,
+        buffer_tokens: int = 1024,
+        subscribe_timeout: float = 10.0,
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._buffer_tokens = buffer_tokens
+        self._subscribe_timeout = subscribe_timeout
+        self._feeds: dict[str, Feed] = {}
+        # Feeds awaiting a subscribe confirmation, per channel, in the order SUBSCRIBE was sent.
+        self._expected: dict[str, collections.deque[Feed]] = collections.defaultdict(
+            collections.deque
+        )
+        self._pubsub: Any = None
+        self._connected = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reviewstream-hub")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self._close_pubsub()
+
+    @property
+    def feeds(self) -> int:
+        return len(self._feeds)
+
+    @contextlib.asynccontextmanager
+    async def join(self, job_id: str) -> AsyncIterator[Feed]:
+        """The job's feed, subscribed and confirmed, for as long as the context lasts."""
+        channel = self._keys.channel(job_id)
+        feed = self._feeds.get(channel)
+        if feed is None:
+            feed = self._feeds[channel] = Feed(channel, self._buffer_tokens)
+            if self._connected.is_set():
+                await self._subscribe(feed)
+        feed.refs += 1
+        try:
+            try:
+                async with asyncio.timeout(self._subscribe_timeout):
+                    await feed.confirmed.wait()
+            except TimeoutError as e:
+                raise StoreError("Redis did not confirm the subscription in time") from e
+            yield feed
+        finally:
+            feed.refs -= 1
+            if feed.refs == 0 and self._feeds.get(channel) is feed:
+                del self._feeds[channel]
+                await self._unsubscribe(channel)
+
+    async def _subscribe(self, feed: Feed) -> None:
+        self._expected[feed.channel].append(feed)
+        try:
+            async with self._lock:
+                await self._pubsub.subscribe(feed.channel)
+        except RedisError as e:
+            log.warning("subscribe to %s failed: %s", feed.channel, e)
+
+    async def _unsubscribe(self, channel: str) -> None:
+        if not self._connected.is_set():
+            return
+        try:
+            async with self._lock:
+                await self._pubsub.unsubscribe(channel)
+        except RedisError as e:
+            log.warning("unsubscribe from %s failed: %s", channel, e)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._connected.clear()
+        if pubsub is not None:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                await self._connect()
+                backoff = 0.05
+                await self._listen()
+            except (RedisError, OSError) as e:
+                log.warning("hub lost its Redis subscription (%s); reconnecting", e)
+            self._expected.clear()
+            for feed in self._feeds.values():
+                feed.disconnected()
+            await self._close_pubsub()
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    async def _connect(self) -> None:
+        self._pubsub = self._redis.pubsub()
+        # A placeholder subscription keeps the connection in pub/sub mode and proves it works.
+        self._expected.clear()
+        await self._pubsub.subscribe(self._keys.channel("hub"))
+        self._connected.set()
+        for feed in list(self._feeds.values()):
+            await self._subscribe(feed)
+
+    async def _listen(self) -> None:
+        while True:
+            message = await self._pubsub.get_message(timeout=None)
+            if message is not None:
+                self._route(message)
+
+    def _route(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if isinstance(channel, bytes):
+            channel = channel.decode()
+        feed = self._feeds.get(channel)
+        if kind == "subscribe":
+            expected = self._expected.get(channel)
+            first = expected.popleft() if expected else None
+            if feed is not None and (first is None or first is feed):
+                feed.resubscribed()
+            return
+        if kind != "message" or feed is None or not feed.confirmed.is_set():
+            return
+        data = json.loads(message["data"])
+        if "end" in data:
+            end = data["end"]
+            end.pop("ts", None)
+            feed.finish(JobEnd.model_validate(end))
+        else:
+            tokens = data["tokens"]
+            feed.push(Batch(data["offset"], tokens, [data["ts"]] * len(tokens)))

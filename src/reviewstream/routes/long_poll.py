@@ -1,0 +1,28 @@
+"""Long polling: the short poll's answer, held until there is something new."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from ..models import JobPage
+from .deps import JobId, Limit, Offset, Service
+from .jobs import _ERRORS
+
+router = APIRouter(tags=["delivery"])
+
+
+@router.get("/jobs/{job_id}/long-poll", response_model=JobPage, responses=_ERRORS)
+async def long_poll(
+    job_id: JobId,
+    service: Service,
+    offset: Offset = 0,
+    limit: Limit = None,
+    timeout: Annotated[
+        float,
+        Query(gt=0, le=300, description="Seconds to hold the request (capped by the server)."),
+    ] = 20.0,
+) -> JobPage:
+    """Long poll: answers on the next token(s), the end, or after `timeout` with none."""
+    return await service.long_poll(job_id, offset, limit, timeout)

@@ -1,0 +1,115 @@
+"""ReviewService: what the routes ask for, in the domain's words.
+
+Routes parse and encode; this module creates jobs, answers polls and opens followers. It holds
+the process's long-lived parts (store, hub, settings) and is built once per app in the lifespan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from .follow import Follower, FollowOptions, open_follower
+from .hub import Batch, Hub
+from .models import JobEnd, JobPage, JobStatus, ReviewRequest
+from .providers import default_model, validate_model
+from .settings import Settings
+from .store import JobStore, Snapshot
+
+
+def page_of(snapshot: Snapshot) -> JobPage:
+    return JobPage(
+        id=snapshot.job_id,
+        status=snapshot.status,
+        offset=snapshot.offset,
+        next_offset=snapshot.next_offset,
+        tokens=snapshot.tokens,
+        ts=snapshot.ts,
+        done=snapshot.done,
+        error=snapshot.error,
+        usage=snapshot.usage,
+    )
+
+
+@dataclass
+class ReviewService:
+    settings: Settings
+    store: JobStore
+    hub: Hub
+
+    @property
+    def follow_options(self) -> FollowOptions:
+        return FollowOptions(
+            page_size=self.settings.page_size,
+            coalesce_seconds=self.settings.coalesce_ms / 1000,
+            resync_seconds=self.settings.resync_seconds,
+        )
+
+    async def create(self, request: ReviewRequest) -> tuple[str, JobStatus]:
+        """Queue a generation job for the request; returns its id and status."""
+        provider = request.provider or self.settings.provider
+        model = request.model or default_model(provider, self.settings)
+        validate_model(provider, model, self.settings)
+        job_id = await self.store.create(request, provider=provider, model=model)
+        return job_id, JobStatus.QUEUED
+
+    async def poll(self, job_id: str, offset: int, limit: int | None) -> JobPage:
+        """Short poll: the stored tokens from ``offset`` on, now."""
+        snapshot = await self.store.read(job_id, offset, limit or self.settings.page_size)
+        return page_of(snapshot)
+
+    async def long_poll(
+        self, job_id: str, offset: int, limit: int | None, timeout: float
+    ) -> JobPage:
+        """Like ``poll`` but held until a new token, the end, or ``timeout`` seconds."""
+        timeout = min(timeout, self.settings.long_poll_max_timeout)
+        async with self.follow(job_id, offset) as follower:
+            try:
+                async with asyncio.timeout(timeout):
+                    item = await follower.next()
+            except TimeoutError:
+                return await self.poll(job_id, offset, limit)
+        if isinstance(item, JobEnd):
+            return JobPage(
+                id=job_id,
+                status=item.status,
+                offset=offset,
+                next_offset=max(offset, item.next_offset),
+                tokens=[],
+                done=True,
+                error=item.error,
+                usage=item.usage,
+            )
+        return self._page_of_batch(job_id, item, limit, follower)
+
+    def _page_of_batch(
+        self, job_id: str, batch: Batch, limit: int | None, follower: Follower
+    ) -> JobPage:
+        if limit is not None:
+            batch = Batch(batch.offset, batch.tokens[:limit], batch.ts[:limit])
+        end = follower.feed_end
+        done = end is not None and batch.next_offset >= end.next_offset
+        return JobPage(
+            id=job_id,
+            status=end.status if done and end else JobStatus.RUNNING,
+            offset=batch.offset,
+            next_offset=batch.next_offset,
+            tokens=batch.tokens,
+            ts=batch.ts,
+            done=done,
+            error=end.error if done and end else None,
+            usage=end.usage if done and end else None,
+        )
+
+    @contextlib.asynccontextmanager
+    async def follow(self, job_id: str, offset: int) -> AsyncIterator[Follower]:
+        """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding."""
+        async with open_follower(
+            self.hub, self.store, job_id, offset, self.follow_options
+        ) as follower:
+            yield follower
+
+    async def cancel(self, job_id: str) -> None:
+        await self.store.cancel(job_id)
