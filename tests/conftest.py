@@ -31,9 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[str]:
-    """A real redis-server on a free loopback port for the whole session."""
+@contextlib.contextmanager
+def redis_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """A real redis-server on a free loopback port; yields the process and its URL."""
     binary = redis_server_binary()
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="rs-test-redis-")
@@ -55,10 +55,20 @@ def redis_server() -> Iterator[str]:
                 pytest.fail(f"redis-server {binary} did not start")
             time.sleep(0.02)
     client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(10)
-    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+        yield proc, f"redis://127.0.0.1:{port}/0"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[str]:
+    """A real redis-server for the whole session."""
+    with redis_process() as (_, url):
+        yield url
 
 
 @pytest.fixture

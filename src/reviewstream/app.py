@@ -51,7 +51,7 @@ def redis_client(url: str, max_connections: int) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, decode_responses=True
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
 
 @contextlib.asynccontextmanager
@@ -122,9 +122,7 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
-        where = ", ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]
-        )
+        where = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return _error(422, f"invalid request: {where}", jsonable_errors(errors))
 
     @app.exception_handler(JobNotFound)
@@ -156,6 +154,5 @@ def add_error_handlers(app: FastAPI) -> None:
 
 def jsonable_errors(errors: Any) -> list[dict[str, Any]]:
     return [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")}
-        for e in errors
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in errors
     ]

@@ -60,7 +60,7 @@ class EmbeddedRedis:
         self.url = f"unix://{self.socket}"
         self._process: asyncio.subprocess.Process | None = None
 
-    async def start(self, timeout: float = 10.0) -> str:
+    async def start(self, startup_seconds: float = 10.0) -> str:
         self._process = await asyncio.create_subprocess_exec(
             self.binary,
             "--port", "0",
@@ -76,7 +76,7 @@ class EmbeddedRedis:
         )  # fmt: skip
         client = aioredis.Redis.from_url(self.url)
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(startup_seconds):
                 while True:
                     if self._process.returncode is not None:
                         raise RuntimeError(

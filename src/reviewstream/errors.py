@@ -52,9 +52,7 @@ class ProviderError(ReviewstreamError):
 
 
 class UpstreamStatusError(ProviderError):
-    def __init__(
-        self, status: int, detail: str, *, retry_after: float | None = None
-    ) -> None:
+    def __init__(self, status: int, detail: str, *, retry_after: float | None = None) -> None:
         super().__init__(f"upstream answered HTTP {status}: {detail}")
         self.status = status
         self.retry_after = retry_after

@@ -119,12 +119,12 @@ class Feed:
                 break
         return Batch(offset, tokens, ts)
 
-    async def changed(self, version: int, timeout: float) -> bool:
-        """Wait until the feed changes after ``version``; False on timeout."""
+    async def changed(self, version: int, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the feed to change after ``version``; False if it did not."""
         if self.version != version:
             return True
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(seconds):
                 await self._changed.wait()
         except TimeoutError:
             return False
@@ -166,8 +166,7 @@ class Hub:
     async def aclose(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await asyncio.wait([self._task], timeout=2.0)
             self._task = None
         await self._close_pubsub()
 
@@ -230,6 +229,9 @@ class Hub:
                 backoff = 0.05
                 await self._listen()
             except (RedisError, OSError) as e:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from e
                 log.warning("hub lost its Redis subscription (%s); reconnecting", e)
             self._expected.clear()
             for feed in self._feeds.values():

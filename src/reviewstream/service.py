@@ -11,12 +11,32 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .errors import ProviderConfigError
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Batch, Hub
 from .models import JobEnd, JobPage, JobStatus, ReviewRequest
-from .providers import default_model, validate_model
+from .providers import default_model
 from .settings import Settings
 from .store import JobStore, Snapshot
+
+
+def check_provider(provider: str, model: str, settings: Settings) -> None:
+    """Refuse, before queueing, a job this deployment cannot run."""
+    try:
+        if provider == "simulated":
+            from .providers.simulated import SimulatedProvider
+
+            SimulatedProvider.validate_model(model)
+        elif provider == "openai":
+            from .providers.openai import OpenAIProvider
+
+            OpenAIProvider.from_settings(settings, None)  # type: ignore[arg-type]
+        elif provider == "anthropic":
+            from .providers.anthropic import AnthropicProvider
+
+            AnthropicProvider.from_settings(settings, None)  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ProviderConfigError(str(e)) from e
 
 
 def page_of(snapshot: Snapshot) -> JobPage:
@@ -51,7 +71,7 @@ class ReviewService:
         """Queue a generation job for the request; returns its id and status."""
         provider = request.provider or self.settings.provider
         model = request.model or default_model(provider, self.settings)
-        validate_model(provider, model, self.settings)
+        check_provider(provider, model, self.settings)
         job_id = await self.store.create(request, provider=provider, model=model)
         return job_id, JobStatus.QUEUED
 
@@ -61,13 +81,13 @@ class ReviewService:
         return page_of(snapshot)
 
     async def long_poll(
-        self, job_id: str, offset: int, limit: int | None, timeout: float
+        self, job_id: str, offset: int, limit: int | None, hold_seconds: float
     ) -> JobPage:
-        """Like ``poll`` but held until a new token, the end, or ``timeout`` seconds."""
-        timeout = min(timeout, self.settings.long_poll_max_timeout)
+        """Like ``poll`` but held until a new token, the end, or ``hold_seconds`` (capped)."""
+        hold_seconds = min(hold_seconds, self.settings.long_poll_max_timeout)
         async with self.follow(job_id, offset) as follower:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(hold_seconds):
                     item = await follower.next()
             except TimeoutError:
                 return await self.poll(job_id, offset, limit)

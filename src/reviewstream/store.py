@@ -9,6 +9,7 @@ running jobs hold a lease in a sorted set scored by deadline.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -37,6 +38,11 @@ def redis_errors(operation: str) -> Iterator[None]:
     try:
         yield
     except RedisError as e:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can turn a cancellation into a connection error; keep it a cancellation
+            # so that owned tasks stop when asked to.
+            raise asyncio.CancelledError from e
         raise StoreError(f"Redis failed during {operation}: {e}") from e
 
 

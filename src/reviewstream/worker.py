@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 
 import httpx
@@ -59,6 +60,7 @@ class Worker:
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
+        self._stopping = asyncio.Event()
 
     @property
     def running(self) -> int:
@@ -72,9 +74,14 @@ class Worker:
         ]
 
     async def aclose(self) -> None:
-        for task in self._loops:
+        # Loops stop at the flag rather than by cancellation alone: a cancellation that lands
+        # inside a Redis call can be turned into a connection error by the client library.
+        self._stopping.set()
+        _, pending = await asyncio.wait(self._loops, timeout=2.0) if self._loops else ((), ())
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._loops, return_exceptions=True)
+        if pending:
+            await asyncio.wait(pending, timeout=2.0)
         self._loops = []
         if self._jobs:
             log.info("worker %s: waiting for %d running jobs", self.name, len(self._jobs))
@@ -89,19 +96,23 @@ class Worker:
 
     # -- claiming -----------------------------------------------------------------------------
 
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
     async def _claim_loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             await self._slots.acquire()
             try:
                 entries = await self.store.next_entries(self.name, count=1, block_ms=1000)
             except StoreError as e:
                 self._slots.release()
                 log.warning("worker %s: reading the queue failed: %s", self.name, e)
-                await asyncio.sleep(1.0)
+                await self._pause(1.0)
                 continue
-            if not entries:
+            if not entries or self._stopping.is_set():
                 self._slots.release()
-                continue
+                continue  # an entry read now stays pending; another worker reclaims it
             await self._take(entries[0])
 
     async def _take(self, entry: QueueEntry) -> None:
@@ -124,8 +135,8 @@ class Worker:
 
     async def _reap_loop(self) -> None:
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
-        while True:
-            await asyncio.sleep(self.settings.reap_interval_seconds)
+        while not self._stopping.is_set():
+            await self._pause(self.settings.reap_interval_seconds)
             try:
                 for job_id in await self.store.reap_lapsed_leases():
                     log.warning("job %s failed: its worker's lease lapsed", job_id)
@@ -170,13 +181,17 @@ class Worker:
             await self._end_quietly(job_id, JobStatus.FAILED, "internal error in the worker")
 
     async def _guard(self, job_id: str, feed: Feed) -> None:
-        """Renew the lease; return as soon as the job is no longer ours to run."""
+        """Renew the lease on schedule; return as soon as the job is no longer ours to run."""
         interval = self.settings.lease_seconds / 3
-        while feed.end is None:
-            version = feed.version
-            if not await feed.changed(version, interval) or feed.end is None:
+        renew_at = time.monotonic() + interval
+        while True:
+            await feed.changed(feed.version, max(renew_at - time.monotonic(), 0.0))
+            if feed.end is not None:
+                return  # ended by someone else: a cancel, or the reaper
+            if time.monotonic() >= renew_at:
                 if not await self.store.renew(job_id, self.name, self._lease_ms):
                     return
+                renew_at = time.monotonic() + interval
 
     async def _produce(self, job_id: str) -> None:
         meta = await self.store.meta(job_id)
@@ -186,7 +201,7 @@ class Worker:
         s = self.settings
         usage: Usage | None = None
         try:
-            async for item in resilient_stream(
+            stream = resilient_stream(
                 provider,
                 prompt,
                 max_retries=s.upstream_max_retries,
@@ -194,11 +209,14 @@ class Worker:
                 backoff_max=s.upstream_backoff_max,
                 first_token_timeout=s.upstream_first_token_timeout,
                 idle_timeout=s.upstream_idle_timeout,
-            ):
-                if isinstance(item, Usage):
-                    usage = item
-                elif item and not await self.store.append(job_id, self.name, [item]):
-                    return  # cancelled or reaped meanwhile: stop, which closes the upstream
+            )
+            # aclosing: leaving the loop early closes the upstream stream now, not at GC.
+            async with contextlib.aclosing(stream) as items:
+                async for item in items:
+                    if isinstance(item, Usage):
+                        usage = item
+                    elif item and not await self.store.append(job_id, self.name, [item]):
+                        return  # cancelled or reaped meanwhile: stop and close the upstream
         except ProviderError as e:
             log.info("job %s failed upstream: %s", job_id, e)
             await self.store.finish(job_id, JobStatus.FAILED, error=str(e), owner=self.name)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,4 +30,4 @@ class Provider(Protocol):
 
     name: str
 
-    def stream(self, prompt: Prompt) -> AsyncIterator[str | Usage]: ...
+    def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]: ...

@@ -38,7 +38,9 @@ async def create_job(body: ReviewRequest, request: Request, service: Service) ->
 
 
 @router.get("/jobs/{job_id}", response_model=JobPage, responses=_ERRORS)
-async def short_poll(job_id: JobId, service: Service, offset: Offset = 0, limit: Limit = None) -> JobPage:
+async def short_poll(
+    job_id: JobId, service: Service, offset: Offset = 0, limit: Limit = None
+) -> JobPage:
     """Short poll: the tokens stored from `offset` on, answered at once."""
     return await service.poll(job_id, offset, limit)
 

@@ -19,10 +19,15 @@ async def long_poll(
     service: Service,
     offset: Offset = 0,
     limit: Limit = None,
-    timeout: Annotated[
+    hold_seconds: Annotated[
         float,
-        Query(gt=0, le=300, description="Seconds to hold the request (capped by the server)."),
+        Query(
+            alias="timeout",
+            gt=0,
+            le=300,
+            description="Seconds to hold the request (capped by the server's maximum).",
+        ),
     ] = 20.0,
 ) -> JobPage:
     """Long poll: answers on the next token(s), the end, or after `timeout` with none."""
-    return await service.long_poll(job_id, offset, limit, timeout)
+    return await service.long_poll(job_id, offset, limit, hold_seconds)

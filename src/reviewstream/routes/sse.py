@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
 from sse_starlette import EventSourceResponse, ServerSentEvent
@@ -21,7 +21,9 @@ from .jobs import _ERRORS
 router = APIRouter(tags=["delivery"])
 log = logging.getLogger(__name__)
 
-_SSE = {200: {"content": {"text/event-stream": {}}, "description": "The event stream."}}
+_SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}}, "description": "The event stream."}
+}
 LastEventId = Annotated[
     int | None,
     Header(ge=0, alias="Last-Event-ID", description="Resume after this offset (set by browsers)."),

@@ -1,0 +1,177 @@
+"""The Anthropic Messages streaming API.
+
+The stream is a sequence of typed events; only ``message_stop`` ends it successfully. Event
+types and delta types we do not use (``ping``, ``input_json_delta``, ``thinking_delta``, or
+ones added later) are skipped, as Anthropic's versioning policy asks clients to do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from httpx_sse import EventSource, SSEError, aconnect_sse
+
+from ..errors import UpstreamProtocolError
+from ..models import Usage
+from .base import Prompt
+from .resilience import check_status, upstream_timeout, wrap_httpx_error
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["AnthropicProvider"]
+
+PUBLIC_HOST = "api.anthropic.com"
+
+
+class AnthropicProvider:
+    """Streams a message from ``{base_url}/v1/messages``.
+
+    ``api_key`` may be ``None`` only for a base URL other than the public API (a proxy or a
+    local compatible server that needs no key).
+    """
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str | None,
+        version: str,
+        connect_timeout: float,
+    ) -> None:
+        if not api_key and httpx.URL(base_url).host == PUBLIC_HOST:
+            raise ValueError(
+                f"the Anthropic API at {base_url} needs a key: set "
+                "REVIEWSTREAM_ANTHROPIC_API_KEY (or point REVIEWSTREAM_ANTHROPIC_BASE_URL at a "
+                "compatible server that needs none)"
+            )
+        self._http = http
+        self._url = base_url.rstrip("/") + "/v1/messages"
+        self._headers = {"anthropic-version": version}
+        if api_key:
+            self._headers["x-api-key"] = api_key
+        self._timeout = upstream_timeout(connect_timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> AnthropicProvider:
+        """A provider configured by the ``REVIEWSTREAM_ANTHROPIC_*`` settings."""
+        key = settings.anthropic_api_key
+        return cls(
+            http,
+            base_url=settings.anthropic_base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            version=settings.anthropic_version,
+            connect_timeout=settings.upstream_connect_timeout,
+        )
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
+        """Yield the message's text deltas, then ``Usage`` if the server reported it."""
+        body = {
+            "model": prompt.model,
+            "system": prompt.system,
+            "messages": [{"role": "user", "content": prompt.user}],
+            "max_tokens": prompt.max_tokens,
+            "stream": True,
+        }
+        answered = False
+        try:
+            async with aconnect_sse(
+                self._http,
+                "POST",
+                self._url,
+                json=body,
+                headers=dict(self._headers),
+                timeout=self._timeout,
+            ) as source:
+                answered = True
+                await check_status(source.response, self.name)
+                # Explicit closing of the nested generators, so nothing is left for the
+                # garbage collector to finalise after the response is gone.
+                async with contextlib.aclosing(_parse(source)) as items:
+                    async for item in items:
+                        yield item
+        except httpx.HTTPError as exc:
+            raise wrap_httpx_error(exc, self.name, answered=answered) from exc
+        except SSEError as exc:  # raised for a 2xx answer that is not text/event-stream
+            raise UpstreamProtocolError(f"{self.name}: {exc}") from exc
+
+
+async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    async with contextlib.aclosing(source.aiter_sse()) as events:
+        async for event in events:
+            if event.event == "error":
+                raise UpstreamProtocolError(f"anthropic stream error: {_error_message(event.data)}")
+            if not event.data.strip():
+                continue
+            payload = _json_object(event.data)
+            kind = payload.get("type") or event.event
+            if kind == "error":
+                raise UpstreamProtocolError(f"anthropic stream error: {_describe(payload)}")
+            if kind == "message_stop":
+                break
+            if kind in ("message_start", "message_delta"):
+                # message_delta counts are cumulative, so the last one reported wins.
+                holder = payload if kind == "message_delta" else _dict(payload.get("message"))
+                usage = _dict(holder.get("usage"))
+                input_tokens = _int_or(usage.get("input_tokens"), input_tokens)
+                output_tokens = _int_or(usage.get("output_tokens"), output_tokens)
+            elif kind == "content_block_start":
+                if text := _text(payload.get("content_block"), "text"):
+                    yield text
+            elif kind == "content_block_delta":
+                if text := _text(payload.get("delta"), "text_delta"):
+                    yield text
+        else:
+            raise UpstreamProtocolError("upstream stream ended without message_stop (truncated)")
+    if input_tokens is not None or output_tokens is not None:
+        yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+
+
+def _json_object(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"anthropic sent malformed JSON: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise UpstreamProtocolError(f"anthropic sent a non-object event: {data[:200]!r}")
+    return value
+
+
+def _error_message(data: str) -> str:
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return data.strip() or "(no message)"
+    return _describe(payload) if isinstance(payload, dict) else str(payload)
+
+
+def _describe(payload: dict[str, Any]) -> str:
+    error = payload.get("error")
+    if not isinstance(error, dict):
+        return json.dumps(payload)
+    message = error.get("message") or json.dumps(error)
+    return f"{error['type']}: {message}" if error.get("type") else str(message)
+
+
+def _text(part: object, kind: str) -> str:
+    """The text of a content block or delta of type ``kind``; "" for any other part."""
+    part = _dict(part)
+    text = part.get("text") if part.get("type") == kind else None
+    return text if isinstance(text, str) else ""
+
+
+def _dict(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _int_or(value: object, default: int | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -1,0 +1,169 @@
+"""The OpenAI Chat Completions streaming API, and every server that speaks it.
+
+vLLM, Ollama's ``/v1``, llama.cpp's server and LM Studio all speak this protocol with small
+deviations, so the parser is deliberately lenient about shape (role in any chunk; content null,
+empty or absent; ``finish_reason`` next to content; usage absent, null or in a later chunk;
+``choices: []``) and strict about endings: only ``data: [DONE]`` ends a stream successfully, and
+an in-band error is an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from httpx_sse import EventSource, SSEError, aconnect_sse
+
+from ..errors import UpstreamProtocolError
+from ..models import Usage
+from .base import Prompt
+from .resilience import check_status, upstream_timeout, wrap_httpx_error
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+__all__ = ["OpenAIProvider"]
+
+PUBLIC_HOST = "api.openai.com"
+
+
+class OpenAIProvider:
+    """Streams completions from ``{base_url}/chat/completions``.
+
+    ``api_key`` may be ``None`` only for a self-hosted compatible server: the public API would
+    answer 401 anyway, and failing at start-up is kinder than failing every job.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        base_url: str,
+        api_key: str | None,
+        connect_timeout: float,
+    ) -> None:
+        if not api_key and httpx.URL(base_url).host == PUBLIC_HOST:
+            raise ValueError(
+                f"the OpenAI API at {base_url} needs a key: set REVIEWSTREAM_OPENAI_API_KEY "
+                "(or point REVIEWSTREAM_OPENAI_BASE_URL at a local compatible server)"
+            )
+        self._http = http
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._timeout = upstream_timeout(connect_timeout)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> OpenAIProvider:
+        """A provider configured by the ``REVIEWSTREAM_OPENAI_*`` settings."""
+        key = settings.openai_api_key
+        return cls(
+            http,
+            base_url=settings.openai_base_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            connect_timeout=settings.upstream_connect_timeout,
+        )
+
+    async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
+        """Yield the completion's text deltas, then ``Usage`` if the server reported it."""
+        body = {
+            "model": prompt.model,
+            "messages": [
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.user},
+            ],
+            "max_tokens": prompt.max_tokens,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        answered = False
+        try:
+            async with aconnect_sse(
+                self._http,
+                "POST",
+                self._url,
+                json=body,
+                headers=dict(self._headers),
+                timeout=self._timeout,
+            ) as source:
+                answered = True
+                await check_status(source.response, self.name)
+                # Explicit closing of the nested generators, so nothing is left for the
+                # garbage collector to finalise after the response is gone.
+                async with contextlib.aclosing(_parse(source)) as items:
+                    async for item in items:
+                        yield item
+        except httpx.HTTPError as exc:
+            raise wrap_httpx_error(exc, self.name, answered=answered) from exc
+        except SSEError as exc:  # raised for a 2xx answer that is not text/event-stream
+            raise UpstreamProtocolError(f"{self.name}: {exc}") from exc
+
+
+async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
+    usage: Usage | None = None
+    async with contextlib.aclosing(source.aiter_sse()) as events:
+        async for event in events:
+            if event.event == "error":
+                raise UpstreamProtocolError(f"openai stream error: {_error_message(event.data)}")
+            data = event.data.strip()
+            if data == "[DONE]":
+                break
+            if not data:
+                continue
+            chunk = _json_object(data)
+            if chunk.get("error"):
+                raise UpstreamProtocolError(f"openai stream error: {_describe(chunk['error'])}")
+            for choice in chunk.get("choices") or ():
+                # n=1 is all we ask for; a server that sends more choices gets the first one read.
+                if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                    continue
+                delta = choice.get("delta") or {}
+                content = delta.get("content") if isinstance(delta, dict) else None
+                if isinstance(content, str) and content:
+                    yield content
+            reported = chunk.get("usage")
+            if isinstance(reported, dict):
+                usage = Usage(
+                    input_tokens=_int_or_none(reported.get("prompt_tokens")),
+                    output_tokens=_int_or_none(reported.get("completion_tokens")),
+                )
+        else:
+            raise UpstreamProtocolError("upstream stream ended without [DONE] (truncated)")
+    if usage is not None:
+        yield usage
+
+
+def _json_object(data: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"openai sent malformed JSON: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise UpstreamProtocolError(f"openai sent a non-object chunk: {data[:200]!r}")
+    return value
+
+
+def _error_message(data: str) -> str:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data.strip() or "(no message)"
+    if isinstance(value, dict) and "error" in value:
+        value = value["error"]
+    return _describe(value)
+
+
+def _describe(error: object) -> str:
+    if isinstance(error, dict):
+        message = error.get("message") or json.dumps(error)
+        kind = error.get("type") or error.get("code")
+        return f"{kind}: {message}" if kind else str(message)
+    return str(error)
+
+
+def _int_or_none(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -1,0 +1,206 @@
+"""The simulated provider's text and pace, and the provider registry."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from upstreams import collect
+
+from reviewstream.models import ReviewRequest, Usage
+from reviewstream.providers import build_prompt, build_provider, default_model
+from reviewstream.providers.simulated import SimulatedProvider, tokenize, write_review
+from reviewstream.settings import Settings
+
+POINTS = (
+    "Led the payments migration; mentors two juniors.\n"
+    "- Improved p99 latency by 1.5x\n"
+    "Needs to delegate more. Writes thorough design docs"
+)
+REQUEST = ReviewRequest(employee_name="Ada Lovelace", employee_review_points=POINTS)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return Settings(_env_file=None, sim_tokens_per_second=5000, sim_first_token_ms=0)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client
+
+
+async def stream_text(request: ReviewRequest) -> tuple[list[str], Usage]:
+    prompt = build_prompt(request, "sim-default", Settings(_env_file=None))  # type: ignore[call-arg]
+    provider = SimulatedProvider(tokens_per_second=100_000, first_token_ms=0)
+    items = [item async for item in provider.stream(prompt)]
+    *tokens, usage = items
+    assert all(isinstance(t, str) for t in tokens)
+    assert isinstance(usage, Usage)
+    return tokens, usage  # type: ignore[return-value]
+
+
+async def test_review_names_the_employee_and_weaves_in_every_point() -> None:
+    tokens, _ = await stream_text(REQUEST)
+    text = "".join(tokens)
+
+    assert "Ada Lovelace" in text
+    for point in [
+        "led the payments migration",
+        "mentors two juniors",
+        "improved p99 latency by 1.5x",
+        "needs to delegate more",
+        "writes thorough design docs",
+    ]:
+        assert point in text.lower()
+
+
+@pytest.mark.parametrize("tone", ["balanced", "encouraging", "direct", "formal"])
+@pytest.mark.parametrize("length", [50, 120, 350, 800, 1500])
+def test_length_is_within_15_percent_of_the_request(tone: str, length: int) -> None:
+    request = REQUEST.model_copy(update={"tone": tone, "length_words": length})
+
+    words = len(write_review(request, random.Random(1)).split())
+
+    assert 0.85 * length <= words <= 1.15 * length
+
+
+def test_tone_changes_the_phrasing() -> None:
+    texts = {
+        tone: write_review(REQUEST.model_copy(update={"tone": tone}), random.Random(1))
+        for tone in ["balanced", "encouraging", "direct", "formal"]
+    }
+
+    assert len(set(texts.values())) == 4
+    assert (
+        "Gap:" in texts["direct"]
+        or "Needs attention:" in texts["direct"]
+        or ("Expectation for next cycle:" in texts["direct"])
+    )
+
+
+async def test_text_is_deterministic_per_request_and_varies_between_requests() -> None:
+    first, _ = await stream_text(REQUEST)
+    again, _ = await stream_text(REQUEST)
+    other, _ = await stream_text(REQUEST.model_copy(update={"employee_name": "Grace Hopper"}))
+
+    assert first == again
+    assert "".join(other) != "".join(first).replace("Ada Lovelace", "Grace Hopper")
+
+
+async def test_tokens_look_like_an_llms() -> None:
+    tokens, usage = await stream_text(REQUEST)
+
+    assert not tokens[0].startswith(" ")
+    assert "\n\n" in tokens  # paragraph breaks are tokens of their own
+    assert any(t in {".", ","} for t in tokens)  # punctuation is sometimes its own token
+    assert sum(t.startswith(" ") for t in tokens) > len(tokens) / 2
+    words = len("".join(tokens).split())
+    assert words < len(tokens) < 2 * words
+    assert usage.output_tokens == len(tokens)
+
+
+def test_tokenize_round_trips_text() -> None:
+    text = "Hello, world.\n\nA  second   paragraph: with extraordinarily long words!"
+
+    assert "".join(tokenize(text, random.Random(3))) == text
+
+
+async def test_usage_counts_prompt_words() -> None:
+    prompt = build_prompt(REQUEST, "sim-default", Settings(_env_file=None))  # type: ignore[call-arg]
+
+    _, usage = await stream_text(REQUEST)
+
+    assert usage.input_tokens == len(prompt.system.split()) + len(prompt.user.split())
+
+
+async def test_streams_at_the_configured_rate() -> None:
+    provider = SimulatedProvider(tokens_per_second=200, first_token_ms=0)
+    prompt = build_prompt(REQUEST, "sim-default", Settings(_env_file=None))  # type: ignore[call-arg]
+
+    started = time.monotonic()
+    stream = provider.stream(prompt)
+    for _ in range(51):
+        await anext(stream)
+    elapsed = time.monotonic() - started
+    await stream.aclose()
+
+    assert 0.2 <= elapsed < 2  # token 50 is due at 0.25 s
+
+
+async def test_waits_before_the_first_token() -> None:
+    provider = SimulatedProvider(tokens_per_second=1000, first_token_ms=150)
+    prompt = build_prompt(REQUEST, "sim-default", Settings(_env_file=None))  # type: ignore[call-arg]
+
+    started = time.monotonic()
+    stream = provider.stream(prompt)
+    await anext(stream)
+    elapsed = time.monotonic() - started
+    await stream.aclose()
+
+    assert 0.14 <= elapsed < 2
+
+
+def test_gpt_4_preset_writes_the_seed_articles_review_in_45_to_50_seconds() -> None:
+    pace = SimulatedProvider(20, 400).pace_for("sim-gpt-4")
+    rng = random.Random(0)
+    tokens = tokenize(write_review(REQUEST, rng), rng)  # 350 words by default
+
+    seconds = pace.first_token_ms / 1000 + (len(tokens) - 1) / pace.tokens_per_second
+
+    assert 45 <= seconds <= 50
+
+
+def test_presets_and_unknown_models() -> None:
+    provider = SimulatedProvider(tokens_per_second=33, first_token_ms=44)
+
+    assert set(SimulatedProvider.PRESETS) == {"sim-default", "sim-gpt-4", "sim-fast"}
+    assert provider.pace_for("sim-default").tokens_per_second == 33
+    assert provider.pace_for("sim-fast").tokens_per_second == 1000
+    with pytest.raises(ValueError, match="sim-default, sim-gpt-4, sim-fast"):
+        SimulatedProvider.validate_model("gpt-4o")
+
+
+async def test_stream_refuses_an_unknown_model() -> None:
+    prompt = build_prompt(REQUEST, "gpt-4o", Settings(_env_file=None))  # type: ignore[call-arg]
+
+    with pytest.raises(ValueError, match="unknown simulated model 'gpt-4o'"):
+        await collect(SimulatedProvider(100, 0).stream(prompt))
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+
+async def test_build_provider_simulated_uses_settings(
+    settings: Settings, http: httpx.AsyncClient
+) -> None:
+    provider = build_provider("simulated", settings, http)
+
+    assert isinstance(provider, SimulatedProvider)
+    assert provider.pace.tokens_per_second == 5000
+    assert provider.name == "simulated"
+
+
+def test_default_models() -> None:
+    settings = Settings(_env_file=None, openai_model="o", anthropic_model="a")  # type: ignore[call-arg]
+
+    assert default_model("simulated", settings) == "sim-default"
+    assert default_model("openai", settings) == "o"
+    assert default_model("anthropic", settings) == "a"
+
+
+def test_build_prompt_scales_max_tokens_with_the_requested_length() -> None:
+    settings = Settings(_env_file=None, max_output_tokens=800)  # type: ignore[call-arg]
+
+    short = build_prompt(REQUEST.model_copy(update={"length_words": 100}), "m", settings)
+    long = build_prompt(REQUEST.model_copy(update={"length_words": 1500}), "m", settings)
+
+    assert short.max_tokens == 800
+    assert long.max_tokens >= 2 * 1500
+    assert short.model == "m" and short.request.employee_name == "Ada Lovelace"
+    assert "Ada Lovelace" in short.user and "payments migration" in short.user
+    assert "performance reviews" in short.system
