@@ -9,11 +9,12 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from conftest import serve
 
 from reviewstream.app import create_app
 from reviewstream.keys import Keys
 from reviewstream.settings import Settings
+
+from conftest import serve
 
 REVIEW = {
     "employee_name": "Ada Lovelace",

@@ -9,6 +9,14 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from pydantic import SecretStr
+
+from reviewstream.errors import UpstreamProtocolError, UpstreamStatusError
+from reviewstream.models import ReviewRequest, Usage
+from reviewstream.providers import Prompt, build_provider
+from reviewstream.providers.anthropic import AnthropicProvider
+from reviewstream.providers.resilience import resilient_stream
+from reviewstream.settings import Settings
+
 from upstreams import (
     Reply,
     ScriptedUpstream,
@@ -18,13 +26,6 @@ from upstreams import (
     running,
     sse,
 )
-
-from reviewstream.errors import UpstreamProtocolError, UpstreamStatusError
-from reviewstream.models import ReviewRequest, Usage
-from reviewstream.providers import Prompt, build_provider
-from reviewstream.providers.anthropic import AnthropicProvider
-from reviewstream.providers.resilience import resilient_stream
-from reviewstream.settings import Settings
 
 PROMPT = Prompt(
     system="You write reviews.",

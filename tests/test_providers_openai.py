@@ -9,19 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from conftest import free_port
 from pydantic import SecretStr
-from upstreams import (
-    OPENAI_DONE,
-    Reply,
-    ScriptedUpstream,
-    collect,
-    openai_chunk,
-    openai_frames,
-    openai_usage,
-    running,
-    sse,
-)
 
 from reviewstream.errors import (
     UpstreamProtocolError,
@@ -33,6 +21,19 @@ from reviewstream.models import ReviewRequest, Usage
 from reviewstream.providers import Prompt, build_provider
 from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.settings import Settings
+
+from conftest import free_port
+from upstreams import (
+    OPENAI_DONE,
+    Reply,
+    ScriptedUpstream,
+    collect,
+    openai_chunk,
+    openai_frames,
+    openai_usage,
+    running,
+    sse,
+)
 
 PROMPT = Prompt(
     system="You write reviews.",

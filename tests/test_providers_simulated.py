@@ -8,12 +8,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from upstreams import collect
 
 from reviewstream.models import ReviewRequest, Usage
 from reviewstream.providers import build_prompt, build_provider, default_model
 from reviewstream.providers.simulated import SimulatedProvider, tokenize, write_review
 from reviewstream.settings import Settings
+
+from upstreams import collect
 
 POINTS = (
     "Led the payments migration; mentors two juniors.\n"

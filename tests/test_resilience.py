@@ -17,7 +17,6 @@ from email.utils import format_datetime
 
 import httpx
 import pytest
-from upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames, running
 
 from reviewstream.errors import (
     ProviderError,
@@ -30,6 +29,8 @@ from reviewstream.models import ReviewRequest, Usage
 from reviewstream.providers import Prompt
 from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.resilience import backoff_delay, parse_retry_after, resilient_stream
+
+from upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames, running
 
 PROMPT = Prompt(
     system="s",

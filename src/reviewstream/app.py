@@ -32,7 +32,7 @@ from .errors import (
 from .hub import Hub
 from .keys import Keys
 from .limits import BodySizeLimit
-from .routes import demo, health, jobs, long_poll, sse, ws
+from .routes import demo, health, jobs, long_poll, metrics, sse, ws
 from .service import ReviewService
 from .settings import Settings
 from .store import JobStore
@@ -82,12 +82,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             hub = Hub(redis, keys)
             await hub.start()
             stack.push_async_callback(hub.aclose)
+            worker = None
             if run_worker:
                 http = await stack.enter_async_context(provider_http_client(settings))
                 worker = Worker(store, hub, settings, http)
                 await worker.start()
                 stack.push_async_callback(worker.aclose)
-            yield {"service": ReviewService(settings, store, hub), "redis": redis}
+            yield {"service": ReviewService(settings, store, hub, worker), "redis": redis}
 
     app = FastAPI(
         title="reviewstream",
@@ -97,7 +98,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     add_error_handlers(app)
-    for module in (jobs, long_poll, sse, ws, health, demo):
+    for module in (jobs, long_poll, sse, ws, health, metrics, demo):
         app.include_router(module.router)
     return app
 

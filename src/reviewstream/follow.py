@@ -47,7 +47,13 @@ class Follower:
         return self._feed.end
 
     async def start(self) -> None:
-        """Read the list once; raises ``JobNotFound`` for an unknown or expired job."""
+        """Read the list once, unless the feed already holds everything from our offset.
+
+        Raises ``JobNotFound`` for an unknown or expired job.
+        """
+        if self._feed.confirmed.is_set() and self._feed.covers(self.offset):
+            self._epoch = self._feed.epoch  # a warm feed: no Redis command for this follower
+            return
         self._pending = await self._read()
 
     async def _read(self) -> Batch | JobEnd | None:

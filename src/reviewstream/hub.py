@@ -19,6 +19,7 @@ import collections
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,7 @@ class Feed:
     def __init__(self, channel: str, max_tokens: int) -> None:
         self.channel = channel
         self.refs = 0
+        self.idle_since = 0.0
         self.epoch = 0
         self.confirmed = asyncio.Event()
         self.end: JobEnd | None = None
@@ -99,6 +101,16 @@ class Feed:
 
     # -- read by followers --------------------------------------------------------------------
 
+    def covers(self, offset: int) -> bool:
+        """True when this feed alone can serve a follower from ``offset`` (no list read).
+
+        Never for an ended job: its keys expire after the retention, and a follower must then
+        get a clear 404 rather than what this process still remembers.
+        """
+        return self.end is None and bool(self._batches) and (
+            self._batches[0].offset <= offset <= self._batches[-1].next_offset
+        )
+
     def tokens_from(self, offset: int, limit: int) -> Batch | None:
         """Buffered tokens from ``offset`` on; empty if none yet; None if ``offset`` fell out."""
         if not self._batches:
@@ -136,6 +148,8 @@ class Hub:
 
     ``join(job_id)`` subscribes (once per job per process) and returns only after Redis
     confirmed the subscription, so a follower that reads the list afterwards misses nothing.
+    A feed nobody holds lingers ``linger_seconds`` before it is unsubscribed, so that a long
+    poller's next request, or a client reconnecting, finds it still warm.
     """
 
     def __init__(
@@ -145,11 +159,14 @@ class Hub:
         *,
         buffer_tokens: int = 1024,
         subscribe_timeout: float = 10.0,
+        linger_seconds: float = 5.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._buffer_tokens = buffer_tokens
         self._subscribe_timeout = subscribe_timeout
+        self._linger_seconds = linger_seconds
+        self._swept_at = 0.0
         self._feeds: dict[str, Feed] = {}
         # Feeds awaiting a subscribe confirmation, per channel, in the order SUBSCRIBE was sent.
         self._expected: dict[str, collections.deque[Feed]] = collections.defaultdict(
@@ -193,9 +210,7 @@ class Hub:
             yield feed
         finally:
             feed.refs -= 1
-            if feed.refs == 0 and self._feeds.get(channel) is feed:
-                del self._feeds[channel]
-                await self._unsubscribe(channel)
+            feed.idle_since = time.monotonic()
 
     async def _subscribe(self, feed: Feed) -> None:
         self._expected[feed.channel].append(feed)
@@ -251,9 +266,23 @@ class Hub:
 
     async def _listen(self) -> None:
         while True:
-            message = await self._pubsub.get_message(timeout=None)
+            message = await self._pubsub.get_message(timeout=1.0)
             if message is not None:
                 self._route(message)
+            now = time.monotonic()
+            if now - self._swept_at >= 1.0:
+                self._swept_at = now
+                await self._drop_idle_feeds(now)
+
+    async def _drop_idle_feeds(self, now: float) -> None:
+        idle = [
+            channel
+            for channel, feed in self._feeds.items()
+            if feed.refs == 0 and now - feed.idle_since >= self._linger_seconds
+        ]
+        for channel in idle:
+            del self._feeds[channel]
+            await self._unsubscribe(channel)
 
     def _route(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]

@@ -18,6 +18,7 @@ from .models import JobEnd, JobPage, JobStatus, ReviewRequest
 from .providers import default_model
 from .settings import Settings
 from .store import JobStore, Snapshot
+from .worker import Worker
 
 
 def check_provider(provider: str, model: str, settings: Settings) -> None:
@@ -58,6 +59,8 @@ class ReviewService:
     settings: Settings
     store: JobStore
     hub: Hub
+    worker: Worker | None = None
+    followers: int = 0  # live followers in this process, for /metrics
 
     @property
     def follow_options(self) -> FollowOptions:
@@ -126,10 +129,14 @@ class ReviewService:
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str, offset: int) -> AsyncIterator[Follower]:
         """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding."""
-        async with open_follower(
-            self.hub, self.store, job_id, offset, self.follow_options
-        ) as follower:
-            yield follower
+        self.followers += 1
+        try:
+            async with open_follower(
+                self.hub, self.store, job_id, offset, self.follow_options
+            ) as follower:
+                yield follower
+        finally:
+            self.followers -= 1
 
     async def cancel(self, job_id: str) -> None:
         await self.store.cancel(job_id)

@@ -1,0 +1,31 @@
+"""Prometheus metrics of this process, in the text exposition format."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import PlainTextResponse
+
+from .deps import Service
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+async def metrics(service: Service) -> PlainTextResponse:
+    """Gauges of this process: followers, subscribed jobs, running jobs."""
+    worker = service.worker
+    gauges = {
+        "reviewstream_followers": (
+            "Live followers (long poll, SSE, WebSocket).",
+            service.followers,
+        ),
+        "reviewstream_feeds": ("Jobs this process is subscribed to.", service.hub.feeds),
+        "reviewstream_worker_running_jobs": (
+            "Jobs the in-process worker is running.",
+            worker.running if worker is not None else 0,
+        ),
+    }
+    lines = []
+    for name, (help_text, value) in gauges.items():
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")

@@ -1,0 +1,265 @@
+"""The Python client and ``reviewstream review`` against a real server on 127.0.0.1.
+
+Every mode must yield the job's stored text exactly; a connection cut mid-stream (by a TCP proxy
+between client and server) must resume by offset with no gap and no duplicate; API refusals
+become ``ClientError`` carrying the API's ``error`` text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from conftest import free_port, serve
+
+from reviewstream import client_cli
+from reviewstream.app import create_app
+from reviewstream.client import (
+    MODES,
+    ClientError,
+    ConnectionLost,
+    End,
+    Mode,
+    ReviewstreamClient,
+    TokenBatch,
+)
+from reviewstream.settings import Settings
+
+NAME = "Ada Lovelace"
+POINTS = "Led the payments migration; mentors two juniors; needs to delegate more"
+
+
+@pytest.fixture
+async def base_url(settings: Settings) -> AsyncIterator[str]:
+    async with serve(create_app(settings)) as base:
+        yield base
+
+
+@pytest.fixture
+async def client(base_url: str) -> AsyncIterator[ReviewstreamClient]:
+    async with ReviewstreamClient(base_url, backoff=0.02) as c:
+        yield c
+
+
+async def collect(
+    client: ReviewstreamClient, job_id: str, mode: Mode, offset: int = 0, **kw: Any
+) -> tuple[list[str], End]:
+    """Follow to the end, checking that batches are contiguous from ``offset``."""
+    tokens: list[str] = []
+    end: End | None = None
+    expected = offset
+    async with contextlib.aclosing(client.follow(job_id, mode, offset, **kw)) as items:
+        async for item in items:
+            assert end is None, "nothing may follow the end"
+            if isinstance(item, TokenBatch):
+                assert item.offset == expected and item.tokens
+                assert len(item.ts) == len(item.tokens)
+                expected = item.next_offset
+                tokens += item.tokens
+            else:
+                end = item
+    assert end is not None
+    assert end.next_offset == expected
+    return tokens, end
+
+
+async def stored_text(client: ReviewstreamClient, job_id: str) -> list[str]:
+    """The job's whole stored text once it is done, by short poll with a big limit."""
+    while not (page := await client.poll(job_id, 0, limit=10_000)).done:
+        await asyncio.sleep(0.02)
+    assert page.next_offset == len(page.tokens)
+    return page.tokens
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_every_mode_yields_the_stored_text(client: ReviewstreamClient, mode: Mode) -> None:
+    job = await client.create(NAME, POINTS, length_words=80, tone="direct")
+    assert job.status == "queued" and job.links["ws"] == f"/jobs/{job.id}/ws"
+    tokens, end = await collect(client, job.id, mode, poll_interval=0.02)
+    assert end.status == "done" and end.error is None
+    assert end.usage is not None and end.usage["output_tokens"] == len(tokens)
+    assert tokens == await stored_text(client, job.id)
+    assert NAME in "".join(tokens)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_follow_from_the_middle_starts_there(client: ReviewstreamClient, mode: Mode) -> None:
+    job = await client.create(NAME, POINTS, length_words=60)
+    full = await stored_text(client, job.id)
+    tokens, end = await collect(client, job.id, mode, offset=7, poll_interval=0.02)
+    assert tokens == full[7:] and end.next_offset == len(full)
+
+
+class CuttableProxy:
+    """A TCP proxy to the server whose ``cut()`` aborts every open connection, both ways."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.accepted = 0
+        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        link = (writer, up_writer)
+        self._links.add(link)
+        try:
+            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+        finally:
+            self._links.discard(link)
+            writer.transport.abort()
+            up_writer.transport.abort()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        writer.transport.abort()
+
+    def cut(self) -> int:
+        """Abort every open connection; returns how many there were."""
+        links = list(self._links)
+        for a, b in links:
+            a.transport.abort()
+            b.transport.abort()
+        return len(links)
+
+    async def aclose(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resume_after_cut_connection_has_no_gap_or_duplicate(
+    settings: Settings, mode: Mode
+) -> None:
+    slow = settings.model_copy(update={"sim_tokens_per_second": 150})
+    async with serve(create_app(slow)) as base:
+        proxy = CuttableProxy(int(base.rsplit(":", 1)[1]))
+        via_proxy = await proxy.start()
+        try:
+            async with ReviewstreamClient(via_proxy, backoff=0.02) as c:
+                job = await c.create(NAME, POINTS, length_words=80)
+                tokens: list[str] = []
+                end: End | None = None
+                cuts = 0
+                async with contextlib.aclosing(c.follow(job.id, mode, poll_interval=0.05)) as it:
+                    async for item in it:
+                        if isinstance(item, End):
+                            end = item
+                            continue
+                        assert item.offset == len(tokens)
+                        tokens += item.tokens
+                        if len(tokens) >= 5 and cuts < 2:
+                            cuts += 1
+                            proxy.cut()
+                            await asyncio.sleep(0.05)  # let the cut land mid-stream
+                assert end is not None and end.status == "done"
+                assert cuts == 2
+                assert proxy.accepted >= 3, "the client did not reconnect after the cuts"
+                assert tokens == await stored_text(c, job.id)
+        finally:
+            await proxy.aclose()
+
+
+async def test_gives_up_after_bounded_retries() -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with ReviewstreamClient(dead, max_retries=2, backoff=0.01) as c:
+        with pytest.raises(ConnectionLost, match="3 times in a row at offset 4"):
+            async with contextlib.aclosing(c.follow("abc", "sse", offset=4)) as items:
+                async for _ in items:
+                    pass
+
+
+async def test_invalid_input_is_client_error_with_api_message(client: ReviewstreamClient) -> None:
+    with pytest.raises(ClientError) as info:
+        await client.create("", POINTS)
+    assert info.value.status == 422
+    assert "employee_name" in info.value.message and "at least 1 character" in info.value.message
+    with pytest.raises(ClientError) as info:
+        await client.create(NAME, POINTS, model="gpt-17")
+    assert info.value.status == 422 and "gpt-17" in info.value.message
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_unknown_job_is_404_in_every_mode(client: ReviewstreamClient, mode: Mode) -> None:
+    with pytest.raises(ClientError) as info:
+        await collect(client, "does-not-exist", mode)
+    assert info.value.status == 404
+    assert "not found" in info.value.message
+
+
+async def test_cancel_ends_the_stream_cancelled_and_twice_is_409(settings: Settings) -> None:
+    slow = settings.model_copy(update={"sim_tokens_per_second": 30})
+    async with serve(create_app(slow)) as base, ReviewstreamClient(base) as c:
+        job = await c.create(NAME, POINTS, length_words=200)
+        tokens: list[str] = []
+        end: End | None = None
+        async with contextlib.aclosing(c.follow(job.id, "websocket")) as items:
+            async for item in items:
+                if isinstance(item, TokenBatch):
+                    tokens += item.tokens
+                    if len(tokens) >= 3 and not end:
+                        await c.cancel(job.id)
+                else:
+                    end = item
+        assert end is not None and end.status == "cancelled"
+        assert end.next_offset == len(tokens)
+        with pytest.raises(ClientError) as info:
+            await c.cancel(job.id)
+        assert info.value.status == 409 and "cancelled" in info.value.message
+
+
+async def test_websocket_mode_without_websockets_says_what_to_install(
+    client: ReviewstreamClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "websockets.asyncio.client", None)
+    with pytest.raises(ImportError, match="pip install websockets"):
+        await collect(client, "abc", "websocket")
+
+
+def cli_args(base_url: str, *argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    client_cli.add_arguments(parser)
+    return parser.parse_args(["--url", base_url, *argv])
+
+
+@pytest.mark.parametrize("mode", ["sse", "short_poll"])
+async def test_cli_prints_the_review_and_a_summary(
+    base_url: str, client: ReviewstreamClient, capsys: pytest.CaptureFixture[str], mode: str
+) -> None:
+    args = cli_args(base_url, "--name", NAME, "--points", POINTS, "--length", "60", "--mode", mode)
+    args.poll_interval = 0.02
+    code = await asyncio.to_thread(client_cli.run, args)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    job_id = err.rsplit("job ", 1)[1].split(")")[0]
+    stored = await stored_text(client, job_id)
+    assert out == "".join(stored) + "\n"
+    assert err.startswith(f"done: {len(stored)} tokens, ttft ")
+    assert f"({mode}, job {job_id})" in err
+
+
+async def test_cli_rejected_input_exits_nonzero_with_api_error(
+    base_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = cli_args(base_url, "--name", "", "--points", POINTS)
+    assert await asyncio.to_thread(client_cli.run, args) == client_cli.EXIT_REFUSED
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "error: invalid request: body.employee_name" in err

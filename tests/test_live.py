@@ -1,0 +1,412 @@
+"""Live delivery on real uvicorn servers: long poll, SSE and WebSocket over one offset contract,
+resume in every mode, fan-out from one subscription, moving between API processes, and a hub
+whose Redis connection is killed mid-stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+import websockets
+
+from reviewstream.app import create_app
+from reviewstream.settings import Settings
+
+import followers as fl
+from conftest import serve
+
+REVIEW = {
+    "employee_name": "Katherine Johnson",
+    "employee_review_points": "Trajectory analysis; mentoring; clear writing; could delegate",
+    "length_words": 80,
+}
+
+
+def tuned(settings: Settings, **changes: Any) -> Settings:
+    return settings.model_copy(update=changes)
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    async with serve(create_app(settings)) as base:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
+            yield base, c
+
+
+async def new_job(c: httpx.AsyncClient, **overrides: Any) -> str:
+    r = await c.post("/jobs", json={**REVIEW, **overrides})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
+
+
+async def stored(c: httpx.AsyncClient, job_id: str) -> list[str]:
+    """The whole stored text of a job, once it has ended."""
+    return (await fl.short_poll(c, job_id)).tokens
+
+
+async def until_tokens(c: httpx.AsyncClient, job_id: str, n: int) -> None:
+    while len((await c.get(f"/jobs/{job_id}", params={"limit": 10000})).json()["tokens"]) < n:
+        await asyncio.sleep(0.01)
+
+
+# -- resume: table-driven, every mode ---------------------------------------------------------
+
+CASES = ["start", "middle", "end", "past_end_of_finished", "after_end_resumed"]
+
+
+@pytest.mark.parametrize("mode", fl.MODES)
+@pytest.mark.parametrize("case", CASES)
+async def test_resume_cases_on_finished_job(
+    server: tuple[str, httpx.AsyncClient], mode: str, case: str
+) -> None:
+    base, c = server
+    job_id = await new_job(c)
+    full = await stored(c, job_id)
+    n = len(full)
+    offset = {
+        "start": 0,
+        "middle": n // 2,
+        "end": n,
+        "past_end_of_finished": n + 25,
+        "after_end_resumed": n - 1,
+    }[case]
+    result = await fl.follow(mode, c, base, job_id, offset)
+    assert result.tokens == full[offset:]
+    assert len(result.ends) == 1
+    end = result.ends[0]
+    assert end["status"] == "done"
+    assert end["next_offset"] == max(n, offset) if mode.endswith("poll") else n
+
+
+@pytest.mark.parametrize("mode", fl.MODES)
+async def test_offset_past_the_end_waits_for_the_tokens(settings: Settings, mode: str) -> None:
+    slow = tuned(settings, sim_tokens_per_second=150)
+    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        await until_tokens(c, job_id, 3)
+        ahead = 40
+        started = time.monotonic()
+        result = await fl.follow(mode, c, base, job_id, ahead)
+        waited = time.monotonic() - started
+        full = await stored(c, job_id)
+        assert result.tokens == full[ahead:] and len(result.ends) == 1
+        assert waited > 0.1  # it had to wait for tokens that did not exist yet
+
+
+@pytest.mark.parametrize("mode", fl.MODES)
+async def test_expired_job_is_a_clear_404(settings: Settings, mode: str) -> None:
+    short = tuned(settings, retention_seconds=1)
+    async with serve(create_app(short)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c, length_words=50)
+        await stored(c, job_id)
+        await asyncio.sleep(1.3)
+        if mode == "websocket":
+            url = base.replace("http", "ws") + f"/jobs/{job_id}/ws"
+            async with websockets.connect(url) as ws:
+                with pytest.raises(websockets.ConnectionClosedError) as info:
+                    await ws.recv()
+            assert info.value.rcvd is not None
+            assert info.value.rcvd.code == 4404 and "not found" in info.value.rcvd.reason
+            return
+        path = {
+            "short_poll": f"/jobs/{job_id}",
+            "long_poll": f"/jobs/{job_id}/long-poll",
+            "sse": f"/jobs/{job_id}/events",
+        }[mode]
+        r = await c.get(path)
+        assert r.status_code == 404
+        assert "expired" in r.json()["error"]
+
+
+# -- randomized disconnects -------------------------------------------------------------------
+
+
+async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
+    settings: Settings,
+) -> None:
+    rng = random.Random(20261123)
+    tuned_settings = tuned(settings, sim_tokens_per_second=300)
+    disconnects = 0
+
+    async def follower(base: str, c: httpx.AsyncClient, mode: str, job_id: str) -> fl.Result:
+        nonlocal disconnects
+        result = fl.Result()
+        while not result.ends:
+            stop_after = len(result.tokens) + rng.randint(1, 10)
+            before = len(result.tokens)
+            if mode == "sse" and result.last_id is not None:
+                # Resume the way browsers do: Last-Event-ID, not an offset parameter.
+                await fl.sse(c, job_id, last_event_id=result.last_id, stop_after=stop_after,
+                             result=result)  # fmt: skip
+            else:
+                await fl.follow(mode, c, base, job_id, len(result.tokens), stop_after, result)
+            if not result.ends:
+                disconnects += 1
+                assert len(result.tokens) >= before
+        return result
+
+    async with serve(create_app(tuned_settings)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            jobs = [await new_job(c, length_words=150) for _ in range(4)]
+            runs = [(mode, job) for job in jobs for mode in fl.MODES for _ in range(2)]
+            results = await asyncio.gather(*(follower(base, c, m, j) for m, j in runs))
+            texts = {job: await stored(c, job) for job in jobs}
+    assert disconnects >= 200, disconnects
+    for (mode, job), result in zip(runs, results, strict=True):
+        assert result.tokens == texts[job], f"{mode} on {job}"
+        assert len(result.ends) == 1
+
+
+# -- fan-out ----------------------------------------------------------------------------------
+
+
+def command_total(stats: dict[str, Any]) -> int:
+    return sum(int(v["calls"]) for v in stats.values())
+
+
+async def pubsub_connections(redis: aioredis.Redis) -> int:
+    clients = await redis.client_list()
+    return sum(1 for cl in clients if int(cl.get("sub", 0)) + int(cl.get("psub", 0)) > 0)
+
+
+async def test_fanout_one_subscription_and_commands_flat_in_followers(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    paced = tuned(settings, sim_tokens_per_second=150, sim_first_token_ms=600)
+    async with serve(create_app(paced)) as base:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
+
+            async def run(n: int) -> tuple[int, int, int]:
+                """Commands spent on one job followed by ``n`` followers, and pub/sub conns."""
+                before = command_total(await redis.info("commandstats"))
+                job_id = await new_job(c)
+                modes = ["sse", "websocket", "long_poll"]
+                tasks = [
+                    asyncio.create_task(fl.follow(modes[i % 3], c, base, job_id)) for i in range(n)
+                ]
+                await asyncio.sleep(0.4)  # all joined, before the first token
+                conns = await pubsub_connections(redis)
+                results = await asyncio.gather(*tasks)
+                full = await stored(c, job_id)
+                assert all(r.tokens == full and len(r.ends) == 1 for r in results)
+                spent = command_total(await redis.info("commandstats")) - before
+                return spent, conns, len(full)
+
+            few, conns_few, tokens = await run(3)
+            many, conns_many, _ = await run(150)
+    assert conns_few == 1 and conns_many == 1
+    extra_per_follower = (many - few) / 147
+    # A follower costs a constant few commands to join (one read of the list, one more at the
+    # end for a long poller), never a command per token: that would be >= tokens each.
+    assert extra_per_follower <= 20, (few, many, tokens)
+    assert tokens >= 100
+
+
+# -- several API processes, and a hub that loses its connection -------------------------------
+
+
+async def test_follower_moves_between_api_processes_mid_stream(settings: Settings) -> None:
+    paced = tuned(settings, sim_tokens_per_second=150)
+    api_only = create_app(paced, run_worker=False)
+    async with serve(create_app(paced)) as base_a, serve(api_only) as base_b:
+        async with (
+            httpx.AsyncClient(base_url=base_a) as a,
+            httpx.AsyncClient(base_url=base_b) as b,
+        ):
+            job_id = await new_job(a)
+            part = await fl.sse(a, job_id, stop_after=15)
+            assert not part.ends
+            rest = await fl.sse(b, job_id, last_event_id=part.last_id)
+            ws_part = await fl.websocket(base_b, job_id, 0, stop_after=5)
+            ws_rest = await fl.websocket(base_a, job_id, ws_part.offset)
+            full = await stored(b, job_id)
+    assert part.tokens + rest.tokens == full and len(rest.ends) == 1
+    assert ws_part.tokens + ws_rest.tokens == full
+
+
+async def test_hub_connection_killed_mid_stream_followers_finish(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    paced = tuned(settings, sim_tokens_per_second=100)
+    async with serve(create_app(paced)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        tasks = [
+            asyncio.create_task(fl.follow(mode, c, base, job_id))
+            for mode in ("sse", "websocket", "long_poll")
+        ]
+        await until_tokens(c, job_id, 15)
+        killed = 0
+        for client in await redis.client_list():
+            if int(client.get("sub", 0)) > 0:
+                await redis.client_kill_filter(_id=client["id"])
+                killed += 1
+        assert killed == 1
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        full = await stored(c, job_id)
+        assert (await c.get(f"/jobs/{job_id}")).json()["status"] == "done"
+        await asyncio.sleep(0.3)
+        assert await pubsub_connections(redis) == 1  # the hub came back
+    for result in results:
+        assert result.tokens == full and len(result.ends) == 1
+
+
+# -- mode details -----------------------------------------------------------------------------
+
+
+async def test_long_poll_timeout_is_200_with_no_tokens_and_capped(settings: Settings) -> None:
+    waiting = tuned(settings, sim_first_token_ms=5000, long_poll_max_timeout=0.5)
+    async with serve(create_app(waiting)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        started = time.monotonic()
+        r = await c.get(f"/jobs/{job_id}/long-poll", params={"offset": 0, "timeout": 0.2})
+        assert 0.15 < time.monotonic() - started < 2
+        page = r.json()
+        assert r.status_code == 200 and page["tokens"] == [] and not page["done"]
+        assert page["next_offset"] == 0
+        started = time.monotonic()
+        await c.get(f"/jobs/{job_id}/long-poll", params={"timeout": 300})
+        assert time.monotonic() - started < 2  # held at most the server's cap
+        r = await c.get(f"/jobs/{job_id}/long-poll", params={"timeout": -1})
+        assert r.status_code == 422 and "timeout" in r.json()["error"]
+
+
+async def test_sse_headers_retry_hint_and_heartbeats(settings: Settings) -> None:
+    beating = tuned(settings, sim_first_token_ms=900, sse_heartbeat_seconds=0.2)
+    async with serve(create_app(beating)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c, length_words=50)
+        async with c.stream("GET", f"/jobs/{job_id}/events") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            assert r.headers["cache-control"] == "no-store"
+            assert r.headers["x-accel-buffering"] == "no"
+            body = ""
+            async for chunk in r.aiter_text():
+                body += chunk
+                if "event: end" in body:
+                    break
+    assert "retry: 1000" in body
+    assert body.count(": ping") >= 2  # heartbeats while the model had not started
+    assert body.index(": ping") < body.index("event: token")
+
+
+@pytest.mark.parametrize("bad", ["abc", "-3"])
+async def test_sse_bad_last_event_id_or_offset_is_422(
+    server: tuple[str, httpx.AsyncClient], bad: str
+) -> None:
+    _, c = server
+    job_id = await new_job(c)
+    r = await c.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
+    assert r.status_code == 422 and "Last-Event-ID" in r.json()["error"]
+    r = await c.get(f"/jobs/{job_id}/events", params={"offset": bad})
+    assert r.status_code == 422 and "offset" in r.json()["error"]
+    r = await c.get("/jobs/unknown-job/events")
+    assert r.status_code == 404
+
+
+async def test_websocket_errors_close_with_4xxx_and_reason(
+    server: tuple[str, httpx.AsyncClient],
+) -> None:
+    base, c = server
+    ws_base = base.replace("http", "ws")
+    job_id = await new_job(c, length_words=1500)
+    cases = [
+        ("/jobs/unknown-job/ws", None, 4404, "not found"),
+        (f"/jobs/{job_id}/ws?offset=-1", None, 4422, "offset"),
+        (f"/jobs/{job_id}/ws", "not json", 4400, "JSON"),
+        (f"/jobs/{job_id}/ws", json.dumps({"type": "dance"}), 4400, "unknown message"),
+    ]
+    for path, send, code, reason in cases:
+        async with websockets.connect(ws_base + path) as ws:
+            if send is not None:
+                await ws.send(send)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await ws.recv()
+            assert info.value.rcvd is not None, path
+            assert info.value.rcvd.code == code and reason in info.value.rcvd.reason, path
+    await c.delete(f"/jobs/{job_id}")
+
+
+async def test_websocket_cancel_ends_job_cancelled(settings: Settings) -> None:
+    slow = tuned(settings, sim_tokens_per_second=50)
+    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        url = base.replace("http", "ws") + f"/jobs/{job_id}/ws"
+        tokens: list[str] = []
+        async with websockets.connect(url) as ws:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "tokens":
+                    tokens += message["tokens"]
+                    if len(tokens) >= 3:
+                        await ws.send(json.dumps({"type": "cancel"}))
+                else:
+                    end = message
+                    break
+        assert end["status"] == "cancelled" and end["next_offset"] == len(tokens)
+        assert (await stored(c, job_id)) == tokens
+
+
+async def test_generate_streams_a_new_job_as_sse(server: tuple[str, httpx.AsyncClient]) -> None:
+    _, c = server
+    tokens: list[str] = []
+    async with c.stream("POST", "/generate", json=REVIEW) as r:
+        assert r.status_code == 200
+        job_id = r.headers["x-job-id"]
+        from httpx_sse import EventSource
+
+        async for event in EventSource(r).aiter_sse():
+            if event.event == "token":
+                tokens += json.loads(event.data)["tokens"]
+            elif event.event == "end":
+                assert json.loads(event.data)["status"] == "done"
+                break
+    assert tokens == await stored(c, job_id)
+    assert "Katherine Johnson" in "".join(tokens)
+    r = await c.post("/generate", json={"employee_name": "x"})
+    assert r.status_code == 422
+
+
+async def test_coalescing_window_batches_tokens_per_message(settings: Settings) -> None:
+    coalesced = tuned(settings, sim_tokens_per_second=400, coalesce_ms=60)
+    async with serve(create_app(coalesced)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        messages = 0
+        tokens: list[str] = []
+        async with websockets.connect(base.replace("http", "ws") + f"/jobs/{job_id}/ws") as ws:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] != "tokens":
+                    break
+                messages += 1
+                tokens += message["tokens"]
+        assert tokens == await stored(c, job_id)
+        assert messages < len(tokens) / 4, (messages, len(tokens))
+
+
+async def test_sse_client_disconnect_frees_its_follower(settings: Settings) -> None:
+    slow = tuned(settings, sim_tokens_per_second=50)
+    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+
+        async def followers() -> float:
+            text = (await c.get("/metrics")).text
+            line = next(x for x in text.splitlines() if x.startswith("reviewstream_followers "))
+            return float(line.split()[1])
+
+        baseline = await followers()
+        part = await fl.sse(c, job_id, stop_after=3)
+        assert part.tokens
+        deadline = time.monotonic() + 2
+        while await followers() > baseline and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert await followers() == baseline
+        await c.delete(f"/jobs/{job_id}")
