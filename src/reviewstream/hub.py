@@ -107,8 +107,10 @@ class Feed:
         Never for an ended job: its keys expire after the retention, and a follower must then
         get a clear 404 rather than what this process still remembers.
         """
-        return self.end is None and bool(self._batches) and (
-            self._batches[0].offset <= offset <= self._batches[-1].next_offset
+        return (
+            self.end is None
+            and bool(self._batches)
+            and (self._batches[0].offset <= offset <= self._batches[-1].next_offset)
         )
 
     def tokens_from(self, offset: int, limit: int) -> Batch | None:

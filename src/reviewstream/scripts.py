@@ -20,14 +20,15 @@ local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: meta, chunks, times. ARGV: channel, owner, token...
+# KEYS: meta, chunks, times. ARGV: channel, owner, token... (The meta hash's count is set at the
+# end; while running, LLEN of the chunks is the count, which saves a command per token.)
 # Returns the new count, or -1 when the job is no longer running, -2 when another owner has it.
 APPEND = (
     _NOW
     + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if status ~= 'running' then return -1 end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return -2 end
+local state = redis.call('HMGET', KEYS[1], 'status', 'owner')
+if state[1] ~= 'running' then return -1 end
+if state[2] ~= ARGV[2] then return -2 end
 local tokens = {}
 local times = {}
 for i = 3, #ARGV do
@@ -36,7 +37,6 @@ for i = 3, #ARGV do
 end
 local count = redis.call('RPUSH', KEYS[2], unpack(tokens))
 redis.call('RPUSH', KEYS[3], unpack(times))
-redis.call('HSET', KEYS[1], 'count', count)
 local offset = count - #tokens
 redis.call('PUBLISH', ARGV[1],
   '{"offset":' .. offset .. ',"ts":' .. now .. ',"tokens":' .. cjson.encode(tokens) .. '}')

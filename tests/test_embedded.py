@@ -1,0 +1,106 @@
+"""The zero-config default: `reviewstream serve` with no Redis URL runs a private redis-server,
+serves jobs with it, and never leaves it behind — not even when killed with SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from conftest import free_port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
+    env |= {"REVIEWSTREAM_SIM_TOKENS_PER_SECOND": "500", "REVIEWSTREAM_SIM_FIRST_TOKEN_MS": "5"}
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port)],
+        env=env,
+        cwd=tmp_path,  # no stray .env is read
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("reviewstream serve did not become ready")
+    yield proc, base
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def embedded_redis(proc: subprocess.Popen[bytes]) -> psutil.Process:
+    [child] = [c for c in psutil.Process(proc.pid).children() if "redis" in c.name()]
+    return child
+
+
+def socket_path(redis_server: psutil.Process) -> Path:
+    """redis-server sets its process title to ``redis-server unixsocket:/path``."""
+    title = " ".join(redis_server.cmdline())
+    return Path(title.split("unixsocket:")[1].split()[0])
+
+
+def gone(process: psutil.Process, within: float) -> bool:
+    try:
+        process.wait(within)
+    except psutil.TimeoutExpired:
+        return False
+    return True
+
+
+def test_serves_a_job_end_to_end_with_embedded_redis(
+    served: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, base = served
+    child = embedded_redis(proc)
+    assert socket_path(child).exists()
+    with httpx.Client(base_url=base, timeout=10) as c:
+        job = c.post("/jobs", json={"employee_name": "Ada", "employee_review_points": "Shipped"})
+        assert job.status_code == 202
+        offset, text = 0, ""
+        for _ in range(500):
+            page = c.get(f"/jobs/{job.json()['id']}", params={"offset": offset}).json()
+            text += "".join(page["tokens"])
+            offset = page["next_offset"]
+            if page["done"]:
+                break
+            time.sleep(0.02)
+    assert page["status"] == "done" and "Ada" in text
+
+
+def test_embedded_redis_stops_with_sigterm(served: tuple[subprocess.Popen[bytes], str]) -> None:
+    proc, _ = served
+    child = embedded_redis(proc)
+    socket_dir = socket_path(child).parent
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    assert gone(child, 5)
+    assert not socket_dir.exists()
+
+
+def test_embedded_redis_dies_with_a_killed_parent(
+    served: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, _ = served
+    child = embedded_redis(proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert gone(child, 5)
