@@ -410,3 +410,54 @@ async def test_sse_client_disconnect_frees_its_follower(settings: Settings) -> N
             await asyncio.sleep(0.05)
         assert await followers() == baseline
         await c.delete(f"/jobs/{job_id}")
+
+
+async def test_server_shutdown_ends_sse_streams_so_clients_resume_elsewhere(
+    settings: Settings, tmp_path: Any
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import free_port
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
+    env |= {"REVIEWSTREAM_REDIS_URL": str(settings.redis_url),
+            "REVIEWSTREAM_SIM_TOKENS_PER_SECOND": "40"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port), "--api-only"],
+        env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    doomed = f"http://127.0.0.1:{port}"
+    try:
+        async with serve(create_app(tuned(settings, sim_tokens_per_second=40))) as base:
+            async with (
+                httpx.AsyncClient(base_url=base) as c,
+                httpx.AsyncClient(base_url=doomed) as d,
+            ):
+                for _ in range(300):
+                    try:
+                        if (await d.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+                job_id = await new_job(c)
+                part = fl.Result()
+                follow = asyncio.create_task(fl.sse(d, job_id, result=part))
+                while len(part.tokens) < 5:
+                    await asyncio.sleep(0.02)
+                proc.send_signal(signal.SIGTERM)
+                started = time.monotonic()
+                with pytest.raises(httpx.TransportError):
+                    await asyncio.wait_for(follow, 5)
+                ended_after = time.monotonic() - started
+                assert not part.ends and ended_after < 3
+                rest = await fl.sse(c, job_id, last_event_id=part.last_id)
+                full = await stored(c, job_id)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert part.tokens + rest.tokens == full and len(rest.ends) == 1

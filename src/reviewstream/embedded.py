@@ -73,6 +73,8 @@ class EmbeddedRedis:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             preexec_fn=_die_with_parent,
+            # Its own session: a terminal's Ctrl-C must not stop it before our shutdown is done.
+            start_new_session=True,
         )  # fmt: skip
         client = aioredis.Redis.from_url(self.url)
         try:
