@@ -11,33 +11,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .errors import ProviderConfigError
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Batch, Hub
 from .models import JobEnd, JobPage, JobStatus, ReviewRequest
-from .providers import default_model
+from .providers import default_model, validate_job
 from .settings import Settings
 from .store import JobStore, Snapshot
 from .worker import Worker
-
-
-def check_provider(provider: str, model: str, settings: Settings) -> None:
-    """Refuse, before queueing, a job this deployment cannot run."""
-    try:
-        if provider == "simulated":
-            from .providers.simulated import SimulatedProvider
-
-            SimulatedProvider.validate_model(model)
-        elif provider == "openai":
-            from .providers.openai import OpenAIProvider
-
-            OpenAIProvider.from_settings(settings, None)  # type: ignore[arg-type]
-        elif provider == "anthropic":
-            from .providers.anthropic import AnthropicProvider
-
-            AnthropicProvider.from_settings(settings, None)  # type: ignore[arg-type]
-    except ValueError as e:
-        raise ProviderConfigError(str(e)) from e
 
 
 def page_of(snapshot: Snapshot) -> JobPage:
@@ -74,7 +54,7 @@ class ReviewService:
         """Queue a generation job for the request; returns its id and status."""
         provider = request.provider or self.settings.provider
         model = request.model or default_model(provider, self.settings)
-        check_provider(provider, model, self.settings)
+        validate_job(provider, model, self.settings)
         job_id = await self.store.create(request, provider=provider, model=model)
         return job_id, JobStatus.QUEUED
 

@@ -18,7 +18,14 @@ if TYPE_CHECKING:
     from ..models import ReviewRequest
     from ..settings import ProviderName, Settings
 
-__all__ = ["Prompt", "Provider", "build_prompt", "build_provider", "default_model"]
+__all__ = [
+    "Prompt",
+    "Provider",
+    "build_prompt",
+    "build_provider",
+    "default_model",
+    "validate_job",
+]
 
 # Generous for English prose (about 1.3 tokens per word) so the requested length is never cut.
 _TOKENS_PER_WORD = 2
@@ -43,6 +50,40 @@ def build_provider(name: ProviderName, settings: Settings, http: httpx.AsyncClie
 
         return AnthropicProvider.from_settings(settings, http)
     raise ValueError(f"unknown provider {name!r}; choose simulated, openai or anthropic")
+
+
+def validate_job(name: ProviderName, model: str, settings: Settings) -> None:
+    """Refuse, before a job is queued, what this deployment cannot run.
+
+    Raises ``ProviderConfigError`` for an unknown simulated preset, or a hosted API without its
+    key (the same check the provider's constructor makes).
+    """
+    from .base import require_key
+
+    if name == "simulated":
+        from .simulated import SimulatedProvider
+
+        SimulatedProvider.validate_model(model)
+    elif name == "openai":
+        from .openai import PUBLIC_HOST
+
+        key = settings.openai_api_key
+        require_key(
+            key.get_secret_value() if key else None,
+            settings.openai_base_url,
+            PUBLIC_HOST,
+            "REVIEWSTREAM_OPENAI_API_KEY",
+        )
+    else:
+        from .anthropic import PUBLIC_HOST
+
+        key = settings.anthropic_api_key
+        require_key(
+            key.get_secret_value() if key else None,
+            settings.anthropic_base_url,
+            PUBLIC_HOST,
+            "REVIEWSTREAM_ANTHROPIC_API_KEY",
+        )
 
 
 def default_model(name: ProviderName, settings: Settings) -> str:

@@ -17,7 +17,7 @@ from httpx_sse import EventSource, SSEError, aconnect_sse
 
 from ..errors import UpstreamProtocolError
 from ..models import Usage
-from .base import Prompt
+from .base import Prompt, require_key
 from .resilience import check_status, upstream_timeout, wrap_httpx_error
 
 if TYPE_CHECKING:
@@ -46,12 +46,7 @@ class AnthropicProvider:
         version: str,
         connect_timeout: float,
     ) -> None:
-        if not api_key and httpx.URL(base_url).host == PUBLIC_HOST:
-            raise ValueError(
-                f"the Anthropic API at {base_url} needs a key: set "
-                "REVIEWSTREAM_ANTHROPIC_API_KEY (or point REVIEWSTREAM_ANTHROPIC_BASE_URL at a "
-                "compatible server that needs none)"
-            )
+        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_ANTHROPIC_API_KEY")
         self._http = http
         self._url = base_url.rstrip("/") + "/v1/messages"
         self._headers = {"anthropic-version": version}

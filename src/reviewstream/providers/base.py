@@ -6,6 +6,9 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
+import httpx
+
+from ..errors import ProviderConfigError
 from ..models import ReviewRequest, Usage
 
 
@@ -18,6 +21,15 @@ class Prompt:
     model: str
     max_tokens: int
     request: ReviewRequest
+
+
+def require_key(api_key: str | None, base_url: str, public_host: str, env_var: str) -> None:
+    """A hosted API needs its key; a compatible server elsewhere (vLLM, Ollama…) may not."""
+    if not api_key and httpx.URL(base_url).host == public_host:
+        raise ProviderConfigError(
+            f"{base_url} needs an API key: set {env_var} (or point the base URL at a compatible"
+            " server that needs none)"
+        )
 
 
 class Provider(Protocol):

@@ -19,7 +19,7 @@ from httpx_sse import EventSource, SSEError, aconnect_sse
 
 from ..errors import UpstreamProtocolError
 from ..models import Usage
-from .base import Prompt
+from .base import Prompt, require_key
 from .resilience import check_status, upstream_timeout, wrap_httpx_error
 
 if TYPE_CHECKING:
@@ -47,11 +47,7 @@ class OpenAIProvider:
         api_key: str | None,
         connect_timeout: float,
     ) -> None:
-        if not api_key and httpx.URL(base_url).host == PUBLIC_HOST:
-            raise ValueError(
-                f"the OpenAI API at {base_url} needs a key: set REVIEWSTREAM_OPENAI_API_KEY "
-                "(or point REVIEWSTREAM_OPENAI_BASE_URL at a local compatible server)"
-            )
+        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_OPENAI_API_KEY")
         self._http = http
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}

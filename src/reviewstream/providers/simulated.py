@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..errors import ProviderConfigError
 from ..models import ReviewRequest, Usage
 from .base import Prompt
 
@@ -63,10 +64,12 @@ class SimulatedProvider:
 
     @classmethod
     def validate_model(cls, model: str) -> None:
-        """Raise ``ValueError`` unless ``model`` names a preset."""
+        """Raise ``ProviderConfigError`` (a ``ValueError``) unless ``model`` names a preset."""
         if model not in cls.PRESETS:
             allowed = ", ".join(cls.PRESETS)
-            raise ValueError(f"unknown simulated model {model!r}; choose one of: {allowed}")
+            raise ProviderConfigError(
+                f"unknown simulated model {model!r}; choose one of: {allowed}"
+            )
 
     def pace_for(self, model: str) -> Pace:
         """The pace of preset ``model``."""
