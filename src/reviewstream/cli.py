@@ -1,4 +1,4 @@
-"""The ``reviewstream`` command: ``serve``, ``worker`` and ``bench``."""
+"""The ``reviewstream`` command: ``serve``, ``worker``, ``bench`` and ``review``."""
 
 from __future__ import annotations
 
@@ -75,12 +75,6 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def bench(args: argparse.Namespace) -> int:
-    from .bench.cli import run
-
-    return run(args)
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviewstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -96,12 +90,16 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run workers alone against REVIEWSTREAM_REDIS_URL")
     w.set_defaults(func=worker)
 
-    with contextlib.suppress(ImportError):
-        from .bench.cli import add_arguments
+    from . import client_cli
+    from .bench import cli as bench_cli
 
-        b = sub.add_parser("bench", help="compare the four delivery modes on the same jobs")
-        add_arguments(b)
-        b.set_defaults(func=bench)
+    b = sub.add_parser("bench", help="compare the four delivery modes on the same jobs")
+    bench_cli.add_arguments(b)
+    b.set_defaults(func=bench_cli.run)
+
+    r = sub.add_parser("review", help="write a review on a running server and print it live")
+    client_cli.add_arguments(r)
+    r.set_defaults(func=client_cli.run)
     return p
 
 

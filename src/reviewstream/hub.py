@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -34,13 +35,20 @@ from .models import JobEnd
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Batch:
-    """Tokens ``[offset, offset + len(tokens))`` with the time each was appended."""
+    """Tokens ``[offset, offset + len(tokens))`` with the time each was appended.
+
+    A notification's batch is handed to every caught-up follower of the job in this process as
+    the same object, so its wire encodings are cached on it (``wire.py``): N followers, one
+    encoding.
+    """
 
     offset: int
     tokens: list[str]
     ts: list[float]
+    sse: bytes | None = field(default=None, repr=False)
+    ws: str | None = field(default=None, repr=False)
 
     @property
     def next_offset(self) -> int:
@@ -114,18 +122,26 @@ class Feed:
         )
 
     def tokens_from(self, offset: int, limit: int) -> Batch | None:
-        """Buffered tokens from ``offset`` on; empty if none yet; None if ``offset`` fell out."""
-        if not self._batches:
+        """Buffered tokens from ``offset`` on; empty if none yet; None if ``offset`` fell out.
+
+        Followers are mostly caught up, so the search starts from the newest batch; a follower
+        that is exactly one batch behind gets that very batch object (shared encodings).
+        """
+        batches = self._batches
+        if not batches or offset >= batches[-1].next_offset:
             return Batch(offset, [], [])
-        first = self._batches[0].offset
-        if offset < first:
+        if offset < batches[0].offset:
             return None
+        i = len(batches) - 1
+        while batches[i].offset > offset:
+            i -= 1
+        newest = batches[i]
+        if i == len(batches) - 1 and newest.offset == offset and len(newest.tokens) <= limit:
+            return newest
         tokens: list[str] = []
         ts: list[float] = []
-        for batch in self._batches:
-            if batch.next_offset <= offset:
-                continue
-            skip = max(offset + len(tokens) - batch.offset, 0)
+        for batch in itertools.islice(batches, i, None):
+            skip = offset + len(tokens) - batch.offset
             take = batch.tokens[skip : skip + limit - len(tokens)]
             tokens += take
             ts += batch.ts[skip : skip + len(take)]

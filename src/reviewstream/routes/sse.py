@@ -14,7 +14,7 @@ from ..errors import ReviewstreamError
 from ..follow import Follower
 from ..hub import Batch
 from ..models import ErrorBody, ReviewRequest
-from ..wire import dumps, end_message, tokens_message
+from ..wire import dumps, end_message, sse_token_event
 from .deps import JobId, Service
 from .jobs import _ERRORS
 
@@ -35,15 +35,13 @@ QueryOffset = Annotated[
 
 async def events(
     follower: Follower, stack: contextlib.AsyncExitStack, retry_ms: int
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     """Encode a follower's batches and end as SSE events; closes the follower when done."""
     try:
         yield ServerSentEvent(comment="reviewstream", retry=retry_ms)
         async for item in follower:
             if isinstance(item, Batch):
-                message = tokens_message(item)
-                del message["next_offset"]  # carried as the event id
-                yield ServerSentEvent(dumps(message), event="token", id=str(item.next_offset))
+                yield sse_token_event(item)
             else:
                 yield ServerSentEvent(dumps(end_message(item)), event="end")
     except ReviewstreamError as e:

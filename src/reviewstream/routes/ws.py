@@ -13,7 +13,7 @@ from ..errors import JobFinished, JobNotFound, ReviewstreamError
 from ..follow import Follower
 from ..hub import Batch
 from ..service import ReviewService
-from ..wire import dumps, end_message, tokens_message
+from ..wire import dumps, end_message, ws_tokens_message
 from .deps import get_service
 
 router = APIRouter(tags=["delivery"])
@@ -37,7 +37,7 @@ def parse_offset(raw: str | None) -> int:
 async def send_tokens(websocket: WebSocket, follower: Follower) -> None:
     async for item in follower:
         if isinstance(item, Batch):
-            await websocket.send_text(dumps({"type": "tokens", **tokens_message(item)}))
+            await websocket.send_text(ws_tokens_message(item))
         else:
             await websocket.send_text(dumps({"type": "end", **end_message(item)}))
 

@@ -1,0 +1,312 @@
+"""The system under test: a redis-server and a ``reviewstream serve`` started by the benchmark
+(or a server somewhere else, by URL), and what can be read from them: CPU time and memory from
+``/proc``, Redis command counts from ``INFO commandstats``.
+
+Both children are started with ``PR_SET_PDEATHSIG``, so they die with the benchmark even when it
+is killed. The server runs in a private working directory (no ``.env`` from the caller's) with
+only the ``REVIEWSTREAM_*`` variables the benchmark sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import resource
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ..embedded import redis_server_binary
+from .plan import ServerConfig
+
+log = logging.getLogger(__name__)
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+# Commands the benchmark itself sends to Redis; never counted against the server.
+BENCH_COMMANDS = frozenset({"info", "psubscribe", "punsubscribe", "ping", "hello", "client"})
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def raise_open_files_limit() -> int:
+    """Raise this process's open-files limit to its hard limit (children inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1_048_576 if hard == resource.RLIM_INFINITY else hard
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+    return soft
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of process ``pid`` (its live threads), from /proc.
+
+    ``schedstat`` counts in nanoseconds; ``stat`` only in clock ticks (10 ms), too coarse for
+    a run that costs the server a few tens of milliseconds. ``stat`` is the fallback.
+    """
+    total = 0
+    try:
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with open(f"{task.path}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of process ``pid``, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def client_cpu_seconds() -> float:
+    """CPU seconds the benchmark process itself has used."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _log_file(path: Path) -> BinaryIO:
+    return open(path, "ab")
+
+
+def _tail(path: Path | None, chars: int = 800) -> str:
+    return path.read_text(errors="replace")[-chars:] if path is not None and path.exists() else ""
+
+
+async def _start(
+    argv: list[str], env: dict[str, str], cwd: str, log_path: Path
+) -> asyncio.subprocess.Process:
+    with _log_file(log_path) as out:
+        return await asyncio.create_subprocess_exec(
+            *argv,
+            env=env,
+            cwd=cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+        )
+
+
+async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            async with asyncio.timeout(grace):
+                await process.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+
+class RedisProcess:
+    """A private redis-server on a unix socket (as ``reviewstream serve`` embeds by default)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket = str(workdir / "redis.sock")
+        self.url = f"unix://{self.socket}"
+        self.process: asyncio.subprocess.Process | None = None
+        self.client: aioredis.Redis | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self) -> None:
+        argv = [
+            redis_server_binary(), "--port", "0", "--unixsocket", self.socket,
+            "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir), "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = await _start(
+            argv, dict(os.environ), str(self.workdir), self.workdir / "redis.log"
+        )
+        self.client = aioredis.Redis.from_url(self.url, decode_responses=True)
+        async with asyncio.timeout(10):
+            while True:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                with contextlib.suppress(RedisError, OSError):
+                    if await self.client.ping():
+                        return
+                await asyncio.sleep(0.02)
+
+    async def commandstats(self) -> dict[str, int]:
+        """Calls per command since the server started (the benchmark's own excluded)."""
+        assert self.client is not None
+        info = await self.client.info("commandstats")
+        calls = {}
+        for key, value in info.items():
+            name = key.removeprefix("cmdstat_").lower()
+            if name not in BENCH_COMMANDS and isinstance(value, dict):
+                calls[name] = int(value.get("calls", 0))
+        return calls
+
+    async def version(self) -> str:
+        assert self.client is not None
+        info = await self.client.info("server")
+        return str(info.get("redis_version", "?"))
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+        if self.process is not None:
+            await _stop(self.process, 5)
+            self.process = None
+
+
+@dataclass
+class System:
+    """The server under test: its URL, and its processes when the benchmark started them."""
+
+    base_url: str
+    server_pid: int | None = None
+    redis: RedisProcess | None = None
+    config: ServerConfig | None = None
+    log_path: Path | None = None
+
+    @property
+    def redis_pid(self) -> int | None:
+        return self.redis.pid if self.redis is not None else None
+
+
+@dataclass
+class Sample:
+    """Counters at one moment; ``delta`` turns two samples into what happened between them."""
+
+    at: float
+    server_cpu: float | None
+    redis_cpu: float | None
+    client_cpu: float
+    commands: dict[str, int] = field(default_factory=dict)
+
+
+async def sample(system: System) -> Sample:
+    """Read the system's counters now."""
+    commands = await system.redis.commandstats() if system.redis is not None else {}
+    return Sample(
+        at=time.monotonic(),
+        server_cpu=cpu_seconds(system.server_pid) if system.server_pid else None,
+        redis_cpu=cpu_seconds(system.redis.pid) if system.redis and system.redis.pid else None,
+        client_cpu=client_cpu_seconds(),
+        commands=commands,
+    )
+
+
+def _env(
+    config: ServerConfig, redis_url: str, worker_concurrency: int, extra: dict[str, str]
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
+    env.update(
+        {
+            "REVIEWSTREAM_REDIS_URL": redis_url,
+            "REVIEWSTREAM_PROVIDER": "simulated",
+            "REVIEWSTREAM_SIM_TOKENS_PER_SECOND": f"{config.rate:g}",
+            "REVIEWSTREAM_SIM_FIRST_TOKEN_MS": f"{config.first_token_ms:g}",
+            "REVIEWSTREAM_COALESCE_MS": f"{config.coalesce_ms:g}",
+            "REVIEWSTREAM_WORKER_CONCURRENCY": str(worker_concurrency),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_healthy(
+    base_url: str,
+    process: asyncio.subprocess.Process | None,
+    seconds: float,
+    log_path: Path | None = None,
+) -> None:
+    """Wait until ``/healthz`` answers 200 (or the process dies)."""
+    async with httpx.AsyncClient(timeout=2) as client:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if process is not None and process.returncode is not None:
+                raise RuntimeError(f"server exited with {process.returncode}: {_tail(log_path)}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(base_url + "/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{base_url}/healthz did not answer within {seconds:g} s")
+
+
+@contextlib.asynccontextmanager
+async def started_system(
+    config: ServerConfig,
+    *,
+    worker_concurrency: int = 256,
+    extra_env: dict[str, str] | None = None,
+    graceful_seconds: float = 2.0,
+) -> AsyncIterator[System]:
+    """A fresh redis-server and ``reviewstream serve`` with ``config``; stopped on exit."""
+    workdir = Path(tempfile.mkdtemp(prefix="reviewstream-bench-"))
+    redis = RedisProcess(workdir)
+    server: asyncio.subprocess.Process | None = None
+    try:
+        await redis.start()
+        port = free_port()
+        log_path = workdir / "server.log"
+        argv = [
+            sys.executable, "-m", "reviewstream.cli", "serve", "--host", "127.0.0.1",
+            "--port", str(port), "--log-level", "warning",
+            "--graceful-timeout", f"{graceful_seconds:g}",
+        ]  # fmt: skip
+        env = _env(config, redis.url, worker_concurrency, extra_env or {})
+        server = await _start(argv, env, str(workdir), log_path)
+        base_url = f"http://127.0.0.1:{port}"
+        await wait_healthy(base_url, server, 60, log_path)
+        yield System(base_url, server.pid, redis, config, log_path)
+    finally:
+        if server is not None:
+            await _stop(server, graceful_seconds + 5)
+        await redis.aclose()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def remote_system(url: str) -> AsyncIterator[System]:
+    """A server the benchmark did not start: no CPU, memory or Redis figures."""
+    base = url.rstrip("/")
+    await wait_healthy(base, None, 10)
+    yield System(base)
