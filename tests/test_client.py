@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from conftest import free_port, serve
 
 from reviewstream import client_cli
 from reviewstream.app import create_app
@@ -27,15 +26,31 @@ from reviewstream.client import (
     Mode,
     ReviewstreamClient,
     TokenBatch,
+    _Cursor,
+    _Retry,
 )
 from reviewstream.settings import Settings
+
+from conftest import free_port, serve
 
 NAME = "Ada Lovelace"
 POINTS = "Led the payments migration; mentors two juniors; needs to delegate more"
 
 
-@pytest.fixture
-async def base_url(settings: Settings) -> AsyncIterator[str]:
+@pytest.fixture(scope="module")
+async def base_url(redis_server: str) -> AsyncIterator[str]:
+    """One server for the module: an app's shutdown waits out the worker's 1 s queue read.
+
+    Tests here must not use the function-scoped ``settings``/``redis_url`` fixtures: they flush
+    Redis under this running server. The pace lets live modes see tokens arrive (~0.5 s a job).
+    """
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server,
+        key_prefix="rs-client-tests",
+        sim_tokens_per_second=200,
+        sim_first_token_ms=10,
+    )
     async with serve(create_app(settings)) as base:
         yield base
 
@@ -95,6 +110,33 @@ async def test_follow_from_the_middle_starts_there(client: ReviewstreamClient, m
     assert tokens == full[7:] and end.next_offset == len(full)
 
 
+@pytest.mark.parametrize(
+    ("have", "batch_offset", "tokens", "fresh"),
+    [
+        (0, 0, ["a", "b"], ["a", "b"]),  # from the start
+        (1, 0, ["a", "b", "c"], ["b", "c"]),  # overlap after a resume: trimmed
+        (3, 0, ["a", "b", "c"], None),  # all seen already: nothing
+        (3, 3, ["d"], ["d"]),  # exactly where we are
+    ],
+)
+def test_cursor_trims_what_the_client_has(
+    have: int, batch_offset: int, tokens: list[str], fresh: list[str] | None
+) -> None:
+    cursor = _Cursor("job", have)
+    got = cursor.take(TokenBatch(batch_offset, tokens, [1.0] * len(tokens)))
+    assert (got.tokens if got else None) == fresh
+    assert cursor.offset == max(have, batch_offset + len(tokens))
+    if got:
+        assert got.offset == have and len(got.ts) == len(got.tokens)
+
+
+def test_cursor_refuses_a_gap() -> None:
+    cursor = _Cursor("job", 2)
+    with pytest.raises(_Retry, match="expected offset 2, got 5"):
+        cursor.take(TokenBatch(5, ["x"]))
+    assert cursor.offset == 2
+
+
 class CuttableProxy:
     """A TCP proxy to the server whose ``cut()`` aborts every open connection, both ways."""
 
@@ -146,35 +188,33 @@ class CuttableProxy:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_resume_after_cut_connection_has_no_gap_or_duplicate(
-    settings: Settings, mode: Mode
+    base_url: str, mode: Mode
 ) -> None:
-    slow = settings.model_copy(update={"sim_tokens_per_second": 150})
-    async with serve(create_app(slow)) as base:
-        proxy = CuttableProxy(int(base.rsplit(":", 1)[1]))
-        via_proxy = await proxy.start()
-        try:
-            async with ReviewstreamClient(via_proxy, backoff=0.02) as c:
-                job = await c.create(NAME, POINTS, length_words=80)
-                tokens: list[str] = []
-                end: End | None = None
-                cuts = 0
-                async with contextlib.aclosing(c.follow(job.id, mode, poll_interval=0.05)) as it:
-                    async for item in it:
-                        if isinstance(item, End):
-                            end = item
-                            continue
-                        assert item.offset == len(tokens)
-                        tokens += item.tokens
-                        if len(tokens) >= 5 and cuts < 2:
-                            cuts += 1
-                            proxy.cut()
-                            await asyncio.sleep(0.05)  # let the cut land mid-stream
-                assert end is not None and end.status == "done"
-                assert cuts == 2
-                assert proxy.accepted >= 3, "the client did not reconnect after the cuts"
-                assert tokens == await stored_text(c, job.id)
-        finally:
-            await proxy.aclose()
+    proxy = CuttableProxy(int(base_url.rsplit(":", 1)[1]))
+    via_proxy = await proxy.start()
+    try:
+        async with ReviewstreamClient(via_proxy, backoff=0.02) as c:
+            job = await c.create(NAME, POINTS, length_words=100)
+            tokens: list[str] = []
+            end: End | None = None
+            cuts = 0
+            async with contextlib.aclosing(c.follow(job.id, mode, poll_interval=0.05)) as items:
+                async for item in items:
+                    if isinstance(item, End):
+                        end = item
+                        continue
+                    assert item.offset == len(tokens)
+                    tokens += item.tokens
+                    if len(tokens) >= 5 and cuts < 2:
+                        cuts += 1
+                        proxy.cut()
+                        await asyncio.sleep(0.05)  # let the cut land mid-stream
+            assert end is not None and end.status == "done"
+            assert cuts == 2 and end.next_offset > 30, "the job ended before the cuts"
+            assert proxy.accepted >= 3, "the client did not reconnect after the cuts"
+            assert tokens == await stored_text(c, job.id)
+    finally:
+        await proxy.aclose()
 
 
 async def test_gives_up_after_bounded_retries() -> None:
@@ -204,25 +244,27 @@ async def test_unknown_job_is_404_in_every_mode(client: ReviewstreamClient, mode
     assert "not found" in info.value.message
 
 
-async def test_cancel_ends_the_stream_cancelled_and_twice_is_409(settings: Settings) -> None:
-    slow = settings.model_copy(update={"sim_tokens_per_second": 30})
-    async with serve(create_app(slow)) as base, ReviewstreamClient(base) as c:
-        job = await c.create(NAME, POINTS, length_words=200)
-        tokens: list[str] = []
-        end: End | None = None
-        async with contextlib.aclosing(c.follow(job.id, "websocket")) as items:
-            async for item in items:
-                if isinstance(item, TokenBatch):
-                    tokens += item.tokens
-                    if len(tokens) >= 3 and not end:
-                        await c.cancel(job.id)
-                else:
-                    end = item
-        assert end is not None and end.status == "cancelled"
-        assert end.next_offset == len(tokens)
-        with pytest.raises(ClientError) as info:
-            await c.cancel(job.id)
-        assert info.value.status == 409 and "cancelled" in info.value.message
+async def test_cancel_ends_the_stream_cancelled_and_twice_is_409(
+    client: ReviewstreamClient,
+) -> None:
+    job = await client.create(NAME, POINTS, length_words=300)
+    tokens: list[str] = []
+    end: End | None = None
+    cancelled = False
+    async with contextlib.aclosing(client.follow(job.id, "websocket")) as items:
+        async for item in items:
+            if isinstance(item, TokenBatch):
+                tokens += item.tokens
+                if len(tokens) >= 3 and not cancelled:
+                    cancelled = True
+                    await client.cancel(job.id)
+            else:
+                end = item
+    assert end is not None and end.status == "cancelled"
+    assert end.next_offset == len(tokens) < 300
+    with pytest.raises(ClientError) as info:
+        await client.cancel(job.id)
+    assert info.value.status == 409 and "cancelled" in info.value.message
 
 
 async def test_websocket_mode_without_websockets_says_what_to_install(

@@ -26,9 +26,10 @@ The exception tree::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -308,7 +309,7 @@ class ReviewstreamClient:
         """
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        connect: Callable[[_Cursor], AsyncIterator[TokenBatch | End]] = {
+        connect: Callable[[_Cursor], AsyncGenerator[TokenBatch | End, None]] = {
             "sse": self._sse,
             "websocket": self._websocket,
             "long_poll": self._long_polls,
@@ -321,11 +322,12 @@ class ReviewstreamClient:
         while True:
             cursor.progressed = False
             try:
-                async for item in connect(cursor):
-                    if isinstance(item, End):
+                # aclosing: when our caller stops early, the connection closes now, not at GC.
+                async with contextlib.aclosing(connect(cursor)) as items:
+                    async for item in items:
                         yield item
-                        return
-                    yield item
+                        if isinstance(item, End):
+                            return
                 raise _Retry("the stream ended before the job's end")
             except (_Retry, httpx.TransportError, OSError) as e:
                 failures = 0 if cursor.progressed else failures + 1
@@ -349,7 +351,7 @@ class ReviewstreamClient:
 
     # One connection of each mode: yields fresh batches (through the cursor) and maybe the end.
 
-    async def _sse(self, cursor: _Cursor) -> AsyncIterator[TokenBatch | End]:
+    async def _sse(self, cursor: _Cursor) -> AsyncGenerator[TokenBatch | End, None]:
         job_id = cursor.job_id
         timeout = httpx.Timeout(self.timeout, read=self.stream_idle_timeout)
         async with aconnect_sse(
@@ -372,7 +374,7 @@ class ReviewstreamClient:
                 if item is not None and (fresh := cursor.take(item)) is not None:
                     yield fresh
 
-    async def _websocket(self, cursor: _Cursor) -> AsyncIterator[TokenBatch | End]:
+    async def _websocket(self, cursor: _Cursor) -> AsyncGenerator[TokenBatch | End, None]:
         connect = _websockets_connect()
         from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -413,7 +415,7 @@ class ReviewstreamClient:
                 raise ClientError(_FINAL_CLOSE_CODES[code], reason or f"closed {code}") from e
             raise _Retry(f"socket closed (code {code}{': ' + reason if reason else ''})") from e
 
-    async def _long_polls(self, cursor: _Cursor) -> AsyncIterator[TokenBatch | End]:
+    async def _long_polls(self, cursor: _Cursor) -> AsyncGenerator[TokenBatch | End, None]:
         job_id = cursor.job_id
         while True:
             page = await self.long_poll(job_id, cursor.offset)
@@ -422,7 +424,7 @@ class ReviewstreamClient:
 
     async def _short_polls(
         self, cursor: _Cursor, interval: float
-    ) -> AsyncIterator[TokenBatch | End]:
+    ) -> AsyncGenerator[TokenBatch | End, None]:
         job_id = cursor.job_id
         limit = 1000
         while True:
@@ -433,7 +435,7 @@ class ReviewstreamClient:
                 await asyncio.sleep(interval)
 
 
-async def _page_items(cursor: _Cursor, page: Page) -> AsyncIterator[TokenBatch | End]:
+async def _page_items(cursor: _Cursor, page: Page) -> AsyncGenerator[TokenBatch | End, None]:
     if page.tokens and (fresh := cursor.take(TokenBatch(page.offset, page.tokens, page.ts))):
         yield fresh
     if page.done:

@@ -77,6 +77,8 @@ class Worker:
         # Loops stop at the flag rather than by cancellation alone: a cancellation that lands
         # inside a Redis call can be turned into a connection error by the client library.
         self._stopping.set()
+        if self._loops:
+            self._loops[0].cancel()  # the claim loop may sit in a blocking queue read
         _, pending = await asyncio.wait(self._loops, timeout=2.0) if self._loops else ((), ())
         for task in pending:
             task.cancel()
