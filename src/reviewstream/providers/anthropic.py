@@ -13,12 +13,13 @@ from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from httpx_sse import EventSource, SSEError, aconnect_sse
+from httpx_sse import EventSource
 
 from ..errors import UpstreamProtocolError
 from ..models import Usage
 from .base import Prompt, require_key
-from .resilience import check_status, upstream_timeout, wrap_httpx_error
+from .resilience import upstream_timeout
+from .sse_http import post_sse
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -66,7 +67,7 @@ class AnthropicProvider:
             connect_timeout=settings.upstream_connect_timeout,
         )
 
-    async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
+    def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
         """Yield the message's text deltas, then ``Usage`` if the server reported it."""
         body = {
             "model": prompt.model,
@@ -75,27 +76,15 @@ class AnthropicProvider:
             "max_tokens": prompt.max_tokens,
             "stream": True,
         }
-        answered = False
-        try:
-            async with aconnect_sse(
-                self._http,
-                "POST",
-                self._url,
-                json=body,
-                headers=dict(self._headers),
-                timeout=self._timeout,
-            ) as source:
-                answered = True
-                await check_status(source.response, self.name)
-                # Explicit closing of the nested generators, so nothing is left for the
-                # garbage collector to finalise after the response is gone.
-                async with contextlib.aclosing(_parse(source)) as items:
-                    async for item in items:
-                        yield item
-        except httpx.HTTPError as exc:
-            raise wrap_httpx_error(exc, self.name, answered=answered) from exc
-        except SSEError as exc:  # raised for a 2xx answer that is not text/event-stream
-            raise UpstreamProtocolError(f"{self.name}: {exc}") from exc
+        return post_sse(
+            self._http,
+            self._url,
+            body=body,
+            headers=self._headers,
+            http_timeout=self._timeout,
+            name=self.name,
+            parse=_parse,
+        )
 
 
 async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
