@@ -461,3 +461,17 @@ async def test_server_shutdown_ends_sse_streams_so_clients_resume_elsewhere(
             proc.kill()
         proc.wait()
     assert part.tokens + rest.tokens == full and len(rest.ends) == 1
+
+
+async def test_connect_burst_waits_for_pool_instead_of_failing(settings: Settings) -> None:
+    """400 streams opened at once through an 8-connection Redis pool: all served, none 5xx."""
+    small_pool = tuned(settings, redis_max_connections=8)
+    async with serve(create_app(small_pool)) as base:
+        limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
+        async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as c:
+            job_id = await new_job(c, length_words=50)
+            full = await stored(c, job_id)
+            results = await asyncio.gather(
+                *(fl.follow(("sse", "long_poll")[i % 2], c, base, job_id) for i in range(400))
+            )
+    assert all(r.tokens == full and len(r.ends) == 1 for r in results)
