@@ -475,3 +475,29 @@ async def test_connect_burst_waits_for_pool_instead_of_failing(settings: Setting
                 *(fl.follow(("sse", "long_poll")[i % 2], c, base, job_id) for i in range(400))
             )
     assert all(r.tokens == full and len(r.ends) == 1 for r in results)
+
+
+async def test_a_lost_notification_is_recovered_by_resync(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    """A token that reached the list without its notification still reaches the follower."""
+    from reviewstream.keys import Keys
+    from reviewstream.models import ReviewRequest
+    from reviewstream.store import JobStore
+
+    quick = tuned(settings, resync_seconds=0.5)
+    store = JobStore(redis, Keys(), retention_seconds=60)
+    await store.ensure_group()
+    job_id = await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
+    [entry] = await store.next_entries("w", 1, 100)
+    assert await store.claim(entry, "w", 60_000)
+    async with serve(create_app(quick, run_worker=False)) as base:
+        async with httpx.AsyncClient(base_url=base) as c:
+            follower = asyncio.create_task(fl.sse(c, job_id, stop_after=2))
+            await asyncio.sleep(0.3)
+            assert await store.append(job_id, "w", ["one"])
+            # Written behind the hub's back: no notification is published for it.
+            await redis.rpush(Keys().chunks(job_id), " two")
+            await redis.rpush(Keys().times(job_id), "1.0")
+            result = await asyncio.wait_for(follower, 5)
+    assert result.tokens == ["one", " two"]

@@ -79,7 +79,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             keys = Keys(settings.key_prefix)
             store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
             await store.ensure_group()
-            hub = Hub(redis, keys)
+            hub = Hub(redis, keys, resync_seconds=settings.resync_seconds)
             await hub.start()
             stack.push_async_callback(hub.aclose)
             worker = None

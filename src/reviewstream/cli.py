@@ -58,7 +58,7 @@ async def run_worker(settings: Settings) -> None:
         stack.push_async_callback(redis.aclose)
         keys = Keys(settings.key_prefix)
         store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
-        hub = Hub(redis, keys)
+        hub = Hub(redis, keys, resync_seconds=settings.resync_seconds)
         await hub.start()
         stack.push_async_callback(hub.aclose)
         http = await stack.enter_async_context(provider_http_client(settings))

@@ -23,7 +23,6 @@ from .store import JobStore
 class FollowOptions:
     page_size: int = 256
     coalesce_seconds: float = 0.0
-    resync_seconds: float = 5.0
 
 
 class Follower:
@@ -96,9 +95,8 @@ class Follower:
                     return self._advance(end)
                 self._epoch = -1  # the end says there is more than we saw: read the list
                 continue
-            if not await feed.changed(version, options.resync_seconds):
-                self._epoch = -1  # quiet for long: re-check the list, cheaply, in case
-            elif options.coalesce_seconds > 0:
+            await feed.changed(version)
+            if options.coalesce_seconds > 0:
                 await asyncio.sleep(options.coalesce_seconds)
 
     def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:

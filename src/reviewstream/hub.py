@@ -65,7 +65,9 @@ class Feed:
         self.epoch = 0
         self.confirmed = asyncio.Event()
         self.end: JobEnd | None = None
+        self.ended = asyncio.Event()
         self.version = 0
+        self.changed_at = time.monotonic()
         self._changed = asyncio.Event()
         self._batches: collections.deque[Batch] = collections.deque()
         self._buffered = 0
@@ -100,9 +102,16 @@ class Feed:
 
     def finish(self, end: JobEnd) -> None:
         self.end = end
+        self.ended.set()
+        self._wake()
+
+    def resync(self) -> None:
+        """Quiet for long: have followers re-read the list once, in case a message was lost."""
+        self.epoch += 1
         self._wake()
 
     def _wake(self) -> None:
+        self.changed_at = time.monotonic()
         self.version += 1
         self._changed.set()
         self._changed = asyncio.Event()
@@ -149,16 +158,14 @@ class Feed:
                 break
         return Batch(offset, tokens, ts)
 
-    async def changed(self, version: int, seconds: float) -> bool:
-        """Wait up to ``seconds`` for the feed to change after ``version``; False if it did not."""
-        if self.version != version:
-            return True
-        try:
-            async with asyncio.timeout(seconds):
-                await self._changed.wait()
-        except TimeoutError:
-            return False
-        return True
+    async def changed(self, version: int) -> None:
+        """Wait until the feed changes after ``version``.
+
+        No timer per waiter: the hub wakes quiet feeds itself (``resync``), so a delivery costs
+        a follower no timer of its own.
+        """
+        if self.version == version:
+            await self._changed.wait()
 
 
 class Hub:
@@ -178,12 +185,14 @@ class Hub:
         buffer_tokens: int = 1024,
         subscribe_timeout: float = 10.0,
         linger_seconds: float = 5.0,
+        resync_seconds: float = 5.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._buffer_tokens = buffer_tokens
         self._subscribe_timeout = subscribe_timeout
         self._linger_seconds = linger_seconds
+        self._resync_seconds = resync_seconds
         self._swept_at = 0.0
         self._feeds: dict[str, Feed] = {}
         # Feeds awaiting a subscribe confirmation, per channel, in the order SUBSCRIBE was sent.
@@ -290,9 +299,13 @@ class Hub:
             now = time.monotonic()
             if now - self._swept_at >= 1.0:
                 self._swept_at = now
-                await self._drop_idle_feeds(now)
+                await self._sweep(now)
 
-    async def _drop_idle_feeds(self, now: float) -> None:
+    async def _sweep(self, now: float) -> None:
+        """Once a second: resync quiet feeds, unsubscribe feeds nobody held for a while."""
+        for feed in self._feeds.values():
+            if feed.refs and feed.end is None and now - feed.changed_at >= self._resync_seconds:
+                feed.resync()
         idle = [
             channel
             for channel, feed in self._feeds.items()

@@ -47,7 +47,6 @@ class ReviewService:
         return FollowOptions(
             page_size=self.settings.page_size,
             coalesce_seconds=self.settings.coalesce_ms / 1000,
-            resync_seconds=self.settings.resync_seconds,
         )
 
     async def create(self, request: ReviewRequest) -> tuple[str, JobStatus]:

@@ -187,7 +187,9 @@ class Worker:
         interval = self.settings.lease_seconds / 3
         renew_at = time.monotonic() + interval
         while True:
-            await feed.changed(feed.version, max(renew_at - time.monotonic(), 0.0))
+            # Wakes on the end only, not on every token this job appends.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(feed.ended.wait(), max(renew_at - time.monotonic(), 0.0))
             if feed.end is not None:
                 return  # ended by someone else: a cancel, or the reaper
             if time.monotonic() >= renew_at:

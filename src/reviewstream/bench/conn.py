@@ -199,6 +199,7 @@ class WebSocketConnection(asyncio.Protocol):
         self.bytes_out = 0
         self.messages = 0
         self.close_code: int | None = None
+        self.handshake_time = 0.0
         self._loop = asyncio.get_running_loop()
         self.handshake: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
@@ -276,11 +277,11 @@ class WebSocketConnection(asyncio.Protocol):
         now = time.time()
         self.bytes_in += len(data)
         self._buffer += data
-        if not self._open and not self._read_handshake():
+        if not self._open and not self._read_handshake(now):
             return
         self._read_frames(now)
 
-    def _read_handshake(self) -> bool:
+    def _read_handshake(self, now: float) -> bool:
         end = self._buffer.find(b"\r\n\r\n")
         if end < 0:
             return False
@@ -299,6 +300,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._refuse("handshake: wrong Sec-WebSocket-Accept")
             return False
         self._open = True
+        self.handshake_time = now
         self.handshake.set_result(None)
         return True
 

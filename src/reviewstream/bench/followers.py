@@ -39,7 +39,9 @@ class Trace:
     job: JobHandle
     tokens: list[str | None] = field(default_factory=list)
     latencies_ms: list[float] = field(default_factory=list)
+    stamps: list[float] = field(default_factory=list)
     connect_ms: float | None = None
+    connected_at: float | None = None
     first_token_at: float | None = None
     end_at: float | None = None
     end_status: str | None = None
@@ -86,6 +88,19 @@ class Trace:
             self.missing_ts += len(new)
             return
         self.latencies_ms.extend((now - t) * 1000.0 for t in stamps)
+        self.stamps.extend(stamps)
+
+    def mark_connected(self, started: float, now: float) -> None:
+        """The stream is open (or the first poll answered): tokens appended from now on are
+        live; earlier ones arrive as history, whose latency includes the wait to connect."""
+        if self.connected_at is None:
+            self.connected_at = now
+            self.connect_ms = (now - started) * 1000
+
+    def live_latencies_ms(self) -> list[float]:
+        """Latencies of the tokens appended after this follower was connected."""
+        since = self.connected_at if self.connected_at is not None else float("inf")
+        return [lat for lat, ts in zip(self.latencies_ms, self.stamps, strict=True) if ts >= since]
 
     def on_end(self, status: str, next_offset: int, now: float) -> None:
         """Record the job's end as announced to this follower."""
@@ -97,6 +112,7 @@ class Trace:
         self.end_next_offset = next_offset
 
     def fail(self, message: str) -> None:
+        """Record a failure (each one counts as an error)."""
         self.errors.append(message)
 
     def verify(self, reference: list[str]) -> None:
@@ -123,14 +139,16 @@ class Trace:
         return len(self.errors) + self.lost + self.duplicated + self.mismatched
 
 
-Follow = Callable[[Endpoint, Trace, "FollowOptions"], Awaitable[None]]
-
-
 @dataclass(frozen=True, slots=True)
 class FollowOptions:
+    """How a follower behaves: its short-poll interval, long-poll hold, and random seed."""
+
     poll_interval: float = 1.0
     long_poll_hold: float = LONG_POLL_HOLD_SECONDS
     seed: int = 0
+
+
+Follow = Callable[[Endpoint, Trace, FollowOptions], Awaitable[None]]
 
 
 class _Poller:
@@ -147,10 +165,7 @@ class _Poller:
         for attempt in (1, 2):
             if self._conn is None or not self._conn.is_open:
                 self._retire()
-                started = time.time()
                 self._conn = await HttpConnection.open(self.endpoint)
-                if self.trace.connect_ms is None:
-                    self.trace.connect_ms = (time.time() - started) * 1000
             try:
                 response = self._conn.request("GET", target)
                 self.trace.requests += 1
@@ -190,12 +205,14 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
     """Poll ``GET /jobs/{id}?offset=N`` every ``poll_interval`` seconds (random phase)."""
     poller = _Poller(endpoint, trace)
     loop = asyncio.get_running_loop()
+    started = time.time()
     interval = options.poll_interval
     rng = random.Random(options.seed)
     next_at = loop.time() + rng.uniform(0, interval)
     try:
         while True:
             status, body, now = await poller.get(f"/jobs/{trace.job.id}?offset={trace.next_offset}")
+            trace.mark_connected(started, now)
             if status != 200:
                 trace.fail(f"short poll answered {status}")
                 return
@@ -212,11 +229,13 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
 async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
     """Ask ``GET /jobs/{id}/long-poll?offset=N`` again as soon as each answer arrives."""
     poller = _Poller(endpoint, trace)
+    started = time.time()
     hold = options.long_poll_hold
     try:
         while True:
             target = f"/jobs/{trace.job.id}/long-poll?offset={trace.next_offset}&timeout={hold:g}"
             status, body, now = await poller.get(target)
+            trace.mark_connected(started, now)
             if status != 200:
                 trace.fail(f"long poll answered {status}")
                 return
@@ -288,7 +307,7 @@ async def follow_sse(endpoint: Endpoint, trace: Trace, options: FollowOptions) -
         )
         trace.requests += 1
         status = await response.headers
-        trace.connect_ms = (time.time() - started) * 1000
+        trace.mark_connected(started, conn.recv_time)
         if status != 200:
             trace.fail(f"SSE answered {status}")
             return
@@ -332,7 +351,7 @@ async def follow_websocket(endpoint: Endpoint, trace: Trace, options: FollowOpti
         await loop.create_connection(lambda: conn, endpoint.host, endpoint.port)
         trace.requests += 1
         await conn.handshake
-        trace.connect_ms = (time.time() - started) * 1000
+        trace.mark_connected(started, conn.handshake_time)
         finished, _ = await asyncio.wait([ended, conn.closed], return_when=asyncio.FIRST_COMPLETED)
         if ended not in finished:
             trace.fail(f"WebSocket closed ({conn.close_code}) before the end message")

@@ -72,6 +72,8 @@ def mode_summary(traces: Sequence[Trace], run_errors: int = 0) -> dict[str, Any]
     return {
         "followers": len(traces),
         "latency_ms": latency_summary(v for t in traces for v in t.latencies_ms),
+        "latency_live_ms": latency_summary(v for t in traces for v in t.live_latencies_ms()),
+        "history_tokens": sum(len(t.latencies_ms) - len(t.live_latencies_ms()) for t in traces),
         "ttft_ms": _median(ttft),
         "ttft_ms_max": max(ttft) if ttft else None,
         "e2e_ms": _median(e2e),

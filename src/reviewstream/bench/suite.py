@@ -99,6 +99,7 @@ async def _run_group(
 async def run_suite(options: BenchOptions, progress: Progress = stderr_progress) -> dict[str, Any]:
     """Run the plan of ``options``; returns the results document (see ``report``)."""
     started = time.monotonic()
+    machine = describe(None if options.url else await _redis_version())
     plan = build_plan(options)
     if options.url:
         plan = [s for s in plan if s.kind != "baseline"]  # no CPU or Redis figures to net out
@@ -127,10 +128,7 @@ async def run_suite(options: BenchOptions, progress: Progress = stderr_progress)
     if options.memory and not options.url:
         progress(f"memory probe: {options.memory_connections} idle connections per kind")
         mem = await memory.probe_all(options.memory_connections, progress)
-    redis_version = None
-    if not options.url:
-        redis_version = await _redis_version()
-    return assemble(options, records, mem, describe(redis_version), time.monotonic() - started)
+    return assemble(options, records, mem, machine, time.monotonic() - started)
 
 
 async def _redis_version() -> str | None:
@@ -241,6 +239,9 @@ def _row(summary: dict[str, Any], mode: str) -> dict[str, Any]:
     entry = summary["modes"][mode]
     row = {k: entry.get(k) for k in _ROW_KEYS}
     row["latency_ms"] = {k: entry["latency_ms"][k] for k in ("p50", "p95", "p99", "max")}
+    live = entry.get("latency_live_ms") or {}
+    row["latency_live_ms"] = {k: live.get(k) for k in ("p50", "p95", "p99", "max")}
+    row["history_tokens"] = entry.get("history_tokens")
     row["server_cpu_pct"] = summary.get("server_cpu_pct")
     row["client_cpu_pct"] = summary.get("client_cpu_pct")
     for key in ("cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_gross", "redis_cmds_per_token"):
