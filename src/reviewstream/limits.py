@@ -19,7 +19,8 @@ class BodySizeLimit:
         self.max_bytes = max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD"):
+            # Bodiless requests, among them every stream: no wrapper on their hot send path.
             await self.app(scope, receive, send)
             return
         for name, value in scope.get("headers", []):
