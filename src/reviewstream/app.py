@@ -55,17 +55,16 @@ def redis_client(url: str, max_connections: int) -> aioredis.Redis:
 
 
 @contextlib.asynccontextmanager
-async def open_redis(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    """The configured Redis, or a private embedded redis-server when no URL is set."""
-    async with contextlib.AsyncExitStack() as stack:
-        url = settings.redis_url
-        if url is None:
-            embedded = EmbeddedRedis()
-            url = await embedded.start()
-            stack.push_async_callback(embedded.aclose)
-        client = redis_client(url, settings.redis_max_connections)
-        stack.push_async_callback(client.aclose)
-        yield client
+async def redis_url(settings: Settings) -> AsyncIterator[str]:
+    """The configured Redis URL, or that of a private embedded redis-server when none is set."""
+    if settings.redis_url is not None:
+        yield settings.redis_url
+        return
+    embedded = EmbeddedRedis()
+    try:
+        yield await embedded.start()
+    finally:
+        await embedded.aclose()
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
@@ -75,7 +74,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with contextlib.AsyncExitStack() as stack:
-            redis = await stack.enter_async_context(open_redis(settings))
+            url = await stack.enter_async_context(redis_url(settings))
+            redis = redis_client(url, settings.redis_max_connections)
+            stack.push_async_callback(redis.aclose)
             keys = Keys(settings.key_prefix)
             store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
             await store.ensure_group()
@@ -85,7 +86,13 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             worker = None
             if run_worker:
                 http = await stack.enter_async_context(provider_http_client(settings))
-                worker = Worker(store, hub, settings, http)
+                # Its own pool: a burst of followers must never starve appends and lease renewals.
+                worker_redis = redis_client(url, settings.redis_max_connections)
+                stack.push_async_callback(worker_redis.aclose)
+                worker_store = JobStore(
+                    worker_redis, keys, retention_seconds=settings.retention_seconds
+                )
+                worker = Worker(worker_store, hub, settings, http)
                 await worker.start()
                 stack.push_async_callback(worker.aclose)
             yield {"service": ReviewService(settings, store, hub, worker), "redis": redis}

@@ -46,6 +46,7 @@ class Trace:
     end_at: float | None = None
     end_status: str | None = None
     end_next_offset: int | None = None
+    end_error: str | None = None
     lost: int = 0
     duplicated: int = 0
     mismatched: int = 0
@@ -91,8 +92,9 @@ class Trace:
         self.stamps.extend(stamps)
 
     def mark_connected(self, started: float, now: float) -> None:
-        """The stream is open (or the first poll answered): tokens appended from now on are
-        live; earlier ones arrive as history, whose latency includes the wait to connect."""
+        """The follower is in place: the stream is open, or (polls) the first request is on its
+        way. Tokens appended from ``now`` on are live; earlier ones arrive as history, whose
+        latency includes the wait to connect."""
         if self.connected_at is None:
             self.connected_at = now
             self.connect_ms = (now - started) * 1000
@@ -102,7 +104,7 @@ class Trace:
         since = self.connected_at if self.connected_at is not None else float("inf")
         return [lat for lat, ts in zip(self.latencies_ms, self.stamps, strict=True) if ts >= since]
 
-    def on_end(self, status: str, next_offset: int, now: float) -> None:
+    def on_end(self, status: str, next_offset: int, now: float, error: str | None = None) -> None:
         """Record the job's end as announced to this follower."""
         if self.end_at is not None:
             self.errors.append("end delivered twice")
@@ -110,6 +112,7 @@ class Trace:
         self.end_at = now
         self.end_status = status
         self.end_next_offset = next_offset
+        self.end_error = error
 
     def fail(self, message: str) -> None:
         """Record a failure (each one counts as an error)."""
@@ -120,7 +123,7 @@ class Trace:
         if not self.finished:
             self.fail("did not see the end of the job")
         elif self.end_status != "done":
-            self.fail(f"job ended {self.end_status}")
+            self.fail(f"job ended {self.end_status}: {self.end_error}")
         elif self.end_next_offset != len(reference):
             self.fail(f"end said {self.end_next_offset} tokens, the job has {len(reference)}")
         if len(self.tokens) < len(reference) and self.finished:
@@ -165,7 +168,9 @@ class _Poller:
         for attempt in (1, 2):
             if self._conn is None or not self._conn.is_open:
                 self._retire()
+                started = time.time()
                 self._conn = await HttpConnection.open(self.endpoint)
+                self.trace.mark_connected(started, time.time())
             try:
                 response = self._conn.request("GET", target)
                 self.trace.requests += 1
@@ -196,7 +201,7 @@ def _on_page(trace: Trace, page: dict[str, Any], now: float) -> bool:
     if page["next_offset"] != trace.next_offset:
         trace.fail(f"next_offset {page['next_offset']} != {trace.next_offset}")
     if page["done"]:
-        trace.on_end(page["status"], page["next_offset"], now)
+        trace.on_end(page["status"], page["next_offset"], now, page.get("error"))
         return True
     return False
 
@@ -205,14 +210,12 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
     """Poll ``GET /jobs/{id}?offset=N`` every ``poll_interval`` seconds (random phase)."""
     poller = _Poller(endpoint, trace)
     loop = asyncio.get_running_loop()
-    started = time.time()
     interval = options.poll_interval
     rng = random.Random(options.seed)
     next_at = loop.time() + rng.uniform(0, interval)
     try:
         while True:
             status, body, now = await poller.get(f"/jobs/{trace.job.id}?offset={trace.next_offset}")
-            trace.mark_connected(started, now)
             if status != 200:
                 trace.fail(f"short poll answered {status}")
                 return
@@ -229,13 +232,11 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
 async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
     """Ask ``GET /jobs/{id}/long-poll?offset=N`` again as soon as each answer arrives."""
     poller = _Poller(endpoint, trace)
-    started = time.time()
     hold = options.long_poll_hold
     try:
         while True:
             target = f"/jobs/{trace.job.id}/long-poll?offset={trace.next_offset}&timeout={hold:g}"
             status, body, now = await poller.get(target)
-            trace.mark_connected(started, now)
             if status != 200:
                 trace.fail(f"long poll answered {status}")
                 return
@@ -283,7 +284,7 @@ class _SseReader:
             self.trace.on_tokens(message["offset"], message["tokens"], message["ts"], now)
         elif event == "end":
             message = json.loads(b"\n".join(data))
-            self.trace.on_end(message["status"], message["next_offset"], now)
+            self.trace.on_end(message["status"], message["next_offset"], now, message.get("error"))
             if not self.ended.done():
                 self.ended.set_result(None)
         elif event == "error":
@@ -339,7 +340,7 @@ async def follow_websocket(endpoint: Endpoint, trace: Trace, options: FollowOpti
         if kind == "tokens":
             trace.on_tokens(message["offset"], message["tokens"], message["ts"], now)
         elif kind == "end":
-            trace.on_end(message["status"], message["next_offset"], now)
+            trace.on_end(message["status"], message["next_offset"], now, message.get("error"))
             if not ended.done():
                 ended.set_result(None)
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import os
 import platform
 import subprocess
@@ -48,6 +49,18 @@ def _git_commit() -> str | None:
     return None
 
 
+def source_fingerprint() -> str:
+    """A hash of the server's source (the package without the benchmark): in a shared working
+    tree, comparing it before and after a run shows whether the server changed under it."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha1()
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] != "bench":
+            digest.update(str(relative).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def describe(redis_version: str | None = None) -> dict[str, Any]:
     """The machine, OS, Python, Redis and package versions, the commit and the time."""
     versions = {}
@@ -63,5 +76,6 @@ def describe(redis_version: str | None = None) -> dict[str, Any]:
         "redis_server": redis_version,
         "packages": versions,
         "commit": _git_commit(),
+        "source_fingerprint": source_fingerprint(),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }

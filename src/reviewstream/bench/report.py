@@ -205,11 +205,13 @@ def table(results: dict[str, Any]) -> str:
         ]
         parts.append(_grid(header, rows))
     machine = results["machine"]
+    redis_version = machine["redis_server"] or "unknown (remote)"
     parts.append(
         f"\nMachine: {machine['cpu']}, {machine['logical_cpus']} CPUs, {machine['memory_gb']} GB; "
-        f"{machine['os']}; Python {machine['python']}; redis-server {machine['redis_server']}. "
+        f"{machine['os']}; Python {machine['python']}; redis-server {redis_version}. "
         f"Took {results['duration_s']:.0f} s."
     )
+    parts += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(parts)
 
 

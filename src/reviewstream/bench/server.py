@@ -97,6 +97,12 @@ def _log_file(path: Path) -> BinaryIO:
     return open(path, "ab")
 
 
+def _keep(log: Path, to: Path) -> None:
+    with contextlib.suppress(OSError):
+        to.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(log, to)
+
+
 def _tail(path: Path | None, chars: int = 800) -> str:
     return path.read_text(errors="replace")[-chars:] if path is not None and path.exists() else ""
 
@@ -278,8 +284,11 @@ async def started_system(
     worker_concurrency: int = 256,
     extra_env: dict[str, str] | None = None,
     graceful_seconds: float = 2.0,
+    keep_log: Path | None = None,
 ) -> AsyncIterator[System]:
-    """A fresh redis-server and ``reviewstream serve`` with ``config``; stopped on exit."""
+    """A fresh redis-server and ``reviewstream serve`` with ``config``; stopped on exit.
+
+    ``keep_log``: where to copy the server's log (its warnings explain failed jobs)."""
     workdir = Path(tempfile.mkdtemp(prefix="reviewstream-bench-"))
     redis = RedisProcess(workdir)
     server: asyncio.subprocess.Process | None = None
@@ -301,6 +310,8 @@ async def started_system(
         if server is not None:
             await _stop(server, graceful_seconds + 5)
         await redis.aclose()
+        if keep_log is not None:
+            _keep(workdir / "server.log", keep_log)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..embedded import redis_server_binary
 from . import memory
-from .machine import describe
+from .machine import describe, source_fingerprint
 from .plan import BenchOptions, Scenario, ServerConfig, baseline_for, build_plan
 from .runner import run_scenario
 from .server import System, remote_system, started_system
@@ -46,7 +46,12 @@ class Record:
 def _system(options: BenchOptions, config: ServerConfig) -> AbstractAsyncContextManager[System]:
     if options.url:
         return remote_system(options.url)
-    return started_system(config, worker_concurrency=options.worker_concurrency)
+    slug = f"server-{config.rate:g}tps-coalesce{config.coalesce_ms:g}ms.log"
+    return started_system(
+        config,
+        worker_concurrency=options.worker_concurrency,
+        keep_log=options.output / "logs" / slug,
+    )
 
 
 def _brief(summary: dict[str, Any]) -> str:
@@ -102,10 +107,11 @@ async def run_suite(options: BenchOptions, progress: Progress = stderr_progress)
     machine = describe(None if options.url else await _redis_version())
     plan = build_plan(options)
     if options.url:
-        plan = [s for s in plan if s.kind != "baseline"]  # no CPU or Redis figures to net out
+        # No CPU or Redis figures to net out, and no restart to change the coalescing window:
+        # the server's own rate and window apply to every scenario.
+        plan = [s for s in plan if s.kind != "baseline" and s.group != "coalesce"]
+        progress("--url: the server's own token rate and coalescing window apply throughout")
     groups = [(k, list(v)) for k, v in itertools.groupby(plan, key=lambda s: s.server)]
-    if options.url and len(groups) > 1:
-        progress("--url: the server's own rate and coalescing apply to every scenario")
     total = sum(options.warmup + len(g) * options.repeat for _, g in groups)
     count = itertools.count(1)
 
@@ -128,7 +134,12 @@ async def run_suite(options: BenchOptions, progress: Progress = stderr_progress)
     if options.memory and not options.url:
         progress(f"memory probe: {options.memory_connections} idle connections per kind")
         mem = await memory.probe_all(options.memory_connections, progress)
-    return assemble(options, records, mem, machine, time.monotonic() - started)
+    results = assemble(options, records, mem, machine, time.monotonic() - started)
+    if source_fingerprint() != machine["source_fingerprint"]:
+        warning = "the server's source changed during the run: its figures mix two versions"
+        progress(f"WARNING: {warning}")
+        results["warnings"].append(warning)
+    return results
 
 
 async def _redis_version() -> str | None:
@@ -224,6 +235,7 @@ def assemble(
         "machine": machine,
         "config": {**asdict(options), "output": str(options.output)},
         "duration_s": duration,
+        "warnings": [],
     }
 
 

@@ -10,7 +10,8 @@ from starlette.requests import HTTPConnection
 from ..service import ReviewService
 
 
-def get_service(connection: HTTPConnection) -> ReviewService:
+async def get_service(connection: HTTPConnection) -> ReviewService:
+    # async: a plain def would make FastAPI hop to a thread pool on every request.
     return cast(ReviewService, connection.state.service)
 
 

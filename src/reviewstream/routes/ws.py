@@ -66,7 +66,7 @@ class _Close(Exception):
 @router.websocket("/jobs/{job_id}/ws")
 async def job_socket(websocket: WebSocket, job_id: str) -> None:
     """WebSocket: `tokens` messages from `?offset=N`, then one `end`; send `cancel` to stop."""
-    service = get_service(websocket)
+    service = await get_service(websocket)
     await websocket.accept()
     try:
         offset = parse_offset(websocket.query_params.get("offset"))

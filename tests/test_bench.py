@@ -1,0 +1,113 @@
+"""``reviewstream bench``: a tiny plan run for real (its own redis-server and server), and the
+bookkeeping that decides what counts as an error. No timing targets are asserted here: only
+that the figures are sane and ordered as the modes' designs imply."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+
+from reviewstream.bench.cli import add_arguments, options_from_args, run
+from reviewstream.bench.followers import JobHandle, Trace
+from reviewstream.bench.plan import build_plan
+from reviewstream.bench.stats import combine, latency_summary
+
+MODES = ("short_poll", "long_poll", "sse", "websocket")
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.timeout(60)
+def test_tiny_bench_writes_results_and_chart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = parse(
+        "--quick", "--output", str(tmp_path), "--repeat", "1", "--warmup", "0",
+        "--rate", "100", "--first-token-ms", "100",
+    )  # fmt: skip
+    assert run(args) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    modes = results["modes"]
+    assert set(modes) == set(MODES)
+    for name in MODES:
+        m = modes[name]
+        for key in ("latency_ms", "ttft_ms", "requests_per_job", "bytes_per_job", "errors"):
+            assert key in m, (name, key)
+        assert m["errors"] == 0, (name, m["error_messages"])
+        assert m["lost"] == 0 and m["duplicated"] == 0
+        lat = m["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] <= lat["max"], (name, lat)
+        assert m["delivered_tokens"] > 0 and m["bytes_per_job"] > 0
+        assert m["latency_live_ms"]["n"] + m["history_tokens"] == lat["n"]
+        assert m["ttft_ms"] >= 100  # never before the simulated model's first token
+    # Streams wait for tokens; a 0.25 s short poll waits for its timer.
+    for live in ("long_poll", "sse", "websocket"):
+        assert modes[live]["latency_ms"]["p50"] < modes["short_poll"]["latency_ms"]["p50"]
+        assert modes[live]["latency_ms"]["p99"] < 250
+    assert 20 < modes["short_poll"]["latency_ms"]["p50"] < 400
+    assert modes["sse"]["requests_per_job"] == modes["websocket"]["requests_per_job"] == 1
+    assert (
+        modes["long_poll"]["requests_per_job"] > 1 and modes["short_poll"]["requests_per_job"] > 1
+    )
+    assert set(results["together"]) == set(MODES)
+    assert all(m["errors"] == 0 for m in results["together"].values())
+    assert results["producing"]["redis_commands_per_appended_token"] > 0
+    assert results["machine"]["logical_cpus"] >= 1
+    assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "websocket" in out and "p99 ms" in out
+
+
+def test_trace_counts_lost_duplicated_and_wrong_tokens() -> None:
+    trace = Trace("sse", JobHandle("j", posted_at=0.0))
+    trace.on_tokens(0, ["a", "b"], [0.0, 0.0], 0.001)
+    trace.on_tokens(1, ["b", "c"], [0.0, 0.0], 0.002)  # "b" again
+    trace.on_tokens(4, ["e"], [0.0], 0.003)  # "d" never came
+    trace.on_end("done", 5, 0.004)
+    trace.verify(["a", "b", "c", "d", "X"])
+    assert (trace.duplicated, trace.lost, trace.mismatched) == (1, 1, 1)
+    assert trace.error_count == 3
+    assert len(trace.latencies_ms) == 4
+
+
+def test_trace_without_end_is_an_error() -> None:
+    trace = Trace("long_poll", JobHandle("j", posted_at=0.0))
+    trace.on_tokens(0, ["a"], [0.0], 0.001)
+    trace.verify(["a", "b"])
+    assert trace.error_count == 1 and trace.errors == ["did not see the end of the job"]
+
+
+def test_medians_over_repetitions_but_errors_add_up() -> None:
+    runs = [
+        {"latency_ms": latency_summary([1.0, 2.0, 3.0]), "errors": 0, "bytes_per_job": 10.0},
+        {"latency_ms": latency_summary([5.0]), "errors": 2, "bytes_per_job": 30.0},
+        {"latency_ms": latency_summary([2.0]), "errors": 1, "bytes_per_job": 20.0},
+    ]
+    combined = combine(runs)
+    assert combined["errors"] == 3
+    assert combined["bytes_per_job"] == 20.0
+    assert combined["latency_ms"]["p50"] == 2.0
+
+
+def test_plan_has_baselines_and_no_duplicate_runs() -> None:
+    plan = build_plan(options_from_args(parse("--output", "x")))
+    labels = [s.label for s in plan]
+    assert len(labels) == len(set(labels))
+    thousand = [s for s in plan if s.followers == 1000 and s.kind == "alone"]
+    assert {s.modes[0] for s in thousand} == set(MODES)
+    assert all(s.jobs == 100 and s.per_job == 10 for s in thousand)
+    for s in plan:
+        if s.kind == "alone":
+            assert any(
+                b.kind == "baseline" and b.server == s.server and b.jobs == s.jobs for b in plan
+            )
+    servers = [s.server for s in plan]
+    assert servers == sorted(servers, key=servers.index)  # grouped: one server start each
