@@ -19,7 +19,7 @@ from ..errors import UpstreamProtocolError
 from ..models import Usage
 from .base import Prompt, require_key
 from .resilience import upstream_timeout
-from .sse_http import post_sse
+from .sse_http import json_object, post_sse
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -96,7 +96,7 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
                 raise UpstreamProtocolError(f"anthropic stream error: {_error_message(event.data)}")
             if not event.data.strip():
                 continue
-            payload = _json_object(event.data)
+            payload = json_object(event.data, "anthropic")
             kind = payload.get("type") or event.event
             if kind == "error":
                 raise UpstreamProtocolError(f"anthropic stream error: {_describe(payload)}")
@@ -118,16 +118,6 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
             raise UpstreamProtocolError("upstream stream ended without message_stop (truncated)")
     if input_tokens is not None or output_tokens is not None:
         yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-
-
-def _json_object(data: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise UpstreamProtocolError(f"anthropic sent malformed JSON: {data[:200]!r}") from exc
-    if not isinstance(value, dict):
-        raise UpstreamProtocolError(f"anthropic sent a non-object event: {data[:200]!r}")
-    return value
 
 
 def _error_message(data: str) -> str:

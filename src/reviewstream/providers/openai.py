@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncGenerator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 from httpx_sse import EventSource
@@ -21,7 +21,7 @@ from ..errors import UpstreamProtocolError
 from ..models import Usage
 from .base import Prompt, require_key
 from .resilience import upstream_timeout
-from .sse_http import post_sse
+from .sse_http import json_object, post_sse
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -99,7 +99,7 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
                 break
             if not data:
                 continue
-            chunk = _json_object(data)
+            chunk = json_object(data, "openai")
             if chunk.get("error"):
                 raise UpstreamProtocolError(f"openai stream error: {_describe(chunk['error'])}")
             for choice in chunk.get("choices") or ():
@@ -120,16 +120,6 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
             raise UpstreamProtocolError("upstream stream ended without [DONE] (truncated)")
     if usage is not None:
         yield usage
-
-
-def _json_object(data: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except ValueError as exc:
-        raise UpstreamProtocolError(f"openai sent malformed JSON: {data[:200]!r}") from exc
-    if not isinstance(value, dict):
-        raise UpstreamProtocolError(f"openai sent a non-object chunk: {data[:200]!r}")
-    return value
 
 
 def _error_message(data: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
@@ -46,3 +47,14 @@ async def post_sse(
         raise wrap_httpx_error(exc, name, answered=answered) from exc
     except SSEError as exc:  # raised for a 2xx answer that is not text/event-stream
         raise UpstreamProtocolError(f"{name}: {exc}") from exc
+
+
+def json_object(data: str, provider: str) -> dict[str, Any]:
+    """An event's data as a JSON object; anything else is a protocol error naming it."""
+    try:
+        value = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamProtocolError(f"{provider} sent malformed JSON: {data[:200]!r}") from exc
+    if not isinstance(value, dict):
+        raise UpstreamProtocolError(f"{provider} sent a non-object event: {data[:200]!r}")
+    return value
