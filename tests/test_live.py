@@ -501,3 +501,13 @@ async def test_a_lost_notification_is_recovered_by_resync(
             await redis.rpush(Keys().times(job_id), "1.0")
             result = await asyncio.wait_for(follower, 5)
     assert result.tokens == ["one", " two"]
+
+
+def test_lean_sse_response_overrides_a_hook_the_library_still_has() -> None:
+    """If sse-starlette renamed its per-send hook, the optimisation would silently vanish."""
+    from sse_starlette import EventSourceResponse
+
+    from reviewstream.routes.sse import LeanEventSourceResponse
+
+    assert "_send_with_timeout" in vars(EventSourceResponse)
+    assert "_send_with_timeout" in vars(LeanEventSourceResponse)
