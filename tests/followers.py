@@ -32,13 +32,14 @@ class Result:
         return len(self.tokens)
 
 
-async def short_poll(
-    c: httpx.AsyncClient, job_id: str, offset: int = 0, *, interval: float = 0.02,
-    stop_after: int | None = None, result: Result | None = None,
+async def _poll(
+    c: httpx.AsyncClient, path: str, params: dict[str, Any], offset: int, pause: float,
+    stop_after: int | None, result: Result | None,
 ) -> Result:  # fmt: skip
+    """Poll ``path`` from ``offset`` until the job is done (or ``stop_after`` tokens)."""
     result = result or Result()
     while True:
-        r = await c.get(f"/jobs/{job_id}", params={"offset": offset})
+        r = await c.get(path, params={**params, "offset": offset})
         r.raise_for_status()
         page = r.json()
         assert page["offset"] == offset
@@ -49,26 +50,23 @@ async def short_poll(
             return result
         if stop_after is not None and len(result.tokens) >= stop_after:
             return result
-        await asyncio.sleep(interval)
+        if pause:
+            await asyncio.sleep(pause)
+
+
+async def short_poll(
+    c: httpx.AsyncClient, job_id: str, offset: int = 0, *, interval: float = 0.02,
+    stop_after: int | None = None, result: Result | None = None,
+) -> Result:  # fmt: skip
+    return await _poll(c, f"/jobs/{job_id}", {}, offset, interval, stop_after, result)
 
 
 async def long_poll(
     c: httpx.AsyncClient, job_id: str, offset: int = 0, *, stop_after: int | None = None,
     result: Result | None = None,
 ) -> Result:  # fmt: skip
-    result = result or Result()
-    while True:
-        r = await c.get(f"/jobs/{job_id}/long-poll", params={"offset": offset, "timeout": 10})
-        r.raise_for_status()
-        page = r.json()
-        assert page["offset"] == offset
-        result.tokens += page["tokens"]
-        offset = page["next_offset"]
-        if page["done"]:
-            result.ends.append(page)
-            return result
-        if stop_after is not None and len(result.tokens) >= stop_after:
-            return result
+    path = f"/jobs/{job_id}/long-poll"
+    return await _poll(c, path, {"timeout": 10}, offset, 0.0, stop_after, result)
 
 
 async def sse(
