@@ -5,6 +5,7 @@ whose Redis connection is killed mid-stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import time
@@ -412,9 +413,11 @@ async def test_sse_client_disconnect_frees_its_follower(settings: Settings) -> N
         await c.delete(f"/jobs/{job_id}")
 
 
-async def test_server_shutdown_ends_sse_streams_so_clients_resume_elsewhere(
+async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
     settings: Settings, tmp_path: Any
 ) -> None:
+    """SIGTERM: SSE ends at once, WebSocket closes 1012, a held long poll answers; the process
+    exits without waiting for its graceful timeout, and each client resumes on another server."""
     import os
     import signal
     import subprocess
@@ -427,15 +430,25 @@ async def test_server_shutdown_ends_sse_streams_so_clients_resume_elsewhere(
     env |= {"REVIEWSTREAM_REDIS_URL": str(settings.redis_url),
             "REVIEWSTREAM_SIM_TOKENS_PER_SECOND": "40"}  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port), "--api-only"],
+        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port), "--api-only",
+         "--graceful-timeout", "30"],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     doomed = f"http://127.0.0.1:{port}"
+
+    async def socket_until_closed(job_id: str, result: fl.Result) -> int | None:
+        url = f"ws://127.0.0.1:{port}/jobs/{job_id}/ws"
+        async with websockets.connect(url) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                async for raw in ws:
+                    result.tokens += json.loads(raw).get("tokens", [])
+            return ws.close_code
+
     try:
         async with serve(create_app(tuned(settings, sim_tokens_per_second=40))) as base:
             async with (
                 httpx.AsyncClient(base_url=base) as c,
-                httpx.AsyncClient(base_url=doomed) as d,
+                httpx.AsyncClient(base_url=doomed, timeout=60) as d,
             ):
                 for _ in range(300):
                     try:
@@ -444,23 +457,31 @@ async def test_server_shutdown_ends_sse_streams_so_clients_resume_elsewhere(
                     except httpx.TransportError:
                         await asyncio.sleep(0.05)
                 job_id = await new_job(c)
-                part = fl.Result()
-                follow = asyncio.create_task(fl.sse(d, job_id, result=part))
-                while len(part.tokens) < 5:
+                part, ws_part = fl.Result(), fl.Result()
+                sse = asyncio.create_task(fl.sse(d, job_id, result=part))
+                ws = asyncio.create_task(socket_until_closed(job_id, ws_part))
+                held = asyncio.create_task(
+                    d.get(f"/jobs/{job_id}/long-poll", params={"offset": 10**6, "timeout": 60})
+                )
+                while len(part.tokens) < 5 or len(ws_part.tokens) < 5:
                     await asyncio.sleep(0.02)
                 proc.send_signal(signal.SIGTERM)
                 started = time.monotonic()
-                with pytest.raises(httpx.TransportError):
-                    await asyncio.wait_for(follow, 5)
-                ended_after = time.monotonic() - started
-                assert not part.ends and ended_after < 3
+                await asyncio.wait_for(sse, 5)
+                assert await asyncio.wait_for(ws, 5) == 1012
+                page = (await asyncio.wait_for(held, 5)).json()
+                assert time.monotonic() - started < 2
+                assert not part.ends and not page["done"] and page["tokens"] == []
+                await asyncio.to_thread(proc.wait, 10)
                 rest = await fl.sse(c, job_id, last_event_id=part.last_id)
+                ws_rest = await fl.websocket(base, job_id, offset=len(ws_part.tokens))
                 full = await stored(c, job_id)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.wait()
     assert part.tokens + rest.tokens == full and len(rest.ends) == 1
+    assert ws_part.tokens + ws_rest.tokens == full and len(ws_rest.ends) == 1
 
 
 async def test_connect_burst_waits_for_pool_instead_of_failing(settings: Settings) -> None:
@@ -501,13 +522,3 @@ async def test_a_lost_notification_is_recovered_by_resync(
             await redis.rpush(Keys().times(job_id), "1.0")
             result = await asyncio.wait_for(follower, 5)
     assert result.tokens == ["one", " two"]
-
-
-def test_lean_sse_response_overrides_a_hook_the_library_still_has() -> None:
-    """If sse-starlette renamed its per-send hook, the optimisation would silently vanish."""
-    from sse_starlette import EventSourceResponse
-
-    from reviewstream.routes.sse import LeanEventSourceResponse
-
-    assert "_send_with_timeout" in vars(EventSourceResponse)
-    assert "_send_with_timeout" in vars(LeanEventSourceResponse)

@@ -9,6 +9,7 @@ created at import time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -95,7 +96,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
                 worker = Worker(worker_store, hub, settings, http)
                 await worker.start()
                 stack.push_async_callback(worker.aclose)
-            yield {"service": ReviewService(settings, store, hub, worker), "redis": redis}
+            service = ReviewService(settings, store, hub, worker)
+            app.state.drain = service.drain  # for begin_shutdown
+            try:
+                yield {"service": service, "redis": redis}
+            finally:
+                del app.state.drain
 
     app = FastAPI(
         title="reviewstream",
@@ -108,6 +114,18 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     for module in (jobs, long_poll, sse, ws, health, metrics, demo):
         app.include_router(module.router)
     return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """A shutdown began: end the app's live streams now, so clients resume on another server.
+
+    The server calls this when it stops accepting connections (``reviewstream serve`` does, from
+    uvicorn's signal handler, in the loop's thread): SSE streams end, WebSockets close with 1012
+    and held long polls answer, instead of holding the shutdown until its timeout.
+    """
+    drain = getattr(app.state, "drain", None)
+    if drain is not None:
+        asyncio.get_running_loop().call_soon_threadsafe(drain)
 
 
 def provider_http_client(settings: Settings) -> httpx.AsyncClient:

@@ -8,6 +8,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 
@@ -16,8 +18,20 @@ from .settings import Settings
 log = logging.getLogger("reviewstream")
 
 
+class Server(uvicorn.Server):
+    """uvicorn, calling ``on_exit`` as soon as a shutdown signal arrives."""
+
+    def __init__(self, config: uvicorn.Config, on_exit: Callable[[], None]) -> None:
+        super().__init__(config)
+        self.on_exit = on_exit
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        self.on_exit()
+
+
 def serve(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .app import begin_shutdown, create_app
 
     settings = Settings()
     if settings.redis_url is None:
@@ -36,7 +50,7 @@ def serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=args.graceful_timeout,
         proxy_headers=True,
     )
-    uvicorn.Server(config).run()
+    Server(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0
 
 

@@ -7,6 +7,7 @@ The tree::
     ├── JobFinished          the job already ended; e.g. cancelling it         (HTTP 409)
     ├── ProviderConfigError  unknown provider or model, or a provider without its key (422)
     ├── StoreError           Redis failed or is unreachable (wraps redis errors) (HTTP 503)
+    ├── ServerDraining       this server is shutting down: live streams end, clients resume
     └── ProviderError        the model upstream failed; ends the job as failed
         ├── UpstreamStatusError   a non-2xx answer (carries status, retryable or not)
         ├── UpstreamUnavailable   could not connect, or the connection broke before an answer
@@ -43,6 +44,13 @@ class ProviderConfigError(ReviewstreamError, ValueError):
 
 class StoreError(ReviewstreamError):
     """Redis failed; the message says which operation."""
+
+
+class ServerDraining(ReviewstreamError):
+    """This server began shutting down; a follower should resume, at its offset, elsewhere."""
+
+    def __init__(self) -> None:
+        super().__init__("this server is shutting down: resume from your offset on another")
 
 
 class ProviderError(ReviewstreamError):

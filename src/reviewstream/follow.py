@@ -14,6 +14,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .errors import ServerDraining
 from .hub import Batch, Feed, Hub
 from .models import JobEnd
 from .store import JobStore
@@ -71,12 +72,17 @@ class Follower:
         return None
 
     async def next(self) -> Batch | JobEnd:
-        """The next batch from our offset, or the end; waits while there is nothing new."""
+        """The next batch from our offset, or the end; waits while there is nothing new.
+
+        Raises ``ServerDraining`` once this server begins shutting down.
+        """
         if self._pending is not None:
             item, self._pending = self._pending, None
             return self._advance(item)
         feed, options = self._feed, self._options
         while True:
+            if feed.draining:
+                raise ServerDraining()
             version = feed.version
             if self._epoch != feed.epoch:
                 got = await self._read()

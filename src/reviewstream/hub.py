@@ -66,6 +66,7 @@ class Feed:
         self.confirmed = asyncio.Event()
         self.end: JobEnd | None = None
         self.ended = asyncio.Event()
+        self.draining = False  # the server is shutting down: followers stop, clients resume
         self.version = 0
         self.changed_at = time.monotonic()
         self._changed = asyncio.Event()
@@ -103,6 +104,10 @@ class Feed:
     def finish(self, end: JobEnd) -> None:
         self.end = end
         self.ended.set()
+        self._wake()
+
+    def drain(self) -> None:
+        self.draining = True
         self._wake()
 
     def resync(self) -> None:
@@ -203,6 +208,7 @@ class Hub:
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.draining = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reviewstream-hub")
@@ -213,6 +219,12 @@ class Hub:
             await asyncio.wait([self._task], timeout=2.0)
             self._task = None
         await self._close_pubsub()
+
+    def drain(self) -> None:
+        """The server is shutting down: every follower, now and later, stops at once."""
+        self.draining = True
+        for feed in self._feeds.values():
+            feed.drain()
 
     @property
     def feeds(self) -> int:
@@ -225,6 +237,7 @@ class Hub:
         feed = self._feeds.get(channel)
         if feed is None:
             feed = self._feeds[channel] = Feed(channel, self._buffer_tokens)
+            feed.draining = self.draining
             if self._connected.is_set():
                 await self._subscribe(feed)
         feed.refs += 1

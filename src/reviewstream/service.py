@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .errors import ServerDraining
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Batch, Hub
 from .models import JobEnd, JobPage, JobStatus, ReviewRequest
@@ -71,7 +72,7 @@ class ReviewService:
             try:
                 async with asyncio.timeout(hold_seconds):
                     item = await follower.next()
-            except TimeoutError:
+            except (TimeoutError, ServerDraining):
                 return await self.poll(job_id, offset, limit)
         if isinstance(item, JobEnd):
             return JobPage(
@@ -116,6 +117,10 @@ class ReviewService:
                 yield follower
         finally:
             self.followers -= 1
+
+    def drain(self) -> None:
+        """A shutdown began: live streams end, held polls answer; clients resume elsewhere."""
+        self.hub.drain()
 
     async def cancel(self, job_id: str) -> None:
         await self.store.cancel(job_id)

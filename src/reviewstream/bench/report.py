@@ -118,7 +118,7 @@ def table(results: dict[str, Any]) -> str:
                     _f(r.get("errors"), 0),
                 ]
             )  # fmt: skip
-    if fan_rows and any(len(rows) > 1 for rows in results["fanout"].values()):
+    if any(r["followers"] > 1 for rows in results["fanout"].values() for r in rows):
         rate, per_job = config["fanout_rate"], config["per_job"]
         parts.append(
             f"\nFan-out at {rate:g} tokens/s ({per_job} followers per job; live p99: only tokens"

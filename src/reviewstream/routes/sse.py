@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import EventSourceResponse, ServerSentEvent
-from starlette.types import Message, Send
+from sse_starlette import ServerSentEvent
 
-from ..errors import ReviewstreamError
+from ..errors import ReviewstreamError, ServerDraining
+from ..event_stream import EventStreamResponse
 from ..follow import Follower
 from ..hub import Batch
 from ..models import ErrorBody, ReviewRequest
@@ -34,56 +34,44 @@ QueryOffset = Annotated[
 ]
 
 
-class LeanEventSourceResponse(EventSourceResponse):
-    """sse-starlette's response, minus a cancel scope per event when there is no send timeout.
+async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, None]:
+    """A follower's batches and end as encoded SSE events.
 
-    ``anyio.move_on_after(None)`` still looks up the async backend on every event: 11-12 % of the
-    server's CPU at 1,000 followers (benchmarks/README.md). Should the library rename the hook,
-    this override simply goes unused.
+    When this server drains, the stream just ends: EventSource reconnects by itself, with
+    Last-Event-ID, and lands on another server.
     """
-
-    async def _send_with_timeout(self, send: Send, message: Message) -> None:
-        if self.send_timeout is None:
-            await send(message)
-        else:
-            await super()._send_with_timeout(send, message)
-
-
-async def events(
-    follower: Follower, stack: contextlib.AsyncExitStack, retry_ms: int
-) -> AsyncIterator[ServerSentEvent | bytes]:
-    """Encode a follower's batches and end as SSE events; closes the follower when done."""
     try:
-        yield ServerSentEvent(comment="reviewstream", retry=retry_ms)
+        yield ServerSentEvent(comment="reviewstream", retry=retry_ms).encode()
         async for item in follower:
             if isinstance(item, Batch):
                 yield sse_token_event(item)
             else:
-                yield ServerSentEvent(dumps(end_message(item)), event="end")
+                yield ServerSentEvent(dumps(end_message(item)), event="end").encode()
+    except ServerDraining:
+        return
     except ReviewstreamError as e:
         log.warning("SSE stream of %s broke: %s", follower.job_id, e)
-        yield ServerSentEvent(dumps({"error": str(e)}), event="error")
-    finally:
-        await stack.aclose()
+        yield ServerSentEvent(dumps({"error": str(e)}), event="error").encode()
 
 
-async def stream_response(service: Service, job_id: str, offset: int) -> EventSourceResponse:
+async def stream_response(service: Service, job_id: str, offset: int) -> EventStreamResponse:
+    # The follower opens here, before the response starts, so an unknown job is a plain 404.
     stack = contextlib.AsyncExitStack()
     try:
         follower = await stack.enter_async_context(service.follow(job_id, offset))
     except BaseException:
         await stack.aclose()
         raise
-    return LeanEventSourceResponse(
-        events(follower, stack, service.settings.sse_retry_ms),
-        ping=service.settings.sse_heartbeat_seconds,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    return EventStreamResponse(
+        events(follower, service.settings.sse_retry_ms),
+        heartbeat_seconds=service.settings.sse_heartbeat_seconds,
+        on_close=stack.aclose,
     )
 
 
 @router.get(
     "/jobs/{job_id}/events",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     responses={**_SSE, **_ERRORS},
 )
 async def job_events(
@@ -91,7 +79,7 @@ async def job_events(
     service: Service,
     last_event_id: LastEventId = None,
     offset: QueryOffset = None,
-) -> EventSourceResponse:
+) -> EventStreamResponse:
     """SSE: `token` events (id = offset after them), then one `end` event."""
     start = last_event_id if last_event_id is not None else (offset or 0)
     return await stream_response(service, job_id, start)
@@ -99,10 +87,10 @@ async def job_events(
 
 @router.post(
     "/generate",
-    response_class=EventSourceResponse,
+    response_class=EventStreamResponse,
     responses={**_SSE, 422: {"model": ErrorBody}},
 )
-async def generate(body: ReviewRequest, request: Request, service: Service) -> EventSourceResponse:
+async def generate(body: ReviewRequest, request: Request, service: Service) -> EventStreamResponse:
     """The seed article's endpoint: start a review and stream it back as SSE at once."""
     job_id, _ = await service.create(body)
     response = await stream_response(service, job_id, 0)

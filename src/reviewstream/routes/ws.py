@@ -9,7 +9,7 @@ import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
-from ..errors import JobFinished, JobNotFound, ReviewstreamError
+from ..errors import JobFinished, JobNotFound, ReviewstreamError, ServerDraining
 from ..follow import Follower
 from ..hub import Batch
 from ..service import ReviewService
@@ -24,6 +24,7 @@ CLOSE_BAD_REQUEST = 4400
 CLOSE_NOT_FOUND = 4404
 CLOSE_INVALID = 4422
 CLOSE_UNAVAILABLE = 4503
+CLOSE_RESTARTING = 1012  # RFC 6455 "service restart": reconnect, resume from the offset
 
 
 def parse_offset(raw: str | None) -> int:
@@ -91,6 +92,8 @@ async def job_socket(websocket: WebSocket, job_id: str) -> None:
         await _close(websocket, CLOSE_NOT_FOUND, str(e))
     except _Close as e:
         await _close(websocket, e.code, e.reason)
+    except ServerDraining as e:
+        await _close(websocket, CLOSE_RESTARTING, str(e))
     except ReviewstreamError as e:
         await _close(websocket, CLOSE_UNAVAILABLE, str(e))
 

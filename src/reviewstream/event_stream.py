@@ -1,0 +1,101 @@
+"""A lean Server-Sent Events response: the request's task streams, one helper task listens.
+
+sse-starlette's ``EventSourceResponse`` runs four tasks in an anyio task group per stream (events,
+pings, a shutdown watch, a disconnect watch): about 19 KB per idle connection, and a cancel scope
+per event. A service holding thousands of open streams pays that per follower. Here the
+request's own task sends the events, and one helper task per stream waits for the client to go
+(then cancels the sending) and sends a heartbeat comment every ``heartbeat_seconds``. Shutdown
+reaches a stream through its events: the hub drains every feed, and the events simply end.
+Events are encoded by the caller (sse-starlette's ``ServerSentEvent`` in ``reviewstream.wire``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+_HEARTBEAT: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
+_LAST: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class EventStreamResponse(Response):
+    """``text/event-stream`` from an async generator of encoded events."""
+
+    media_type = "text/event-stream"
+
+    def __init__(
+        self,
+        events: AsyncGenerator[bytes, None],
+        *,
+        heartbeat_seconds: float,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+        status_code: int = 200,  # FastAPI's OpenAPI reads the default from here
+    ) -> None:
+        self.events = events
+        self.heartbeat_seconds = heartbeat_seconds
+        self.status_code = status_code
+        self.background = None
+        # No Content-Length (there is no body attribute); proxies must not buffer or cache it.
+        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.on_close = on_close  # runs when the response ends, however it ends
+        self.client_left = False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with contextlib.aclosing(self.events) as events:
+                await self._stream(receive, send, events)
+        finally:
+            if self.on_close is not None:
+                await self.on_close()
+
+    async def _stream(
+        self, receive: Receive, send: Send, events: AsyncGenerator[bytes, None]
+    ) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        stream = asyncio.current_task()
+        assert stream is not None
+        listener = asyncio.create_task(self._listen(receive, send, stream))
+        try:
+            async for event in events:
+                await send({"type": "http.response.body", "body": event, "more_body": True})
+            await _stop(listener)  # no heartbeat may follow the last message
+            await send(_LAST)
+        except asyncio.CancelledError:
+            # Our listener cancelled us because the client left: the response is over.
+            # Any other cancellation (a server's shutdown timeout) goes on up.
+            if not self.client_left or stream.uncancel() > 0:
+                raise
+        finally:
+            await _stop(listener)
+
+    async def _listen(self, receive: Receive, send: Send, stream: asyncio.Task[None]) -> None:
+        """Until the client disconnects: heartbeats while it stays; then cancel the stream."""
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self.heartbeat_seconds):
+                        message = await receive()
+                except TimeoutError:
+                    await send(_HEARTBEAT)
+                    continue
+                if message["type"] == "http.disconnect":
+                    self.client_left = True
+                    stream.cancel()
+                    return
+        except Exception:
+            log.exception("SSE heartbeat or disconnect watch failed")
+
+
+async def _stop(listener: asyncio.Task[None]) -> None:
+    if not listener.done():
+        listener.cancel()
+        await asyncio.wait([listener])
