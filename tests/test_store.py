@@ -154,3 +154,15 @@ async def test_entry_of_dead_consumer_is_reclaimed(store: JobStore) -> None:
     await asyncio.sleep(0.05)
     assert await store.reclaim_entries("other", min_idle_ms=10, count=5) == []
     assert (await store.read(job_id, 0, 1)).status is JobStatus.RUNNING
+
+
+async def test_scripts_survive_a_redis_script_flush(store: JobStore, redis: aioredis.Redis) -> None:
+    """A restarted (or flushed) Redis forgets loaded scripts: the store loads them again."""
+    job_id = await running_job(store)
+    assert await store.append(job_id, "w1", [" one"])
+    await redis.script_flush()
+    assert await store.append(job_id, "w1", [" two"])
+    await redis.script_flush()
+    assert await store.finish(job_id, JobStatus.DONE, owner="w1")
+    snap = await store.read(job_id, 0, 10)
+    assert snap.tokens == [" one", " two"] and snap.done

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from . import scripts
 from .errors import JobFinished, JobNotFound, StoreError
@@ -84,6 +85,27 @@ def new_job_id() -> str:
     return uuid.uuid4().hex
 
 
+class Script:
+    """A Lua script run with EVALSHA, loaded again whenever Redis does not know it (a restart).
+
+    Like redis-py's ``register_script`` without its per-call checks (an import and a
+    ``Pipeline`` isinstance test through a typing Protocol: 3 % of the server's CPU at 1,000
+    followers, on every append).
+    """
+
+    def __init__(self, redis: aioredis.Redis, source: str) -> None:
+        self._redis = redis
+        self._source = source
+        self._sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, *, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
+        try:
+            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self._sha = await self._redis.script_load(self._source)
+            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+
+
 class JobStore:
     """Jobs, their tokens and the worker queue on one Redis (``redis.asyncio``)."""
 
@@ -91,11 +113,11 @@ class JobStore:
         self.redis = redis
         self.keys = keys
         self.retention_seconds = retention_seconds
-        self._append = redis.register_script(scripts.APPEND)
-        self._finish = redis.register_script(scripts.FINISH)
-        self._claim = redis.register_script(scripts.CLAIM)
-        self._renew = redis.register_script(scripts.RENEW)
-        self._expired = redis.register_script(scripts.EXPIRED_LEASES)
+        self._append = Script(redis, scripts.APPEND)
+        self._finish = Script(redis, scripts.FINISH)
+        self._claim = Script(redis, scripts.CLAIM)
+        self._renew = Script(redis, scripts.RENEW)
+        self._expired = Script(redis, scripts.EXPIRED_LEASES)
 
     # -- jobs ---------------------------------------------------------------------------------
 
