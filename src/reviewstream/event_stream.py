@@ -1,25 +1,25 @@
 """A lean Server-Sent Events response: the request's task streams, one helper task listens.
 
-sse-starlette's ``EventSourceResponse`` runs four tasks in an anyio task group per stream (events,
-pings, a shutdown watch, a disconnect watch): about 19 KB per idle connection, and a cancel scope
-per event. A service holding thousands of open streams pays that per follower. Here the
-request's own task sends the events, and one helper task per stream waits for the client to go
-(then cancels the sending) and sends a heartbeat comment every ``heartbeat_seconds``. Shutdown
-reaches a stream through its events: the hub drains every feed, and the events simply end.
-Events are encoded by the caller (sse-starlette's ``ServerSentEvent`` in ``reviewstream.wire``).
+sse-starlette's ``EventSourceResponse`` runs four tasks in an anyio task group per stream
+(events, pings, a shutdown watch, a disconnect watch): about 19 KB per idle connection, and a
+cancel scope per event. A service holding thousands of open streams pays that per follower.
+Here the request's own task sends the events, and one helper task per stream (``alongside``)
+waits for the client to go (which ends the sending) and sends a heartbeat comment every
+``heartbeat_seconds``. Shutdown reaches a stream through its events: the hub drains every feed,
+and the events simply end. Events are encoded by the caller (sse-starlette's
+``ServerSentEvent``, in ``reviewstream.wire``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-log = logging.getLogger(__name__)
+from .alongside import alongside
 
 _HEARTBEAT: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 _LAST: Message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -61,41 +61,21 @@ class EventStreamResponse(Response):
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
         )
-        stream = asyncio.current_task()
-        assert stream is not None
-        listener = asyncio.create_task(self._listen(receive, send, stream))
-        try:
+        async with alongside(self._listen(receive, send)):
             async for event in events:
                 await send({"type": "http.response.body", "body": event, "more_body": True})
-            await _stop(listener)  # no heartbeat may follow the last message
+        if not self.client_left:  # the listener has stopped: no heartbeat after the last message
             await send(_LAST)
-        except asyncio.CancelledError:
-            # Our listener cancelled us because the client left: the response is over.
-            # Any other cancellation (a server's shutdown timeout) goes on up.
-            if not self.client_left or stream.uncancel() > 0:
-                raise
-        finally:
-            await _stop(listener)
 
-    async def _listen(self, receive: Receive, send: Send, stream: asyncio.Task[None]) -> None:
-        """Until the client disconnects: heartbeats while it stays; then cancel the stream."""
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.heartbeat_seconds):
-                        message = await receive()
-                except TimeoutError:
-                    await send(_HEARTBEAT)
-                    continue
-                if message["type"] == "http.disconnect":
-                    self.client_left = True
-                    stream.cancel()
-                    return
-        except Exception:
-            log.exception("SSE heartbeat or disconnect watch failed")
-
-
-async def _stop(listener: asyncio.Task[None]) -> None:
-    if not listener.done():
-        listener.cancel()
-        await asyncio.wait([listener])
+    async def _listen(self, receive: Receive, send: Send) -> None:
+        """Heartbeats while the client stays; returns (ending the stream) when it leaves."""
+        while True:
+            try:
+                async with asyncio.timeout(self.heartbeat_seconds):
+                    message = await receive()
+            except TimeoutError:
+                await send(_HEARTBEAT)
+                continue
+            if message["type"] == "http.disconnect":
+                self.client_left = True
+                return

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
+from ..alongside import alongside
 from ..errors import JobFinished, JobNotFound, ReviewstreamError, ServerDraining
 from ..follow import Follower
 from ..hub import Batch
@@ -71,18 +71,12 @@ async def job_socket(websocket: WebSocket, job_id: str) -> None:
     await websocket.accept()
     try:
         offset = parse_offset(websocket.query_params.get("offset"))
-        async with service.follow(job_id, offset) as follower:
-            sender = asyncio.create_task(send_tokens(websocket, follower))
-            reader = asyncio.create_task(read_commands(websocket, service, job_id))
-            tasks = {sender, reader}
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in tasks:
-                    task.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for task in done:
-                task.result()  # re-raise a _Close or an error from either side
+        async with (
+            service.follow(job_id, offset) as follower,
+            # The reader ends the sending when the client leaves or sends a bad message.
+            alongside(read_commands(websocket, service, job_id)),
+        ):
+            await send_tokens(websocket, follower)
         await websocket.close(1000, "end of job")
     except WebSocketDisconnect:
         pass
