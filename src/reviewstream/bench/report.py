@@ -171,10 +171,17 @@ def table(results: dict[str, Any]) -> str:
             f"{k} {v:.2f}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
         )
         per_token = _f(producing["redis_commands_per_appended_token"], 2)
+        # One job's figure carries the job's fixed costs (create, claim, finish); the largest
+        # baseline shows the cost per token when many jobs stream at once.
+        most = max(results.get("baselines") or [producing], key=lambda b: b["jobs"])
+        cpu = [
+            f"{_f(b.get('server_cpu_s_per_1k_appended'), 3)} with {b['jobs']} job(s) at once"
+            for b in ([producing, most] if most["jobs"] > producing["jobs"] else [producing])
+        ]
         parts.append(
             f"\nProducing (nobody following): {per_token} "
-            f"Redis commands per appended token ({top}); server "
-            f"{_f(producing.get('server_cpu_s_per_1k_appended'), 3)} CPU s per 1k appended tokens"
+            f"Redis commands per appended token ({top}); server CPU s per 1k appended tokens: "
+            + ", ".join(cpu)
         )
     if results.get("memory"):
         rows = [
