@@ -45,3 +45,38 @@ def test_a_gap_empties_the_buffer_and_epochs_invalidate_it() -> None:
     epoch = feed.epoch
     feed.resubscribed()
     assert feed.epoch == epoch + 1 and not feed.covers(5)
+
+
+async def test_coalescing_wakes_followers_once_per_window_with_one_timer() -> None:
+    import asyncio
+    import time
+
+    from reviewstream.models import JobEnd, JobStatus
+
+    feed = Feed("ch", 100, coalesce_seconds=0.05)
+    feed.resubscribed()
+    version = feed.version
+    started = time.monotonic()
+    for i in range(5):  # five notifications inside one window
+        feed.push(Batch(i, [str(i)], [float(i)]))
+    assert feed.version == version  # nobody woken yet
+    await asyncio.wait_for(feed.changed(version), 1)
+    assert 0.04 <= time.monotonic() - started < 0.5
+    assert feed.version == version + 1  # one wake-up for the five
+    got = feed.tokens_from(0, 10)
+    assert got is not None and got.tokens == ["0", "1", "2", "3", "4"]
+    # The end is not held back: it wakes at once, with the tokens still in the window.
+    version = feed.version
+    feed.push(Batch(5, ["5"], [5.0]))
+    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=6))
+    assert feed.version == version + 1
+    await asyncio.sleep(0.08)
+    assert feed.version == version + 1  # the window's timer was cancelled, no second wake
+
+
+def test_without_a_window_every_notification_wakes_followers() -> None:
+    feed = feed_with()
+    version = feed.version
+    feed.push(Batch(0, ["a"], [1.0]))
+    feed.push(Batch(1, ["b"], [2.0]))
+    assert feed.version == version + 2

@@ -81,7 +81,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             keys = Keys(settings.key_prefix)
             store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
             await store.ensure_group()
-            hub = Hub(redis, keys, resync_seconds=settings.resync_seconds)
+            hub = Hub(
+                redis,
+                keys,
+                resync_seconds=settings.resync_seconds,
+                coalesce_seconds=settings.coalesce_ms / 1000,
+            )
             await hub.start()
             stack.push_async_callback(hub.aclose)
             worker = None

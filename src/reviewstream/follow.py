@@ -9,7 +9,6 @@ from the feed's shared buffer while it keeps up and reads the list in pages when
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ from .store import JobStore
 @dataclass(frozen=True, slots=True)
 class FollowOptions:
     page_size: int = 256
-    coalesce_seconds: float = 0.0
 
 
 class Follower:
@@ -102,8 +100,6 @@ class Follower:
                 self._epoch = -1  # the end says there is more than we saw: read the list
                 continue
             await feed.changed(version)
-            if options.coalesce_seconds > 0:
-                await asyncio.sleep(options.coalesce_seconds)
 
     def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:
         if isinstance(item, Batch):

@@ -58,7 +58,7 @@ class Batch:
 class Feed:
     """What one process knows of one job's live stream; shared by all its followers there."""
 
-    def __init__(self, channel: str, max_tokens: int) -> None:
+    def __init__(self, channel: str, max_tokens: int, coalesce_seconds: float = 0.0) -> None:
         self.channel = channel
         self.refs = 0
         self.idle_since = 0.0
@@ -73,6 +73,10 @@ class Feed:
         self._batches: collections.deque[Batch] = collections.deque()
         self._buffered = 0
         self._max_tokens = max_tokens
+        # Coalescing window: tokens wake the followers at most once per window, all of them
+        # with one timer (this one), so each follower sends what gathered in one message.
+        self._coalesce_seconds = coalesce_seconds
+        self._flush: asyncio.TimerHandle | None = None
 
     # -- written by the hub -------------------------------------------------------------------
 
@@ -99,7 +103,10 @@ class Feed:
         self._buffered += len(batch.tokens)
         while self._buffered > self._max_tokens and len(self._batches) > 1:
             self._buffered -= len(self._batches.popleft().tokens)
-        self._wake()
+        if self._coalesce_seconds <= 0:
+            self._wake()
+        elif self._flush is None:
+            self._flush = asyncio.get_running_loop().call_later(self._coalesce_seconds, self._wake)
 
     def finish(self, end: JobEnd) -> None:
         self.end = end
@@ -116,6 +123,9 @@ class Feed:
         self._wake()
 
     def _wake(self) -> None:
+        if self._flush is not None:  # anything else that wakes followers delivers tokens too
+            self._flush.cancel()
+            self._flush = None
         self.changed_at = time.monotonic()
         self.version += 1
         self._changed.set()
@@ -191,6 +201,7 @@ class Hub:
         subscribe_timeout: float = 10.0,
         linger_seconds: float = 5.0,
         resync_seconds: float = 5.0,
+        coalesce_seconds: float = 0.0,
     ) -> None:
         self._redis = redis
         self._keys = keys
@@ -198,6 +209,7 @@ class Hub:
         self._subscribe_timeout = subscribe_timeout
         self._linger_seconds = linger_seconds
         self._resync_seconds = resync_seconds
+        self._coalesce_seconds = coalesce_seconds
         self._swept_at = 0.0
         self._feeds: dict[str, Feed] = {}
         # Feeds awaiting a subscribe confirmation, per channel, in the order SUBSCRIBE was sent.
@@ -236,7 +248,8 @@ class Hub:
         channel = self._keys.channel(job_id)
         feed = self._feeds.get(channel)
         if feed is None:
-            feed = self._feeds[channel] = Feed(channel, self._buffer_tokens)
+            feed = Feed(channel, self._buffer_tokens, self._coalesce_seconds)
+            self._feeds[channel] = feed
             feed.draining = self.draining
             if self._connected.is_set():
                 await self._subscribe(feed)

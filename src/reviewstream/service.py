@@ -45,10 +45,7 @@ class ReviewService:
 
     @property
     def follow_options(self) -> FollowOptions:
-        return FollowOptions(
-            page_size=self.settings.page_size,
-            coalesce_seconds=self.settings.coalesce_ms / 1000,
-        )
+        return FollowOptions(page_size=self.settings.page_size)
 
     async def create(self, request: ReviewRequest) -> tuple[str, JobStatus]:
         """Queue a generation job for the request; returns its id and status."""
