@@ -1,8 +1,15 @@
-"""Feed: the shared per-job buffer every caught-up follower reads from."""
+"""Feed: the shared per-job buffer every caught-up follower reads from; Hub: its subscriptions."""
 
 from __future__ import annotations
 
-from reviewstream.hub import Batch, Feed
+import asyncio
+import time
+
+import redis.asyncio as aioredis
+
+from reviewstream.hub import Batch, Feed, Hub
+from reviewstream.keys import Keys
+from reviewstream.models import JobEnd, JobStatus
 from reviewstream.wire import sse_token_event
 
 
@@ -48,11 +55,6 @@ def test_a_gap_empties_the_buffer_and_epochs_invalidate_it() -> None:
 
 
 async def test_coalescing_wakes_followers_once_per_window_with_one_timer() -> None:
-    import asyncio
-    import time
-
-    from reviewstream.models import JobEnd, JobStatus
-
     feed = Feed("ch", 100, coalesce_seconds=0.05)
     feed.resubscribed()
     version = feed.version
@@ -80,3 +82,35 @@ def test_without_a_window_every_notification_wakes_followers() -> None:
     feed.push(Batch(0, ["a"], [1.0]))
     feed.push(Batch(1, ["b"], [2.0]))
     assert feed.version == version + 2
+
+
+async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redis) -> None:
+    """A sweep while a new job's SUBSCRIBE waits its turn must not drop the feed: its joiner
+    would never see the confirmation and fail after the subscribe timeout."""
+    hub = Hub(redis, Keys("t"), subscribe_timeout=2, linger_seconds=0)
+    await hub.start()
+    joined: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
+    leave = asyncio.Event()
+
+    async def follow() -> None:
+        async with hub.join("job") as feed:
+            joined.set_result(feed)
+            await leave.wait()
+
+    try:
+        await asyncio.wait_for(hub._connected.wait(), 5)
+        async with hub._lock:  # SUBSCRIBEs queue behind it, as in a burst of new jobs
+            follower = asyncio.create_task(follow())
+            await asyncio.sleep(0.05)
+            sweep = asyncio.create_task(hub._sweep(time.monotonic() + 60))
+            await asyncio.sleep(0.05)
+        await sweep
+        await asyncio.wait([joined, follower], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        if follower.done():
+            follower.result()  # the join failed: raise its error
+        feed = joined.result()
+        assert feed.confirmed.is_set() and hub.feeds == 1
+        leave.set()
+        await follower
+    finally:
+        await hub.aclose()

@@ -61,7 +61,7 @@ class Feed:
     def __init__(self, channel: str, max_tokens: int, coalesce_seconds: float = 0.0) -> None:
         self.channel = channel
         self.refs = 0
-        self.idle_since = 0.0
+        self.idle_since = time.monotonic()
         self.epoch = 0
         self.confirmed = asyncio.Event()
         self.end: JobEnd | None = None
@@ -247,14 +247,17 @@ class Hub:
         """The job's feed, subscribed and confirmed, for as long as the context lasts."""
         channel = self._keys.channel(job_id)
         feed = self._feeds.get(channel)
+        created = feed is None
         if feed is None:
             feed = Feed(channel, self._buffer_tokens, self._coalesce_seconds)
             self._feeds[channel] = feed
             feed.draining = self.draining
-            if self._connected.is_set():
-                await self._subscribe(feed)
+        # Held before any await: the sweep drops feeds nobody holds, and a feed dropped while
+        # its SUBSCRIBE waited would never be confirmed (its joiners would time out).
         feed.refs += 1
         try:
+            if created and self._connected.is_set():
+                await self._subscribe(feed)
             try:
                 async with asyncio.timeout(self._subscribe_timeout):
                     await feed.confirmed.wait()
