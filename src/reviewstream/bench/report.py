@@ -175,7 +175,7 @@ def table(results: dict[str, Any]) -> str:
         # baseline shows the cost per token when many jobs stream at once.
         most = max(results.get("baselines") or [producing], key=lambda b: b["jobs"])
         cpu = [
-            f"{_f(b.get('server_cpu_s_per_1k_appended'), 3)} with {b['jobs']} job(s) at once"
+            f"{_f(b.get('server_cpu_s_per_1k_appended'), 3)} with {_f(b['jobs'], 0)} job(s) at once"
             for b in ([producing, most] if most["jobs"] > producing["jobs"] else [producing])
         ]
         parts.append(
