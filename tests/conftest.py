@@ -14,8 +14,9 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
@@ -23,6 +24,9 @@ from redis import Redis as SyncRedis
 
 from reviewstream.embedded import redis_server_binary
 from reviewstream.settings import Settings
+
+if TYPE_CHECKING:
+    from upstreams import ScriptedUpstream
 
 
 def free_port() -> int:
@@ -122,3 +126,25 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="module")
+async def scripted_server() -> AsyncIterator[ScriptedUpstream]:
+    """A loopback HTTP server speaking the OpenAI and Anthropic streaming formats, per module."""
+    from upstreams import ScriptedUpstream, running  # upstreams imports serve() from here
+
+    async with running(ScriptedUpstream()) as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def upstream(scripted_server: ScriptedUpstream) -> ScriptedUpstream:
+    """The module's scripted server, with an empty script and no recorded requests."""
+    scripted_server.reset()
+    return scripted_server
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient() as client:
+        yield client

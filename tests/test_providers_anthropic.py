@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,7 +22,6 @@ from upstreams import (
     anthropic_event,
     anthropic_frames,
     collect,
-    running,
     sse,
 )
 
@@ -35,24 +33,6 @@ PROMPT = Prompt(
     request=ReviewRequest(employee_name="Ada", employee_review_points="Shipped things."),
 )
 OVERLOADED = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}
-
-
-@pytest.fixture(scope="module")
-async def server() -> AsyncIterator[ScriptedUpstream]:
-    async with running(ScriptedUpstream()) as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(server: ScriptedUpstream) -> ScriptedUpstream:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -31,7 +30,6 @@ from upstreams import (
     openai_chunk,
     openai_frames,
     openai_usage,
-    running,
     sse,
 )
 
@@ -42,24 +40,6 @@ PROMPT = Prompt(
     max_tokens=321,
     request=ReviewRequest(employee_name="Ada", employee_review_points="Shipped things."),
 )
-
-
-@pytest.fixture(scope="module")
-async def server() -> AsyncIterator[ScriptedUpstream]:
-    async with running(ScriptedUpstream()) as upstream:
-        yield upstream
-
-
-@pytest.fixture
-def upstream(server: ScriptedUpstream) -> ScriptedUpstream:
-    server.reset()
-    return server
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -27,12 +26,6 @@ REQUEST = ReviewRequest(employee_name="Ada Lovelace", employee_review_points=POI
 @pytest.fixture
 def settings() -> Settings:
     return Settings(_env_file=None, sim_tokens_per_second=5000, sim_first_token_ms=0)  # type: ignore[call-arg]
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient() as client:
-        yield client
 
 
 async def stream_text(request: ReviewRequest) -> tuple[list[str], Usage]:

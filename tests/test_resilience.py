@@ -30,7 +30,7 @@ from reviewstream.providers import Prompt
 from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.resilience import backoff_delay, parse_retry_after, resilient_stream
 
-from upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames, running
+from upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames
 
 PROMPT = Prompt(
     system="s",
@@ -182,18 +182,6 @@ async def test_closing_early_closes_the_inner_stream() -> None:
 
 
 # --- against a real upstream ----------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-async def server() -> AsyncIterator[ScriptedUpstream]:
-    async with running(ScriptedUpstream()) as upstream:
-        yield upstream
-
-
-@pytest.fixture
-async def upstream(server: ScriptedUpstream) -> ScriptedUpstream:
-    server.reset()
-    return server
 
 
 @pytest.fixture

@@ -322,11 +322,18 @@ async def follow_sse(endpoint: Endpoint, trace: Trace, options: FollowOptions) -
             with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(asyncio.shield(response.done), 1.0)
     finally:
-        conn.close()
-        trace.bytes_in += conn.bytes_in
-        trace.bytes_out += conn.bytes_out
-        if not ended.done():
-            ended.cancel()
+        _hang_up(conn, trace, ended)
+
+
+def _hang_up(
+    conn: HttpConnection | WebSocketConnection, trace: Trace, ended: asyncio.Future[None]
+) -> None:
+    """Close a streaming follower's connection and count its bytes."""
+    conn.close()
+    trace.bytes_in += conn.bytes_in
+    trace.bytes_out += conn.bytes_out
+    if not ended.done():
+        ended.cancel()
 
 
 async def follow_websocket(endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
@@ -361,11 +368,7 @@ async def follow_websocket(endpoint: Endpoint, trace: Trace, options: FollowOpti
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), 1.0)
     finally:
-        conn.close()
-        trace.bytes_in += conn.bytes_in
-        trace.bytes_out += conn.bytes_out
-        if not ended.done():
-            ended.cancel()
+        _hang_up(conn, trace, ended)
 
 
 FOLLOWERS: dict[str, Follow] = {
