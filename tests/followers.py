@@ -12,8 +12,6 @@ import httpx
 import websockets
 from httpx_sse import aconnect_sse
 
-MODES = ("short_poll", "long_poll", "sse", "websocket")
-
 
 @dataclass
 class Result:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from reviewstream.alongside import alongside
+from reviewstream.web.alongside import alongside
 
 
 class Boom(Exception):

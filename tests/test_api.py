@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from reviewstream.app import create_app
 from reviewstream.keys import Keys
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 from conftest import serve
 

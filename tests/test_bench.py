@@ -14,8 +14,7 @@ from reviewstream.bench.cli import add_arguments, options_from_args, run
 from reviewstream.bench.followers import JobHandle, Trace
 from reviewstream.bench.plan import build_plan
 from reviewstream.bench.stats import combine, latency_summary
-
-MODES = ("short_poll", "long_poll", "sse", "websocket")
+from reviewstream.wire import MODES
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -16,8 +16,6 @@ from typing import Any
 
 import pytest
 
-from reviewstream import client_cli
-from reviewstream.app import create_app
 from reviewstream.client import (
     MODES,
     ClientError,
@@ -26,10 +24,11 @@ from reviewstream.client import (
     Mode,
     ReviewstreamClient,
     TokenBatch,
-    _Cursor,
-    _Retry,
 )
+from reviewstream.client import cli as client_cli
+from reviewstream.client._client import _Cursor, _Retry
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 from conftest import free_port, serve
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 from test_client import CuttableProxy
 
-from reviewstream.app import create_app
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 from conftest import serve
 

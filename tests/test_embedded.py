@@ -24,7 +24,7 @@ def served(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
     env |= {"REVIEWSTREAM_SIM_TOKENS_PER_SECOND": "500", "REVIEWSTREAM_SIM_FIRST_TOKEN_MS": "5"}
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "reviewstream", "serve", "--port", str(port)],
         env=env,
         cwd=tmp_path,  # no stray .env is read
         stdout=subprocess.DEVNULL,

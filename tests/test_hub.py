@@ -7,9 +7,9 @@ import time
 
 import redis.asyncio as aioredis
 
-from reviewstream.hub import Batch, Feed, Hub
+from reviewstream.hub import Feed, Hub
 from reviewstream.keys import Keys
-from reviewstream.models import JobEnd, JobStatus
+from reviewstream.models import Batch, JobEnd, JobStatus
 from reviewstream.wire import sse_token_event
 
 

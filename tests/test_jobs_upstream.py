@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reviewstream.app import create_app
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 import followers as fl
 from conftest import serve

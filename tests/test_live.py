@@ -17,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 import websockets
 
-from reviewstream.app import create_app
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
+from reviewstream.wire import MODES
 
 import followers as fl
 from conftest import serve
@@ -63,7 +64,7 @@ async def until_tokens(c: httpx.AsyncClient, job_id: str, n: int) -> None:
 CASES = ["start", "middle", "end", "past_end_of_finished", "after_end_resumed"]
 
 
-@pytest.mark.parametrize("mode", fl.MODES)
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("case", CASES)
 async def test_resume_cases_on_finished_job(
     server: tuple[str, httpx.AsyncClient], mode: str, case: str
@@ -87,7 +88,7 @@ async def test_resume_cases_on_finished_job(
     assert end["next_offset"] == max(n, offset) if mode.endswith("poll") else n
 
 
-@pytest.mark.parametrize("mode", fl.MODES)
+@pytest.mark.parametrize("mode", MODES)
 async def test_offset_past_the_end_waits_for_the_tokens(settings: Settings, mode: str) -> None:
     slow = tuned(settings, sim_tokens_per_second=150)
     async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
@@ -102,7 +103,7 @@ async def test_offset_past_the_end_waits_for_the_tokens(settings: Settings, mode
         assert waited > 0.1  # it had to wait for tokens that did not exist yet
 
 
-@pytest.mark.parametrize("mode", fl.MODES)
+@pytest.mark.parametrize("mode", MODES)
 async def test_expired_job_is_a_clear_404(settings: Settings, mode: str) -> None:
     short = tuned(settings, retention_seconds=1)
     async with serve(create_app(short)) as base, httpx.AsyncClient(base_url=base) as c:
@@ -157,7 +158,7 @@ async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
     async with serve(create_app(tuned_settings)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             jobs = [await new_job(c, length_words=150) for _ in range(4)]
-            runs = [(mode, job) for job in jobs for mode in fl.MODES for _ in range(2)]
+            runs = [(mode, job) for job in jobs for mode in MODES for _ in range(2)]
             results = await asyncio.gather(*(follower(base, c, m, j) for m, j in runs))
             texts = {job: await stored(c, job) for job in jobs}
     assert disconnects >= 200, disconnects
@@ -430,7 +431,7 @@ async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
     env |= {"REVIEWSTREAM_REDIS_URL": str(settings.redis_url),
             "REVIEWSTREAM_SIM_TOKENS_PER_SECOND": "40"}  # fmt: skip
     proc = subprocess.Popen(
-        [sys.executable, "-m", "reviewstream.cli", "serve", "--port", str(port), "--api-only",
+        [sys.executable, "-m", "reviewstream", "serve", "--port", str(port), "--api-only",
          "--graceful-timeout", "30"],
         env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip

@@ -35,7 +35,7 @@ def worker_process(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
         **env,
     }
     return subprocess.Popen(
-        [sys.executable, "-m", "reviewstream.cli", "worker"],
+        [sys.executable, "-m", "reviewstream", "worker"],
         env=full_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

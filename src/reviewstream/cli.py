@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Callable
 from types import FrameType
 
@@ -31,7 +29,7 @@ class Server(uvicorn.Server):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .app import begin_shutdown, create_app
+    from .web import begin_shutdown, create_app
 
     settings = Settings()
     if settings.redis_url is None:
@@ -55,11 +53,7 @@ def serve(args: argparse.Namespace) -> int:
 
 
 async def run_worker(settings: Settings) -> None:
-    from .app import provider_http_client, redis_client
-    from .hub import Hub
-    from .keys import Keys
-    from .store import JobStore
-    from .worker import Worker
+    from .runtime import open_runtime
 
     if settings.redis_url is None:
         raise SystemExit("reviewstream worker needs REVIEWSTREAM_REDIS_URL (a shared Redis)")
@@ -67,21 +61,12 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with contextlib.AsyncExitStack() as stack:
-        redis = redis_client(settings.redis_url, settings.redis_max_connections)
-        stack.push_async_callback(redis.aclose)
-        keys = Keys(settings.key_prefix)
-        store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
-        hub = Hub(redis, keys, resync_seconds=settings.resync_seconds)
-        await hub.start()
-        stack.push_async_callback(hub.aclose)
-        http = await stack.enter_async_context(provider_http_client(settings))
-        worker = Worker(store, hub, settings, http)
-        await worker.start()
-        stack.push_async_callback(worker.aclose)
-        log.info("worker %s running (concurrency %d)", worker.name, settings.worker_concurrency)
+    async with open_runtime(settings, worker=True) as runtime:
+        assert runtime.worker is not None
+        name = runtime.worker.name
+        log.info("worker %s running (concurrency %d)", name, settings.worker_concurrency)
         await stop.wait()
-        log.info("worker %s stopping", worker.name)
+        log.info("worker %s stopping", name)
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -104,8 +89,8 @@ def parser() -> argparse.ArgumentParser:
     w = sub.add_parser("worker", help="run workers alone against REVIEWSTREAM_REDIS_URL")
     w.set_defaults(func=worker)
 
-    from . import client_cli
     from .bench import cli as bench_cli
+    from .client import cli as client_cli
 
     b = sub.add_parser("bench", help="compare the four delivery modes on the same jobs")
     bench_cli.add_arguments(b)
@@ -123,7 +108,3 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     return int(args.func(args))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

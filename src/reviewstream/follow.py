@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .errors import ServerDraining
-from .hub import Batch, Feed, Hub
-from .models import JobEnd
+from .hub import Feed, Hub
+from .models import Batch, JobEnd
 from .store import JobStore
 
 

@@ -18,11 +18,9 @@ import asyncio
 import collections
 import contextlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -30,29 +28,10 @@ from redis.exceptions import RedisError
 
 from .errors import StoreError
 from .keys import Keys
-from .models import JobEnd
+from .models import Batch, JobEnd
+from .notices import parse_notice
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True, eq=False)
-class Batch:
-    """Tokens ``[offset, offset + len(tokens))`` with the time each was appended.
-
-    A notification's batch is handed to every caught-up follower of the job in this process as
-    the same object, so its wire encodings are cached on it (``wire.py``): N followers, one
-    encoding.
-    """
-
-    offset: int
-    tokens: list[str]
-    ts: list[float]
-    sse: bytes | None = field(default=None, repr=False)
-    ws: str | None = field(default=None, repr=False)
-
-    @property
-    def next_offset(self) -> int:
-        return self.offset + len(self.tokens)
 
 
 class Feed:
@@ -357,11 +336,8 @@ class Hub:
             return
         if kind != "message" or feed is None or not feed.confirmed.is_set():
             return
-        data = json.loads(message["data"])
-        if "end" in data:
-            end = data["end"]
-            end.pop("ts", None)
-            feed.finish(JobEnd.model_validate(end))
+        notice = parse_notice(message["data"])
+        if isinstance(notice, JobEnd):
+            feed.finish(notice)
         else:
-            tokens = data["tokens"]
-            feed.push(Batch(data["offset"], tokens, [data["ts"]] * len(tokens)))
+            feed.push(notice)

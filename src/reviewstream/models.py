@@ -6,6 +6,7 @@ WebSocket ``end`` message all use them, so every mode speaks the same offset con
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -86,6 +87,25 @@ class JobPage(BaseModel):
     done: bool
     error: str | None = None
     usage: dict[str, Any] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    """Tokens ``[offset, offset + len(tokens))`` with the time each was appended.
+
+    A notification's batch is handed to every caught-up follower of the job in a process as the
+    same object, so ``wire`` caches each dialect's encoding of it in ``encoded``: N followers,
+    one encoding per dialect.
+    """
+
+    offset: int
+    tokens: list[str]
+    ts: list[float]
+    encoded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def next_offset(self) -> int:
+        return self.offset + len(self.tokens)
 
 
 class JobEnd(BaseModel):

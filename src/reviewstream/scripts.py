@@ -6,10 +6,12 @@ own clock (``TIME``) so that every process stamps tokens on one clock.
 
 The job scripts name only the job's hash-tagged keys plus, where a job enters or leaves the
 worker queue, the global queue or lease index: on Redis Cluster those two would need to move
-into the job's slot (see ARCHITECTURE.md).
+into the job's slot (see ARCHITECTURE.md). What the scripts publish is defined in ``notices``.
 """
 
 from __future__ import annotations
+
+from .notices import LUA_END, LUA_TOKENS
 
 # Shared prologue: the Redis clock as a decimal string with microseconds, and JSON-safe encoding
 # of the end record. cjson writes numbers with 14 digits, too few for epoch microseconds, so
@@ -38,8 +40,9 @@ end
 local count = redis.call('RPUSH', KEYS[2], unpack(tokens))
 redis.call('RPUSH', KEYS[3], unpack(times))
 local offset = count - #tokens
-redis.call('PUBLISH', ARGV[1],
-  '{"offset":' .. offset .. ',"ts":' .. now .. ',"tokens":' .. cjson.encode(tokens) .. '}')
+redis.call('PUBLISH', ARGV[1], """
+    + LUA_TOKENS
+    + """)
 return count
 """
 )
@@ -71,8 +74,10 @@ local err = 'null'
 if ARGV[4] ~= '' then err = cjson.encode(ARGV[4]) end
 local usage = 'null'
 if ARGV[5] ~= '' then usage = ARGV[5] end
-redis.call('PUBLISH', ARGV[1], '{"end":{"status":"' .. ARGV[3] .. '","next_offset":' .. count
-  .. ',"error":' .. err .. ',"usage":' .. usage .. ',"ts":' .. now .. '}}')
+local new_status = ARGV[3]
+redis.call('PUBLISH', ARGV[1], """
+    + LUA_END
+    + """)
 return 1
 """
 )

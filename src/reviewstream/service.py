@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .errors import ServerDraining
 from .follow import Follower, FollowOptions, open_follower
-from .hub import Batch, Hub
-from .models import JobEnd, JobPage, JobStatus, ReviewRequest
+from .hub import Hub
+from .models import Batch, JobEnd, JobPage, JobStatus, ReviewRequest
 from .providers import default_model, validate_job
 from .settings import Settings
 from .store import JobStore, Snapshot

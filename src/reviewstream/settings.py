@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     # Redis. Unset: `reviewstream serve` starts a private redis-server and stops it on exit.
     redis_url: str | None = None
     redis_max_connections: int = Field(default=64, ge=4)
+    # A command waits this long for a free pooled connection before failing (503).
+    redis_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     key_prefix: str = Field(default="rs", pattern=r"^[A-Za-z0-9_.-]+$")
     retention_seconds: int = Field(default=3600, ge=1)
 
@@ -53,6 +55,8 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=10.0, gt=0)
     claim_idle_seconds: float = Field(default=15.0, gt=0)
     reap_interval_seconds: float = Field(default=1.0, gt=0)
+    # On shutdown, running jobs get this long to finish before they are stopped.
+    worker_grace_seconds: float = Field(default=10.0, ge=0)
 
     # Delivery.
     long_poll_max_timeout: float = Field(default=25.0, gt=0)
@@ -63,6 +67,11 @@ class Settings(BaseSettings):
     coalesce_ms: float = Field(default=0.0, ge=0)
     page_size: int = Field(default=256, ge=1, le=10000)
     resync_seconds: float = Field(default=5.0, gt=0)
+
+    # Fan-out (the per-process hub).
+    hub_buffer_tokens: int = Field(default=1024, ge=1)
+    subscribe_timeout_seconds: float = Field(default=10.0, gt=0)
+    feed_linger_seconds: float = Field(default=5.0, ge=0)
 
     # Requests.
     max_request_bytes: int = Field(default=65536, ge=1024)

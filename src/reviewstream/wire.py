@@ -1,19 +1,41 @@
-"""The messages of the live modes, one shape for SSE and WebSocket.
+"""Every byte the live modes send a client, and the names clients depend on.
 
 Tokens: ``{"offset": N, "tokens": [...], "next_offset": M, "ts": [...]}`` (WebSocket adds
 ``"type": "tokens"``; SSE carries M as the event id). End: ``{"status", "next_offset", "error",
-"usage"}`` (WebSocket adds ``"type": "end"``). ``ts`` is each token's server append time.
+"usage"}`` (WebSocket adds ``"type": "end"``). ``ts`` is each token's server append time. A
+batch's encodings are cached on it (``Batch.encoded``), so a process encodes each notification
+once per dialect however many followers it has. The short and long poll answer with
+``models.JobPage`` through FastAPI.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from enum import IntEnum
+from typing import Any, Literal
 
 from sse_starlette import ServerSentEvent
 
-from .hub import Batch
-from .models import JobEnd
+from .models import Batch, JobEnd
+
+Mode = Literal["short_poll", "long_poll", "sse", "websocket"]
+MODES: tuple[Mode, ...] = ("short_poll", "long_poll", "sse", "websocket")  # by how they wait
+
+
+class CloseCode(IntEnum):
+    """WebSocket close codes: 4000 + the HTTP status they stand for, and RFC 6455's own."""
+
+    END_OF_JOB = 1000
+    SERVICE_RESTART = 1012  # the server is shutting down: reconnect, resume from the offset
+    BAD_REQUEST = 4400
+    NOT_FOUND = 4404
+    INVALID = 4422
+    UNAVAILABLE = 4503
+
+    @property
+    def final(self) -> bool:
+        """Retrying cannot change this answer (the request itself is wrong)."""
+        return self in (CloseCode.BAD_REQUEST, CloseCode.NOT_FOUND, CloseCode.INVALID)
 
 
 def tokens_message(batch: Batch) -> dict[str, Any]:
@@ -33,17 +55,42 @@ def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
 
 
+# -- SSE ------------------------------------------------------------------------------------
+
+
+def sse_preamble(retry_ms: int) -> bytes:
+    """The stream's first bytes: a comment, and the reconnect hint EventSource honours."""
+    return ServerSentEvent(comment="reviewstream", retry=retry_ms).encode()
+
+
 def sse_token_event(batch: Batch) -> bytes:
     """The SSE ``token`` event of a batch (id = the offset after it), encoded once per batch."""
-    if batch.sse is None:
+    event: bytes | None = batch.encoded.get("sse")
+    if event is None:
         data = {"offset": batch.offset, "tokens": batch.tokens, "ts": batch.ts}
-        event = ServerSentEvent(dumps(data), event="token", id=str(batch.next_offset))
-        batch.sse = event.encode()
-    return batch.sse
+        event = ServerSentEvent(dumps(data), event="token", id=str(batch.next_offset)).encode()
+        batch.encoded["sse"] = event
+    return event
+
+
+def sse_end_event(end: JobEnd) -> bytes:
+    return ServerSentEvent(dumps(end_message(end)), event="end").encode()
+
+
+def sse_error_event(error: str) -> bytes:
+    return ServerSentEvent(dumps({"error": error}), event="error").encode()
+
+
+# -- WebSocket ------------------------------------------------------------------------------
 
 
 def ws_tokens_message(batch: Batch) -> str:
     """The WebSocket ``tokens`` message of a batch, encoded once per batch."""
-    if batch.ws is None:
-        batch.ws = dumps({"type": "tokens", **tokens_message(batch)})
-    return batch.ws
+    message: str | None = batch.encoded.get("ws")
+    if message is None:
+        message = batch.encoded["ws"] = dumps({"type": "tokens", **tokens_message(batch)})
+    return message
+
+
+def ws_end_message(end: JobEnd) -> str:
+    return dumps({"type": "end", **end_message(end)})

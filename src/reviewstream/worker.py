@@ -37,7 +37,8 @@ class Worker:
     """Runs up to ``concurrency`` jobs at once from the shared queue.
 
     ``start()`` begins claiming; ``aclose()`` stops claiming, gives running jobs
-    ``grace_seconds`` to finish, then cancels the rest and ends them as failed.
+    ``grace_seconds`` (default ``REVIEWSTREAM_WORKER_GRACE_SECONDS``) to finish, then cancels
+    the rest and ends them as failed.
     """
 
     def __init__(
@@ -47,13 +48,15 @@ class Worker:
         settings: Settings,
         http: httpx.AsyncClient,
         *,
-        grace_seconds: float = 10.0,
+        grace_seconds: float | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
         self.settings = settings
         self.http = http
-        self.grace_seconds = grace_seconds
+        self.grace_seconds = (
+            settings.worker_grace_seconds if grace_seconds is None else grace_seconds
+        )
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._providers: dict[str, Provider] = {}

@@ -21,7 +21,3 @@ Modules, one purpose each:
 """
 
 from __future__ import annotations
-
-MODES = ("short_poll", "long_poll", "sse", "websocket")
-
-__all__ = ["MODES"]

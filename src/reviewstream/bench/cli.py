@@ -16,12 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..wire import MODES
 from .plan import BenchOptions
 from .report import CHART_NAME, chart, table, write_json
 from .server import raise_open_files_limit
 from .suite import run_suite, stderr_progress
 
-MODES = ("short_poll", "long_poll", "sse", "websocket")
 T = TypeVar("T")
 
 # What --quick changes (anything given explicitly still wins): under a minute on 2 cores.
@@ -192,8 +192,26 @@ def _run_loop(options: BenchOptions) -> dict[str, Any]:
         return runner.run(run_suite(options))
 
 
+EXTRA_MISSING = (
+    "reviewstream bench needs the bench extra: pip install 'reviewstream[bench]'"
+    " (from a clone: pip install '.[bench]')"
+)
+
+
+def extra_installed() -> bool:
+    """True when what only the benchmark uses (matplotlib, for its chart) is importable."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark the arguments describe; print the table; write the results."""
+    if not extra_installed():
+        print(EXTRA_MISSING, file=sys.stderr)
+        return 2
     options = options_from_args(args)
     for noisy in ("httpx", "httpcore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -297,7 +297,7 @@ async def started_system(
         port = free_port()
         log_path = workdir / "server.log"
         argv = [
-            sys.executable, "-m", "reviewstream.cli", "serve", "--host", "127.0.0.1",
+            sys.executable, "-m", "reviewstream", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning",
             "--graceful-timeout", f"{graceful_seconds:g}",
         ]  # fmt: skip

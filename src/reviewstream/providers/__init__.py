@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .. import prompts
+from . import prompts
 from .base import Prompt, Provider
 
 if TYPE_CHECKING:

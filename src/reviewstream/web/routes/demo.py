@@ -13,5 +13,5 @@ router = APIRouter(include_in_schema=False)
 @router.get("/", response_class=HTMLResponse)
 async def demo() -> HTMLResponse:
     """A page that writes a review and shows it arriving, in the mode you pick."""
-    page = files("reviewstream").joinpath("static/demo.html").read_text(encoding="utf-8")
+    page = files("reviewstream.web").joinpath("static/demo.html").read_text(encoding="utf-8")
     return HTMLResponse(page)

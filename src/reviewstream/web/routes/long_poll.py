@@ -6,14 +6,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ..models import JobPage
-from .deps import JobId, Limit, Offset, Service
-from .jobs import _ERRORS
+from ...models import JobPage
+from ..deps import JOB_ERRORS, JobId, Limit, Offset, Service
 
 router = APIRouter(tags=["delivery"])
 
 
-@router.get("/jobs/{job_id}/long-poll", response_model=JobPage, responses=_ERRORS)
+@router.get("/jobs/{job_id}/long-poll", response_model=JobPage, responses=JOB_ERRORS)
 async def long_poll(
     job_id: JobId,
     service: Service,

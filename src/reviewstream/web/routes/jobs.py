@@ -4,15 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response, status
 
-from ..models import ErrorBody, JobCreated, JobPage, Links, ReviewRequest
-from .deps import JobId, Limit, Offset, Service
+from ...models import ErrorBody, JobCreated, JobPage, Links, ReviewRequest
+from ..deps import JOB_ERRORS, JobId, Limit, Offset, Service
 
 router = APIRouter(tags=["jobs"])
-
-_ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorBody, "description": "Unknown job, or expired after retention."},
-    422: {"model": ErrorBody, "description": "Invalid id, offset or body."},
-}
 
 
 def links_for(request: Request, job_id: str) -> Links:
@@ -29,7 +24,7 @@ def links_for(request: Request, job_id: str) -> Links:
     "/jobs",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobCreated,
-    responses={413: {"model": ErrorBody}, 422: _ERRORS[422]},
+    responses={413: {"model": ErrorBody}, 422: JOB_ERRORS[422]},
 )
 async def create_job(body: ReviewRequest, request: Request, service: Service) -> JobCreated:
     """Start writing a review; the answer links to every delivery mode."""
@@ -37,7 +32,7 @@ async def create_job(body: ReviewRequest, request: Request, service: Service) ->
     return JobCreated(id=job_id, status=job_status, links=links_for(request, job_id))
 
 
-@router.get("/jobs/{job_id}", response_model=JobPage, responses=_ERRORS)
+@router.get("/jobs/{job_id}", response_model=JobPage, responses=JOB_ERRORS)
 async def short_poll(
     job_id: JobId, service: Service, offset: Offset = 0, limit: Limit = None
 ) -> JobPage:
@@ -48,7 +43,7 @@ async def short_poll(
 @router.delete(
     "/jobs/{job_id}",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
+    responses={**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
 )
 async def cancel_job(job_id: JobId, service: Service) -> Response:
     """Cancel: the model's stream is closed and the job ends as `cancelled`."""
@@ -59,7 +54,7 @@ async def cancel_job(job_id: JobId, service: Service) -> Response:
 @router.post(
     "/jobs/{job_id}/cancel",
     status_code=status.HTTP_204_NO_CONTENT,
-    responses={**_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
+    responses={**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
 )
 async def cancel_job_post(job_id: JobId, service: Service) -> Response:
     """Cancel, for clients that cannot send DELETE."""

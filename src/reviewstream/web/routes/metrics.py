@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
-from .deps import Service
+from ..deps import Service
 
 router = APIRouter(tags=["health"])
 

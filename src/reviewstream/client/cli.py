@@ -18,7 +18,7 @@ from typing import TextIO
 
 import httpx
 
-from .client import MODES, ClientError, End, ReviewstreamClient, TokenBatch
+from ._client import MODES, ClientError, End, ReviewstreamClient, TokenBatch
 
 EXIT_DONE = 0
 EXIT_JOB_FAILED = 1

@@ -8,16 +8,13 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
-from sse_starlette import ServerSentEvent
 
-from ..errors import ReviewstreamError, ServerDraining
+from ...errors import ReviewstreamError, ServerDraining
+from ...follow import Follower
+from ...models import Batch, ErrorBody, ReviewRequest
+from ...wire import sse_end_event, sse_error_event, sse_preamble, sse_token_event
+from ..deps import JOB_ERRORS, JobId, Service
 from ..event_stream import EventStreamResponse
-from ..follow import Follower
-from ..hub import Batch
-from ..models import ErrorBody, ReviewRequest
-from ..wire import dumps, end_message, sse_token_event
-from .deps import JobId, Service
-from .jobs import _ERRORS
 
 router = APIRouter(tags=["delivery"])
 log = logging.getLogger(__name__)
@@ -41,17 +38,14 @@ async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, Non
     Last-Event-ID, and lands on another server.
     """
     try:
-        yield ServerSentEvent(comment="reviewstream", retry=retry_ms).encode()
+        yield sse_preamble(retry_ms)
         async for item in follower:
-            if isinstance(item, Batch):
-                yield sse_token_event(item)
-            else:
-                yield ServerSentEvent(dumps(end_message(item)), event="end").encode()
+            yield sse_token_event(item) if isinstance(item, Batch) else sse_end_event(item)
     except ServerDraining:
         return
     except ReviewstreamError as e:
         log.warning("SSE stream of %s broke: %s", follower.job_id, e)
-        yield ServerSentEvent(dumps({"error": str(e)}), event="error").encode()
+        yield sse_error_event(str(e))
 
 
 async def stream_response(service: Service, job_id: str, offset: int) -> EventStreamResponse:
@@ -72,7 +66,7 @@ async def stream_response(service: Service, job_id: str, offset: int) -> EventSt
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventStreamResponse,
-    responses={**_SSE, **_ERRORS},
+    responses={**_SSE, **JOB_ERRORS},
 )
 async def job_events(
     job_id: JobId,

@@ -1,27 +1,4 @@
-"""An async Python client for the reviewstream API.
-
-``ReviewstreamClient`` creates jobs, reads them page by page, cancels them, and ``follow()``s a
-job in any of the four delivery modes as one stream of ``TokenBatch`` items and a final ``End``::
-
-    async with ReviewstreamClient("http://127.0.0.1:8000") as client:
-        job = await client.create("Ada Lovelace", "Led the payments migration; mentors two")
-        async for item in client.follow(job.id, mode="sse"):
-            if isinstance(item, TokenBatch):
-                print("".join(item.tokens), end="")
-
-Resume is by offset, the server's contract: the client counts the tokens it has delivered, and
-when a connection drops (or the server answers 5xx/429) it reconnects from that count, trimming
-anything it already has and refusing to jump over a gap. Retries are bounded: ``max_retries``
-consecutive failures without a new token raise ``ConnectionLost``. An answer that retrying
-cannot fix (404, 422, a 4xxx WebSocket close) raises ``ClientError`` at once.
-
-The exception tree::
-
-    ClientError              the API refused (``status`` = HTTP status, ``message`` = its `error`)
-    └── ConnectionLost       no answer after the retries (``status`` is None)
-
-``websockets`` is needed only for ``mode="websocket"`` and is imported there, lazily.
-"""
+"""The Python client; ``reviewstream.client`` documents it and re-exports its public names."""
 
 from __future__ import annotations
 
@@ -32,27 +9,27 @@ import random
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 import httpx
 from httpx_sse import ServerSentEvent, aconnect_sse
+
+from ..wire import MODES, CloseCode, Mode
 
 __all__ = [
     "ClientError",
     "ConnectionLost",
     "End",
     "Job",
+    "MODES",
     "Mode",
     "Page",
     "ReviewstreamClient",
     "TokenBatch",
 ]
 
-Mode = Literal["sse", "websocket", "long_poll", "short_poll"]
-MODES: tuple[Mode, ...] = ("sse", "websocket", "long_poll", "short_poll")
-
-# WebSocket close codes the server uses for answers that retrying cannot change.
-_FINAL_CLOSE_CODES = {4400: 400, 4404: 404, 4422: 422}
+# WebSocket close codes for answers that retrying cannot change, and the HTTP status of each.
+_FINAL_CLOSE_CODES = {code.value: code.value - 4000 for code in CloseCode if code.final}
 
 
 class ClientError(Exception):

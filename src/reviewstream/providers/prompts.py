@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .models import ReviewRequest
+from ..models import ReviewRequest
 
 SYSTEM = (
     "You are an experienced engineering manager who writes fair, specific and kind performance"

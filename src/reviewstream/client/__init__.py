@@ -1,0 +1,50 @@
+"""An async Python client for the reviewstream API.
+
+``ReviewstreamClient`` creates jobs, reads them page by page, cancels them, and ``follow()``s a
+job in any of the four delivery modes as one stream of ``TokenBatch`` items and a final ``End``::
+
+    async with ReviewstreamClient("http://127.0.0.1:8000") as client:
+        job = await client.create("Ada Lovelace", "Led the payments migration; mentors two")
+        async for item in client.follow(job.id, mode="sse"):
+            if isinstance(item, TokenBatch):
+                print("".join(item.tokens), end="")
+
+Resume is by offset, the server's contract: the client counts the tokens it has delivered, and
+when a connection drops (or the server answers 5xx/429) it reconnects from that count, trimming
+anything it already has and refusing to jump over a gap. Retries are bounded: ``max_retries``
+consecutive failures without a new token raise ``ConnectionLost``. An answer that retrying
+cannot fix (404, 422, a 4xxx WebSocket close) raises ``ClientError`` at once.
+
+The exception tree::
+
+    ClientError              the API refused (``status`` = HTTP status, ``message`` = its `error`)
+    └── ConnectionLost       no answer after the retries (``status`` is None)
+
+``websockets`` is needed only for ``mode="websocket"`` and is imported there, lazily.
+"""
+
+from __future__ import annotations
+
+from ._client import (
+    MODES,
+    ClientError,
+    ConnectionLost,
+    End,
+    Job,
+    Mode,
+    Page,
+    ReviewstreamClient,
+    TokenBatch,
+)
+
+__all__ = [
+    "ClientError",
+    "ConnectionLost",
+    "End",
+    "Job",
+    "MODES",
+    "Mode",
+    "Page",
+    "ReviewstreamClient",
+    "TokenBatch",
+]

@@ -1,0 +1,69 @@
+"""The application factory and its lifespan.
+
+``create_app(settings)`` builds a FastAPI app whose lifespan opens the process's runtime
+(``reviewstream.runtime``: Redis, store, hub and, unless API-only, an in-process worker) and
+yields a ``ReviewService`` over it as typed state; routes reach it through
+``request.state.service``. Nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TypedDict
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from .. import __version__
+from ..runtime import open_runtime
+from ..service import ReviewService
+from ..settings import Settings
+from .body_limit import BodySizeLimit
+from .handlers import add_error_handlers
+from .routes import demo, health, jobs, long_poll, metrics, sse, ws
+
+
+class State(TypedDict):
+    service: ReviewService
+    redis: aioredis.Redis
+
+
+def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
+    """Build the API. ``run_worker=False`` serves the API only (workers run elsewhere)."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[State]:
+        async with open_runtime(settings, worker=run_worker) as runtime:
+            service = ReviewService(settings, runtime.store, runtime.hub, runtime.worker)
+            app.state.drain = service.drain  # for begin_shutdown
+            try:
+                yield {"service": service, "redis": runtime.redis}
+            finally:
+                del app.state.drain
+
+    app = FastAPI(
+        title="reviewstream",
+        version=__version__,
+        summary="Performance reviews written by an LLM, delivered while they are written.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    add_error_handlers(app)
+    for module in (jobs, long_poll, sse, ws, health, metrics, demo):
+        app.include_router(module.router)
+    return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """A shutdown began: end the app's live streams now, so clients resume on another server.
+
+    The server calls this when it stops accepting connections (``reviewstream serve`` does, from
+    uvicorn's signal handler, in the loop's thread): SSE streams end, WebSockets close with 1012
+    and held long polls answer, instead of holding the shutdown until its timeout.
+    """
+    drain = getattr(app.state, "drain", None)
+    if drain is not None:
+        asyncio.get_running_loop().call_soon_threadsafe(drain)
