@@ -89,8 +89,7 @@ class Script:
     """A Lua script run with EVALSHA, loaded again whenever Redis does not know it (a restart).
 
     Like redis-py's ``register_script`` without its per-call checks (an import and a
-    ``Pipeline`` isinstance test through a typing Protocol: 3 % of the server's CPU at 1,000
-    followers, on every append).
+    ``Pipeline`` isinstance test through a typing Protocol, on every append).
     """
 
     def __init__(self, redis: aioredis.Redis, source: str) -> None:

@@ -1,8 +1,8 @@
 """A lean Server-Sent Events response: the request's task streams, one helper task listens.
 
 sse-starlette's ``EventSourceResponse`` runs four tasks in an anyio task group per stream
-(events, pings, a shutdown watch, a disconnect watch): about 19 KB per idle connection, and a
-cancel scope per event. A service holding thousands of open streams pays that per follower.
+(events, pings, a shutdown watch, a disconnect watch) and a cancel scope per event; a service
+holding thousands of open streams pays that per follower (benchmarks/README.md has the figures).
 Here the request's own task sends the events, and one helper task per stream (``alongside``)
 waits for the client to go (which ends the sending) and sends a heartbeat comment every
 ``heartbeat_seconds``. Shutdown reaches a stream through its events: the hub drains every feed,
