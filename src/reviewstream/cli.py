@@ -29,7 +29,7 @@ class Server(uvicorn.Server):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .web import begin_shutdown, create_app
+    from .web import begin_shutdown, create_app, server_options
 
     settings = Settings()
     if settings.redis_url is None:
@@ -41,12 +41,9 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         lifespan="on",
-        ws="websockets-sansio",
-        ws_per_message_deflate=settings.ws_per_message_deflate,
-        ws_ping_interval=settings.ws_ping_seconds,
-        ws_ping_timeout=settings.ws_ping_seconds,
         timeout_graceful_shutdown=args.graceful_timeout,
         proxy_headers=True,
+        **server_options(settings),
     )
     Server(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0

@@ -8,6 +8,11 @@ The tree::
     ├── ProviderConfigError  unknown provider or model, or a provider without its key (422)
     ├── StoreError           Redis failed or is unreachable (wraps redis errors) (HTTP 503)
     ├── ServerDraining       this server is shutting down: live streams end, clients resume
+    ├── Unauthorized         no credential, a wrong key, an expired or forged token  (HTTP 401)
+    ├── Forbidden            a credential that may not do this: a token creating a job (403)
+    ├── Refused              an admission limit said no for now (carries retry_after)
+    │   ├── QuotaExceeded    a per-key limit: active jobs, jobs per minute, streams (HTTP 429)
+    │   └── Overloaded       the queue is full, or no worker is alive                (HTTP 503)
     └── ProviderError        the model upstream failed; ends the job as failed
         ├── UpstreamStatusError   a non-2xx answer (carries status, retryable or not)
         ├── UpstreamUnavailable   could not connect, or the connection broke before an answer
@@ -77,3 +82,32 @@ class UpstreamTimeout(ProviderError):
 
 class UpstreamProtocolError(ProviderError):
     """In-band error, a stream cut before its end marker, or data that does not parse."""
+
+
+class Unauthorized(ReviewstreamError):
+    """No credential, an unknown API key, or an expired or forged stream token."""
+
+
+class Forbidden(ReviewstreamError):
+    """A valid credential that may not do this (a stream token creating a job, another job)."""
+
+
+class Refused(ReviewstreamError):
+    """An admission limit said no for now; ``retry_after`` says when to try again (seconds)."""
+
+    status = 503
+
+    def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+class QuotaExceeded(Refused):
+    """A per-key limit: active jobs, jobs per minute, open streams (HTTP 429)."""
+
+    status = 429
+
+
+class Overloaded(Refused):
+    """The service as a whole cannot take the job now: queue full, no worker alive (503)."""

@@ -40,6 +40,11 @@ class Follower:
         self.finished = False
 
     @property
+    def tenant(self) -> str:
+        """Who created the job (known after ``start``)."""
+        return self._feed.tenant or ""
+
+    @property
     def feed_end(self) -> JobEnd | None:
         """The job's end, if this process has heard it announced."""
         return self._feed.end
@@ -49,7 +54,8 @@ class Follower:
 
         Raises ``JobNotFound`` for an unknown or expired job.
         """
-        if self._feed.confirmed.is_set() and self._feed.covers(self.offset):
+        feed = self._feed
+        if feed.confirmed.is_set() and feed.tenant is not None and feed.covers(self.offset):
             self._epoch = self._feed.epoch  # a warm feed: no Redis command for this follower
             return
         self._pending = await self._read()
@@ -59,6 +65,7 @@ class Follower:
         await self._feed.confirmed.wait()
         epoch = self._feed.epoch
         snap = await self._store.read(self.job_id, self.offset, self._options.page_size)
+        self._feed.tenant = snap.tenant
         if snap.tokens:
             # More may be stored beyond this page: read again before trusting the feed.
             if len(snap.tokens) < self._options.page_size:

@@ -46,6 +46,7 @@ class Feed:
         self.end: JobEnd | None = None
         self.ended = asyncio.Event()
         self.draining = False  # the server is shutting down: followers stop, clients resume
+        self.tenant: str | None = None  # who created the job, once a list read told us
         self.version = 0
         self.changed_at = time.monotonic()
         self._changed = asyncio.Event()

@@ -1,7 +1,8 @@
 """The runtime: what a reviewstream process holds open, opened and closed in one place.
 
 ``open_runtime(settings, worker=...)`` opens, inside one ``AsyncExitStack``: Redis (a private
-embedded redis-server when no URL is set), the job store, the process's hub and, with
+embedded redis-server when no URL is set), the job store, the process's hub, the gatekeeper
+(API keys and stream tokens), admission (quotas, stream counts, the queued-job reaper) and, with
 ``worker=True``, the providers' HTTP client and a ``Worker`` on a Redis pool of its own (a burst
 of followers must never starve appends and lease renewals). The API's lifespan
 (``web.create_app``) and ``reviewstream worker`` both run on it, so they cannot drift apart.
@@ -10,18 +11,23 @@ of followers must never starve appends and lease renewals). The API's lifespan
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
 import redis.asyncio as aioredis
 
+from .admission import Admission, QueuedReaper, StreamCounter
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .keys import Keys
 from .settings import Settings
 from .store import JobStore
+from .tenancy import Gatekeeper, Keyring, StreamTokens
 from .worker import Worker
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +38,9 @@ class Runtime:
     redis: aioredis.Redis
     store: JobStore
     hub: Hub
+    gate: Gatekeeper
+    admission: Admission
+    streams: StreamCounter
     worker: Worker | None
 
 
@@ -82,6 +91,27 @@ def hub_for(redis: aioredis.Redis, keys: Keys, settings: Settings) -> Hub:
     )
 
 
+async def gatekeeper(settings: Settings, store: JobStore) -> Gatekeeper:
+    """API keys from the settings; the token secret from the settings or shared via Redis."""
+    keyring = None
+    if settings.api_keys is not None and settings.api_keys.get_secret_value().strip():
+        keyring = Keyring.parse(settings.api_keys.get_secret_value())
+    else:
+        log.warning(
+            "REVIEWSTREAM_API_KEYS is unset: open mode, anyone who can reach this service may"
+            " create, read and cancel any job"
+        )
+    configured = settings.token_secret
+    secret = (
+        configured.get_secret_value().encode()
+        if configured is not None
+        else await store.shared_secret()
+        if keyring is not None
+        else b""
+    )
+    return Gatekeeper(keyring, StreamTokens(secret, settings.stream_token_ttl_seconds))
+
+
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Runtime]:
     """Open everything a process needs; closes it all, in reverse order, on the way out."""
@@ -95,6 +125,13 @@ async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Run
         hub = hub_for(redis, keys, settings)
         await hub.start()
         stack.push_async_callback(hub.aclose)
+        gate = await gatekeeper(settings, store)
+        streams = StreamCounter(store, settings.max_streams_per_key)
+        await streams.start()
+        stack.push_async_callback(streams.aclose)
+        reaper = QueuedReaper(store, settings)
+        await reaper.start()
+        stack.push_async_callback(reaper.aclose)
         running: Worker | None = None
         if worker:
             http = await stack.enter_async_context(provider_http_client(settings))
@@ -106,4 +143,5 @@ async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Run
             running = Worker(worker_store, hub, settings, http)
             await running.start()
             stack.push_async_callback(running.aclose)
-        yield Runtime(settings, redis, store, hub, running)
+        admission = Admission(store, settings)
+        yield Runtime(settings, redis, store, hub, gate, admission, streams, running)

@@ -48,15 +48,17 @@ return count
 )
 
 # KEYS: meta, chunks, times, leases. ARGV: channel, job_id, status, error, usage_json, owner,
-# retention_seconds, only_if_lease_lapsed ('1' or ''). An empty owner ends the job whoever runs
-# it (cancel, lease reaper). Returns 1 when this call ended the job, 0 when it had ended already
-# (or its lease still holds), -2 for a foreign owner, -3 for an unknown job.
+# retention_seconds, only_if_lease_lapsed ('1' or ''), only_if_status ('' or a status). An empty
+# owner ends the job whoever runs it (cancel, reapers). Returns 1 when this call ended the job,
+# 0 when it had ended already (or its lease still holds, or it is not in the status asked for),
+# -2 for a foreign owner, -3 for an unknown job.
 FINISH = (
     _NOW
     + """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -3 end
 if status == 'done' or status == 'failed' or status == 'cancelled' then return 0 end
+if ARGV[9] ~= '' and status ~= ARGV[9] then return 0 end
 if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return -2 end
 if ARGV[8] == '1' then
   local deadline = redis.call('ZSCORE', KEYS[4], ARGV[2])
@@ -114,5 +116,45 @@ EXPIRED_LEASES = (
     _NOW
     + """
 return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
+"""
+)
+
+# KEYS: active, starts (one tenant's). ARGV: job_id, max_active, per_minute (0: no limit).
+# Admits the job under the tenant's quotas, atomically: returns {0, 0} when admitted, else
+# {limit, retry_after_ms} with limit 1 = active jobs, 2 = jobs per minute.
+ADMIT = (
+    _NOW
+    + """
+local max_active, per_minute = tonumber(ARGV[2]), tonumber(ARGV[3])
+if max_active > 0 and redis.call('ZCARD', KEYS[1]) >= max_active then return {1, 0} end
+if per_minute > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now_ms - 60000)
+  if redis.call('ZCARD', KEYS[2]) >= per_minute then
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+    return {2, tonumber(oldest[2]) + 60000 - now_ms}
+  end
+  redis.call('ZADD', KEYS[2], now_ms, ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], 60000)
+end
+if max_active > 0 then redis.call('ZADD', KEYS[1], now_ms, ARGV[1]) end
+return {0, 0}
+"""
+)
+
+# KEYS: workers. ARGV: worker name, forget_after_ms. A worker's heartbeat, on the Redis clock.
+HEARTBEAT = (
+    _NOW
+    + """
+redis.call('ZADD', KEYS[1], now_ms, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - tonumber(ARGV[2]))
+return 1
+"""
+)
+
+# KEYS: workers. ARGV: window_ms. How many workers beat within the window.
+WORKERS_ALIVE = (
+    _NOW
+    + """
+return redis.call('ZCOUNT', KEYS[1], now_ms - tonumber(ARGV[1]), '+inf')
 """
 )

@@ -1,7 +1,8 @@
 """ReviewService: what the routes ask for, in the domain's words.
 
 Routes parse and encode; this module creates jobs, answers polls and opens followers. It holds
-the process's long-lived parts (store, hub, settings) and is built once per app in the lifespan.
+the process's long-lived parts (the runtime) and is built once per app in the lifespan. Every
+call takes the caller's ``Principal``; a job the caller may not see is ``JobNotFound``.
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .errors import ServerDraining
+from .admission import Admission, StreamCounter
+from .errors import JobNotFound, ServerDraining
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Hub
 from .models import Batch, JobEnd, JobPage, JobStatus, ReviewRequest
 from .providers import default_model, validate_job
+from .runtime import Runtime
 from .settings import Settings
-from .store import JobStore, Snapshot
+from .store import JobStore, Snapshot, new_job_id
+from .tenancy import Gatekeeper, Principal
 from .worker import Worker
 
 
@@ -40,37 +44,67 @@ class ReviewService:
     settings: Settings
     store: JobStore
     hub: Hub
+    gate: Gatekeeper
+    admission: Admission
+    streams: StreamCounter
     worker: Worker | None = None
     followers: int = 0  # live followers in this process, for /metrics
+
+    @classmethod
+    def on(cls, runtime: Runtime) -> ReviewService:
+        return cls(
+            runtime.settings,
+            runtime.store,
+            runtime.hub,
+            runtime.gate,
+            runtime.admission,
+            runtime.streams,
+            runtime.worker,
+        )
 
     @property
     def follow_options(self) -> FollowOptions:
         return FollowOptions(page_size=self.settings.page_size)
 
-    async def create(self, request: ReviewRequest) -> tuple[str, JobStatus]:
-        """Queue a generation job for the request; returns its id and status."""
+    async def create(self, request: ReviewRequest, caller: Principal) -> tuple[str, JobStatus]:
+        """Queue a generation job for the request; returns its id and status.
+
+        Raises ``Forbidden`` for a stream token, ``ProviderConfigError`` for what this
+        deployment cannot run, ``QuotaExceeded`` or ``Overloaded`` when admission says no.
+        """
+        caller.check_may_create()
         provider = request.provider or self.settings.provider
         model = request.model or default_model(provider, self.settings)
         validate_job(provider, model, self.settings)
-        job_id = await self.store.create(request, provider=provider, model=model)
+        await self.admission.check_capacity()
+        job_id = new_job_id()
+        await self.admission.admit(caller, job_id)
+        await self.store.create(
+            request, provider=provider, model=model, tenant=caller.tenant, job_id=job_id
+        )
         return job_id, JobStatus.QUEUED
 
-    async def poll(self, job_id: str, offset: int, limit: int | None) -> JobPage:
+    def stream_token(self, job_id: str, caller: Principal) -> str | None:
+        """The token that lets a browser read and cancel the job (None in open mode)."""
+        return self.gate.token_for(job_id, caller)
+
+    async def poll(self, job_id: str, offset: int, limit: int | None, caller: Principal) -> JobPage:
         """Short poll: the stored tokens from ``offset`` on, now."""
         snapshot = await self.store.read(job_id, offset, limit or self.settings.page_size)
+        _check_may_see(caller, job_id, snapshot.tenant)
         return page_of(snapshot)
 
     async def long_poll(
-        self, job_id: str, offset: int, limit: int | None, hold_seconds: float
+        self, job_id: str, offset: int, limit: int | None, hold_seconds: float, caller: Principal
     ) -> JobPage:
         """Like ``poll`` but held until a new token, the end, or ``hold_seconds`` (capped)."""
         hold_seconds = min(hold_seconds, self.settings.long_poll_max_timeout)
-        async with self.follow(job_id, offset) as follower:
+        async with self.follow(job_id, offset, caller) as follower:
             try:
                 async with asyncio.timeout(hold_seconds):
                     item = await follower.next()
             except (TimeoutError, ServerDraining):
-                return await self.poll(job_id, offset, limit)
+                return await self.poll(job_id, offset, limit, caller)
         if isinstance(item, JobEnd):
             return JobPage(
                 id=job_id,
@@ -104,20 +138,33 @@ class ReviewService:
         )
 
     @contextlib.asynccontextmanager
-    async def follow(self, job_id: str, offset: int) -> AsyncIterator[Follower]:
-        """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding."""
-        self.followers += 1
-        try:
-            async with open_follower(
-                self.hub, self.store, job_id, offset, self.follow_options
-            ) as follower:
-                yield follower
-        finally:
-            self.followers -= 1
+    async def follow(self, job_id: str, offset: int, caller: Principal) -> AsyncIterator[Follower]:
+        """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding.
+
+        The stream counts against the caller's key (``QuotaExceeded`` past its limit).
+        """
+        with self.streams.hold(caller):
+            self.followers += 1
+            try:
+                async with open_follower(
+                    self.hub, self.store, job_id, offset, self.follow_options
+                ) as follower:
+                    _check_may_see(caller, job_id, follower.tenant)
+                    yield follower
+            finally:
+                self.followers -= 1
 
     def drain(self) -> None:
         """A shutdown began: live streams end, held polls answer; clients resume elsewhere."""
         self.hub.drain()
 
-    async def cancel(self, job_id: str) -> None:
+    async def cancel(self, job_id: str, caller: Principal) -> None:
+        """End the job as cancelled; ``JobFinished`` if it had ended already."""
+        by_key = not caller.open and caller.job_id is None
+        _check_may_see(caller, job_id, await self.store.tenant_of(job_id) if by_key else "")
         await self.store.cancel(job_id)
+
+
+def _check_may_see(caller: Principal, job_id: str, owner: str) -> None:
+    if not caller.may_see(job_id, owner):
+        raise JobNotFound(job_id)

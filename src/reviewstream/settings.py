@@ -75,3 +75,28 @@ class Settings(BaseSettings):
 
     # Requests.
     max_request_bytes: int = Field(default=65536, ge=1024)
+    ws_max_message_bytes: int = Field(default=4096, ge=64, le=1 << 20)
+    # Open connections one process serves; beyond it uvicorn answers 503.
+    max_open_connections: int = Field(default=10000, ge=1)
+    # Origins (comma-separated) allowed to call the API from a browser; empty: same origin only.
+    cors_origins: str = ""
+
+    # Tenancy. API keys: comma-separated NAME:KEY or NAME:sha256:HEX. Unset: open mode.
+    api_keys: SecretStr | None = None
+    stream_token_ttl_seconds: int = Field(default=3600, ge=1)
+    # Signs stream tokens; unset: generated once and shared through Redis.
+    token_secret: SecretStr | None = None
+
+    # Admission. Per-key limits are off when unset (0).
+    max_active_jobs_per_key: int = Field(default=0, ge=0)
+    jobs_per_minute_per_key: int = Field(default=0, ge=0)
+    max_streams_per_key: int = Field(default=0, ge=0)
+    max_queued_jobs: int = Field(default=10000, ge=1)
+    queued_timeout_seconds: float = Field(default=600.0, gt=0)
+    # A worker is alive while its heartbeat is younger than this; with none, jobs are refused.
+    worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """``cors_origins`` as a list of origins (``scheme://host[:port]``)."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -44,7 +45,8 @@ def redis_errors(operation: str) -> Iterator[None]:
             # redis-py can turn a cancellation into a connection error; keep it a cancellation
             # so that owned tasks stop when asked to.
             raise asyncio.CancelledError from e
-        raise StoreError(f"Redis failed during {operation}: {e}") from e
+        # The message reaches clients: no hosts, ports, keys or commands (the cause is logged).
+        raise StoreError(f"Redis failed during {operation}") from e
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +61,7 @@ class Snapshot:
     count: int
     error: str | None
     usage: dict[str, Any] | None
+    tenant: str = ""  # the API key NAME that created the job; "" in open mode
 
     @property
     def next_offset(self) -> int:
@@ -117,12 +120,22 @@ class JobStore:
         self._claim = Script(redis, scripts.CLAIM)
         self._renew = Script(redis, scripts.RENEW)
         self._expired = Script(redis, scripts.EXPIRED_LEASES)
+        self._heartbeat = Script(redis, scripts.HEARTBEAT)
+        self._workers_alive = Script(redis, scripts.WORKERS_ALIVE)
 
     # -- jobs ---------------------------------------------------------------------------------
 
-    async def create(self, request: ReviewRequest, *, provider: str, model: str) -> str:
+    async def create(
+        self,
+        request: ReviewRequest,
+        *,
+        provider: str,
+        model: str,
+        tenant: str = "",
+        job_id: str | None = None,
+    ) -> str:
         """Store a new queued job and enqueue it in one transaction; returns its id."""
-        job_id = new_job_id()
+        job_id = job_id or new_job_id()
         with redis_errors("create job"):
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(
@@ -135,6 +148,7 @@ class JobStore:
                         "request": request.model_dump_json(),
                         "count": 0,
                         "claims": 0,
+                        "tenant": tenant,
                     },
                 )
                 pipe.xadd(self.keys.queue, {"job": job_id})
@@ -154,11 +168,11 @@ class JobStore:
         stop = offset + max(limit, 1) - 1
         with redis_errors("read tokens"):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(self.keys.meta(job_id), "status", "error", "usage")
+                pipe.hmget(self.keys.meta(job_id), "status", "error", "usage", "tenant")
                 pipe.llen(chunks)
                 pipe.lrange(chunks, offset, stop)
                 pipe.lrange(times, offset, stop)
-                (status, error, usage), count, tokens, ts = await pipe.execute()
+                (status, error, usage, tenant), count, tokens, ts = await pipe.execute()
         if status is None:
             raise JobNotFound(job_id)
         if limit <= 0:
@@ -172,6 +186,7 @@ class JobStore:
             count=count,
             error=error or None,
             usage=json.loads(usage) if usage else None,
+            tenant=tenant or "",
         )
 
     async def append(self, job_id: str, owner: str, tokens: Sequence[str]) -> bool:
@@ -198,6 +213,7 @@ class JobStore:
         usage: dict[str, Any] | None = None,
         owner: str = "",
         only_if_lease_lapsed: bool = False,
+        only_if_status: JobStatus | None = None,
     ) -> bool:
         """End the job (after its last token) and announce the end, atomically, once.
 
@@ -221,12 +237,21 @@ class JobStore:
             owner,
             self.retention_seconds,
             "1" if only_if_lease_lapsed else "",
+            only_if_status.value if only_if_status is not None else "",
         ]
         with redis_errors("finish job"):
             result = await self._finish(keys=keys, args=args)
         if result == -3:
             raise JobNotFound(job_id)
         return bool(result == 1)
+
+    async def tenant_of(self, job_id: str) -> str:
+        """The tenant that created the job; ``JobNotFound`` if there is none."""
+        with redis_errors("read job"):
+            status, tenant = await self.redis.hmget(self.keys.meta(job_id), "status", "tenant")
+        if status is None:
+            raise JobNotFound(job_id)
+        return str(tenant or "")
 
     async def cancel(self, job_id: str) -> None:
         """End the job as cancelled; its producer notices and closes the upstream stream."""
@@ -305,3 +330,46 @@ class JobStore:
                 with redis_errors("drop lease"):
                     await self.redis.zrem(self.keys.leases, job_id)
         return ended
+
+    async def queue_length(self) -> int:
+        """Entries waiting in the queue (not yet claimed)."""
+        with redis_errors("read queue length"):
+            return int(await self.redis.xlen(self.keys.queue))
+
+    async def queued_before(self, cutoff_ms: int, count: int) -> list[QueueEntry]:
+        """Queue entries added before ``cutoff_ms`` (an entry id starts with its Redis time)."""
+        with redis_errors("read old queue entries"):
+            entries: Any = await self.redis.xrange(
+                self.keys.queue, "-", f"{cutoff_ms}-0", count=count
+            )
+        return [QueueEntry(entry_id, fields["job"]) for entry_id, fields in entries if fields]
+
+    async def drop_entry(self, entry: QueueEntry) -> None:
+        with redis_errors("drop queue entry"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.xack(self.keys.queue, WORKER_GROUP, entry.entry_id)
+                pipe.xdel(self.keys.queue, entry.entry_id)
+                await pipe.execute()
+
+    # -- workers and secrets ------------------------------------------------------------------
+
+    async def heartbeat(self, worker: str, forget_after_ms: int) -> None:
+        """Announce ``worker`` alive now (Redis clock); forget workers silent for longer."""
+        with redis_errors("worker heartbeat"):
+            await self._heartbeat(keys=[self.keys.workers], args=[worker, forget_after_ms])
+
+    async def forget_worker(self, worker: str) -> None:
+        with redis_errors("worker sign-off"):
+            await self.redis.zrem(self.keys.workers, worker)
+
+    async def workers_alive(self, window_ms: int) -> int:
+        """How many workers announced themselves within ``window_ms``."""
+        with redis_errors("count live workers"):
+            return int(await self._workers_alive(keys=[self.keys.workers], args=[window_ms]))
+
+    async def shared_secret(self) -> bytes:
+        """A random secret shared by every process on this Redis, made by the first to ask."""
+        with redis_errors("read the token secret"):
+            await self.redis.set(self.keys.token_secret, secrets.token_hex(32), nx=True)
+            value = await self.redis.get(self.keys.token_secret)
+        return str(value).encode()

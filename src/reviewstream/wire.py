@@ -26,16 +26,27 @@ class CloseCode(IntEnum):
     """WebSocket close codes: 4000 + the HTTP status they stand for, and RFC 6455's own."""
 
     END_OF_JOB = 1000
+    UNSUPPORTED_DATA = 1003  # a binary frame: the client sends JSON text only
+    MESSAGE_TOO_BIG = 1009  # above REVIEWSTREAM_WS_MAX_MESSAGE_BYTES
     SERVICE_RESTART = 1012  # the server is shutting down: reconnect, resume from the offset
     BAD_REQUEST = 4400
+    UNAUTHORIZED = 4401  # where the server cannot answer the handshake with HTTP 401
+    FORBIDDEN = 4403
     NOT_FOUND = 4404
     INVALID = 4422
+    TOO_MANY = 4429  # a per-key limit (open streams): retry later
     UNAVAILABLE = 4503
 
     @property
     def final(self) -> bool:
         """Retrying cannot change this answer (the request itself is wrong)."""
-        return self in (CloseCode.BAD_REQUEST, CloseCode.NOT_FOUND, CloseCode.INVALID)
+        return self in (
+            CloseCode.BAD_REQUEST,
+            CloseCode.UNAUTHORIZED,
+            CloseCode.FORBIDDEN,
+            CloseCode.NOT_FOUND,
+            CloseCode.INVALID,
+        )
 
 
 def tokens_message(batch: Batch) -> dict[str, Any]:

@@ -71,9 +71,11 @@ class Worker:
 
     async def start(self) -> None:
         await self.store.ensure_group()
+        await self._beat()  # ready to take jobs from now on: API processes may accept them
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"worker-claim-{self.name}"),
             asyncio.create_task(self._reap_loop(), name=f"worker-reap-{self.name}"),
+            asyncio.create_task(self._heartbeat_loop(), name=f"worker-heartbeat-{self.name}"),
         ]
 
     async def aclose(self) -> None:
@@ -88,6 +90,8 @@ class Worker:
         if pending:
             await asyncio.wait(pending, timeout=2.0)
         self._loops = []
+        with contextlib.suppress(StoreError):
+            await self.store.forget_worker(self.name)  # take no new jobs for this worker
         if self._jobs:
             log.info("worker %s: waiting for %d running jobs", self.name, len(self._jobs))
             await asyncio.wait(list(self._jobs.values()), timeout=self.grace_seconds)
@@ -137,6 +141,25 @@ class Worker:
     def _job_done(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
         self._slots.release()
+
+    async def _beat(self) -> None:
+        forget_ms = int(self.settings.worker_heartbeat_timeout_seconds * 10_000)
+        await self.store.heartbeat(self.name, forget_ms)
+
+    async def _heartbeat_loop(self) -> None:
+        """Announce this worker every third of the heartbeat window (sooner after a failure)."""
+        interval = self.settings.worker_heartbeat_timeout_seconds / 3
+        while not self._stopping.is_set():
+            await self._pause(interval)
+            if self._stopping.is_set():
+                return
+            try:
+                await self._beat()
+            except StoreError as e:
+                log.warning("worker %s: heartbeat failed: %s", self.name, e)
+                interval = min(1.0, interval)
+            else:
+                interval = self.settings.worker_heartbeat_timeout_seconds / 3
 
     async def _reap_loop(self) -> None:
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)

@@ -183,7 +183,8 @@ class ReviewstreamClient:
     ``httpx.AsyncClient`` (it is then not closed by ``aclose()``). ``max_retries`` bounds the
     reconnects in a row without a new token; the wait before each doubles from ``backoff`` up
     to ``backoff_max``. ``stream_idle_timeout`` bounds the silence on an SSE stream (the server
-    sends a heartbeat every 15 s by default).
+    sends a heartbeat every 15 s by default). ``api_key`` is sent as ``Authorization: Bearer``
+    on every request, stream and WebSocket handshake (a server with REVIEWSTREAM_API_KEYS).
     """
 
     def __init__(
@@ -196,8 +197,10 @@ class ReviewstreamClient:
         backoff: float = 0.2,
         backoff_max: float = 5.0,
         stream_idle_timeout: float = 60.0,
+        api_key: str | None = None,
     ) -> None:
         self.base_url = httpx.URL(base_url.rstrip("/") + "/")
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._owns_http = http is None
         self._http = http or httpx.AsyncClient(timeout=timeout)
         self.timeout = timeout
@@ -231,7 +234,11 @@ class ReviewstreamClient:
     ) -> httpx.Response:
         """One request; a non-2xx answer becomes ``ClientError`` with the API's message."""
         response = await self._http.request(
-            method, self.url(path), timeout=read_seconds or self.timeout, **kwargs
+            method,
+            self.url(path),
+            timeout=read_seconds or self.timeout,
+            headers=self._auth,
+            **kwargs,
         )
         if response.is_success:
             return response
@@ -336,6 +343,7 @@ class ReviewstreamClient:
             "GET",
             str(self.url(f"/jobs/{job_id}/events")),
             params={"offset": cursor.offset},
+            headers=self._auth,
             timeout=timeout,
         ) as source:
             response = source.response
@@ -362,7 +370,11 @@ class ReviewstreamClient:
         )
         try:
             async with connect(
-                str(url), open_timeout=self.timeout, compression=None, max_size=2**24
+                str(url),
+                open_timeout=self.timeout,
+                compression=None,
+                max_size=2**24,
+                additional_headers=self._auth,
             ) as socket:
                 async for raw in socket:
                     message = json.loads(raw)

@@ -33,6 +33,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("REVIEWSTREAM_URL", "http://127.0.0.1:8000"),
         help="the server's base URL (default: $REVIEWSTREAM_URL or http://127.0.0.1:8000)",
     )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("REVIEWSTREAM_API_KEY"),
+        help="the API key, for a server with REVIEWSTREAM_API_KEYS (default: $REVIEWSTREAM_API_KEY)",
+    )
     parser.add_argument("--name", required=True, help="the employee's name")
     parser.add_argument(
         "--points", required=True, help="the review points; '-' reads them from stdin"
@@ -63,7 +68,7 @@ async def review(
     first: float | None = None
     count = 0
     end: End | None = None
-    async with ReviewstreamClient(args.url) as client:
+    async with ReviewstreamClient(args.url, api_key=args.api_key) as client:
         try:
             job = await client.create(
                 args.name,

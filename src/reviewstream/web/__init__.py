@@ -7,6 +7,6 @@ server stops accepting connections. Nothing here holds domain logic: routes pars
 
 from __future__ import annotations
 
-from .app import begin_shutdown, create_app
+from .app import begin_shutdown, create_app, server_options
 
-__all__ = ["begin_shutdown", "create_app"]
+__all__ = ["begin_shutdown", "create_app", "server_options"]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TypedDict
+from typing import Any, TypedDict
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
 from ..runtime import open_runtime
@@ -27,7 +27,6 @@ from .routes import demo, health, jobs, long_poll, metrics, sse, ws
 
 class State(TypedDict):
     service: ReviewService
-    redis: aioredis.Redis
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
@@ -37,10 +36,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
         async with open_runtime(settings, worker=run_worker) as runtime:
-            service = ReviewService(settings, runtime.store, runtime.hub, runtime.worker)
+            service = ReviewService.on(runtime)
             app.state.drain = service.drain  # for begin_shutdown
             try:
-                yield {"service": service, "redis": runtime.redis}
+                yield {"service": service}
             finally:
                 del app.state.drain
 
@@ -51,6 +50,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         lifespan=lifespan,
     )
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            expose_headers=["X-Job-Id", "X-Stream-Token", "Location", "Retry-After"],
+            max_age=600,
+        )
     add_error_handlers(app)
     for module in (jobs, long_poll, sse, ws, health, metrics, demo):
         app.include_router(module.router)
@@ -67,3 +75,19 @@ def begin_shutdown(app: FastAPI) -> None:
     drain = getattr(app.state, "drain", None)
     if drain is not None:
         asyncio.get_running_loop().call_soon_threadsafe(drain)
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn options the app relies on: how WebSockets and connections are bounded.
+
+    ``reviewstream serve`` runs with them, and so should any other way of serving the app.
+    """
+    return {
+        "ws": "websockets-sansio",
+        "ws_per_message_deflate": settings.ws_per_message_deflate,
+        "ws_ping_interval": settings.ws_ping_seconds,
+        "ws_ping_timeout": settings.ws_ping_seconds,
+        # Refused (1009) while the frame arrives, before megabytes are buffered.
+        "ws_max_size": settings.ws_max_message_bytes,
+        "limit_concurrency": settings.max_open_connections,
+    }

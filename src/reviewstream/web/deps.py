@@ -1,14 +1,24 @@
-"""What routes share: the service dependency, the validated parameters, the error responses."""
+"""What routes share: the service and caller dependencies, validated parameters, documented
+errors and the headers of answers that carry job text."""
 
 from __future__ import annotations
 
-from typing import Annotated, cast
+from typing import Annotated, Any, cast
 
 from fastapi import Depends, Path, Query
+from fastapi.responses import JSONResponse
+from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
 
 from ..models import ErrorBody
 from ..service import ReviewService
+from ..tenancy import Principal
+
+MAX_OFFSET = 2**53  # the largest integer every JSON client reads exactly
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+# Job text is confidential: never cached, never sniffed into something else.
+PRIVATE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 async def get_service(connection: HTTPConnection) -> ReviewService:
@@ -16,9 +26,36 @@ async def get_service(connection: HTTPConnection) -> ReviewService:
     return cast(ReviewService, connection.state.service)
 
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+# Declared for the OpenAPI document; neither refuses by itself (the gatekeeper does).
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (REVIEWSTREAM_API_KEYS), or a job's stream token.",
+)
+_token = APIKeyQuery(
+    name="token",
+    auto_error=False,
+    description="A job's stream token, as its links carry it (EventSource, browser WebSocket).",
+)
+
+
+async def get_caller(
+    connection: HTTPConnection,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    token: Annotated[str | None, Depends(_token)],
+) -> Principal:
+    service = await get_service(connection)
+    return service.gate.principal(bearer.credentials if bearer else None, token)
+
+
+def caller_of(connection: HTTPConnection, service: ReviewService) -> Principal:
+    """The caller of a WebSocket handshake (FastAPI's security classes answer HTTP only)."""
+    scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
+    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    return service.gate.principal(bearer, connection.query_params.get("token"))
+
 
 Service = Annotated[ReviewService, Depends(get_service)]
+Caller = Annotated[Principal, Depends(get_caller)]
 JobId = Annotated[
     str,
     Path(
@@ -29,14 +66,43 @@ JobId = Annotated[
 ]
 Offset = Annotated[
     int,
-    Query(ge=0, description="How many tokens the client already has; delivery starts there."),
+    Query(
+        ge=0,
+        le=MAX_OFFSET,
+        description="How many tokens the client already has; delivery starts there.",
+    ),
 ]
 Limit = Annotated[
     int | None, Query(ge=1, le=10000, description="At most this many tokens in the answer.")
 ]
 
-# The error answers every route about one job documents in the OpenAPI document.
+
+class PrivateJSONResponse(JSONResponse):
+    """A JSON answer with job text in it (``PRIVATE_HEADERS``)."""
+
+    def init_headers(self, headers: Any = None) -> None:
+        super().init_headers({**PRIVATE_HEADERS, **(headers or {})})
+
+
+def _error(description: str) -> dict[str, object]:
+    return {"model": ErrorBody, "description": description}
+
+
+# The error answers every route documents in the OpenAPI document: one schema for all.
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: _error("No credential, an unknown API key, or an expired or forged stream token."),
+    403: _error("The credential may not do this (a stream token creating a job)."),
+    503: _error("Storage unavailable, no worker alive, or the queue is full (Retry-After)."),
+}
 JOB_ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": ErrorBody, "description": "Unknown job, or expired after retention."},
-    422: {"model": ErrorBody, "description": "Invalid id, offset or body."},
+    **AUTH_ERRORS,
+    404: _error("Unknown job, expired after retention, or another key's job."),
+    422: _error("Invalid id, offset or body."),
+    429: _error("A per-key limit: open streams (Retry-After)."),
+}
+CREATE_ERRORS: dict[int | str, dict[str, object]] = {
+    **AUTH_ERRORS,
+    413: _error("The request body is too large."),
+    422: _error("Invalid body, or a provider or model this deployment cannot run."),
+    429: _error("A per-key limit: active jobs or jobs per minute (Retry-After)."),
 }

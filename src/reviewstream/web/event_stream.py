@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from .alongside import alongside
+from .deps import PRIVATE_HEADERS
 
 _HEARTBEAT: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 _LAST: Message = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -43,7 +44,7 @@ class EventStreamResponse(Response):
         self.status_code = status_code
         self.background = None
         # No Content-Length (there is no body attribute); proxies must not buffer or cache it.
-        self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.init_headers({**PRIVATE_HEADERS, "X-Accel-Buffering": "no"})
         self.on_close = on_close  # runs when the response ends, however it ends
         self.client_left = False
 

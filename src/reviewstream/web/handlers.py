@@ -1,24 +1,47 @@
 """One place maps the exception tree (``reviewstream.errors``) to JSON answers.
 
-Routes never catch domain errors; every 4xx/5xx body is ``{"error": "...", "detail": ...}``.
+Routes never catch domain errors; every 4xx/5xx body is ``{"error": "...", "detail": ...}``
+and names the problem for the client, never hosts, ports, keys or commands (those are logged).
+Every 503 and 429 says when to come back (``Retry-After``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ..errors import JobFinished, JobNotFound, ProviderConfigError, ReviewstreamError, StoreError
+from ..errors import (
+    Forbidden,
+    JobFinished,
+    JobNotFound,
+    ProviderConfigError,
+    Refused,
+    ReviewstreamError,
+    StoreError,
+    Unauthorized,
+)
 
 log = logging.getLogger(__name__)
 
 
-def error_response(status: int, message: str, detail: Any = None) -> JSONResponse:
-    return JSONResponse({"error": message, "detail": detail}, status_code=status)
+STORE_RETRY_SECONDS = 1
+
+AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="reviewstream"'}
+
+
+def error_response(
+    status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message, "detail": detail}, status_code=status, headers=headers)
+
+
+def retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def add_error_handlers(app: FastAPI) -> None:
@@ -40,13 +63,30 @@ def add_error_handlers(app: FastAPI) -> None:
     async def provider_config(request: Request, exc: ProviderConfigError) -> JSONResponse:
         return error_response(422, str(exc))
 
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        return error_response(401, str(exc), headers=AUTHENTICATE)
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return error_response(403, str(exc))
+
+    @app.exception_handler(Refused)
+    async def refused(request: Request, exc: Refused) -> JSONResponse:
+        return error_response(
+            exc.status, str(exc), {"limit": exc.limit}, headers=retry_after(exc.retry_after)
+        )
+
     @app.exception_handler(StoreError)
     async def store_down(request: Request, exc: StoreError) -> JSONResponse:
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(503, "storage unavailable, try again", str(exc))
+        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
+        return error_response(
+            503, "storage unavailable, try again", headers=retry_after(STORE_RETRY_SECONDS)
+        )
 
     @app.exception_handler(ReviewstreamError)
     async def other(request: Request, exc: ReviewstreamError) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
         return error_response(500, str(exc))
 
     @app.exception_handler(Exception)

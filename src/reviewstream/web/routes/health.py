@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import cast
+import logging
 
-import redis.asyncio as aioredis
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+
+from ...errors import StoreError
+from ..deps import Service
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger(__name__)
 
 
 @router.get("/healthz")
@@ -18,12 +20,21 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis is unreachable."}})
-async def readyz(request: Request) -> JSONResponse:
-    """The process can serve: Redis answers."""
-    redis = cast(aioredis.Redis, request.state.redis)
+@router.get("/readyz", responses={503: {"description": "Redis is unreachable, or no worker."}})
+async def readyz(service: Service) -> JSONResponse:
+    """Ready to take a job: Redis answers and some worker's heartbeat is fresh."""
+    window_ms = int(service.settings.worker_heartbeat_timeout_seconds * 1000)
     try:
-        await redis.ping()
-    except (RedisError, OSError) as e:
-        return JSONResponse({"status": "unavailable", "error": f"Redis: {e}"}, status_code=503)
+        alive = await service.store.workers_alive(window_ms)
+    except StoreError as e:
+        log.warning("readyz: %s (%r)", e, e.__cause__)
+        return _unavailable("Redis is unreachable")
+    if not alive:
+        return _unavailable("no worker is running: jobs would not start")
     return JSONResponse({"status": "ready"})
+
+
+def _unavailable(error: str) -> JSONResponse:
+    return JSONResponse(
+        {"status": "unavailable", "error": error}, status_code=503, headers={"Retry-After": "1"}
+    )

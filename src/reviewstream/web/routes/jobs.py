@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 from fastapi import APIRouter, Request, Response, status
 
 from ...models import ErrorBody, JobCreated, JobPage, Links, ReviewRequest
-from ..deps import JOB_ERRORS, JobId, Limit, Offset, Service
+from ..deps import (
+    CREATE_ERRORS,
+    JOB_ERRORS,
+    Caller,
+    JobId,
+    Limit,
+    Offset,
+    PrivateJSONResponse,
+    Service,
+)
 
 router = APIRouter(tags=["jobs"])
 
+_CANCEL_ERRORS = {**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}}
 
-def links_for(request: Request, job_id: str) -> Links:
-    base = request.scope.get("root_path", "")
+
+def links_for(request: Request, job_id: str, token: str | None) -> Links:
+    """Where to follow the job in each mode; each link carries the job's stream token, if any."""
+    base = f"{request.scope.get('root_path', '')}/jobs/{job_id}"
+    auth = f"token={quote(token)}" if token else ""
     return Links(
-        poll=f"{base}/jobs/{job_id}?offset=0",
-        long_poll=f"{base}/jobs/{job_id}/long-poll",
-        sse=f"{base}/jobs/{job_id}/events",
-        ws=f"{base}/jobs/{job_id}/ws",
+        poll=f"{base}?offset=0" + (f"&{auth}" if auth else ""),
+        long_poll=f"{base}/long-poll" + (f"?{auth}" if auth else ""),
+        sse=f"{base}/events" + (f"?{auth}" if auth else ""),
+        ws=f"{base}/ws" + (f"?{auth}" if auth else ""),
     )
 
 
@@ -24,38 +39,40 @@ def links_for(request: Request, job_id: str) -> Links:
     "/jobs",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobCreated,
-    responses={413: {"model": ErrorBody}, 422: JOB_ERRORS[422]},
+    responses=CREATE_ERRORS,
 )
-async def create_job(body: ReviewRequest, request: Request, service: Service) -> JobCreated:
+async def create_job(
+    body: ReviewRequest, request: Request, service: Service, caller: Caller
+) -> JobCreated:
     """Start writing a review; the answer links to every delivery mode."""
-    job_id, job_status = await service.create(body)
-    return JobCreated(id=job_id, status=job_status, links=links_for(request, job_id))
+    job_id, job_status = await service.create(body, caller)
+    token = service.stream_token(job_id, caller)
+    return JobCreated(id=job_id, status=job_status, links=links_for(request, job_id, token))
 
 
-@router.get("/jobs/{job_id}", response_model=JobPage, responses=JOB_ERRORS)
+@router.get(
+    "/jobs/{job_id}",
+    response_model=JobPage,
+    response_class=PrivateJSONResponse,
+    responses=JOB_ERRORS,
+)
 async def short_poll(
-    job_id: JobId, service: Service, offset: Offset = 0, limit: Limit = None
+    job_id: JobId, service: Service, caller: Caller, offset: Offset = 0, limit: Limit = None
 ) -> JobPage:
     """Short poll: the tokens stored from `offset` on, answered at once."""
-    return await service.poll(job_id, offset, limit)
+    return await service.poll(job_id, offset, limit, caller)
 
 
-@router.delete(
-    "/jobs/{job_id}",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
-)
-async def cancel_job(job_id: JobId, service: Service) -> Response:
+@router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_CANCEL_ERRORS)
+async def cancel_job(job_id: JobId, service: Service, caller: Caller) -> Response:
     """Cancel: the model's stream is closed and the job ends as `cancelled`."""
-    await service.cancel(job_id)
+    await service.cancel(job_id, caller)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post(
-    "/jobs/{job_id}/cancel",
-    status_code=status.HTTP_204_NO_CONTENT,
-    responses={**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The job already ended."}},
+    "/jobs/{job_id}/cancel", status_code=status.HTTP_204_NO_CONTENT, responses=_CANCEL_ERRORS
 )
-async def cancel_job_post(job_id: JobId, service: Service) -> Response:
+async def cancel_job_post(job_id: JobId, service: Service, caller: Caller) -> Response:
     """Cancel, for clients that cannot send DELETE."""
-    return await cancel_job(job_id, service)
+    return await cancel_job(job_id, service, caller)

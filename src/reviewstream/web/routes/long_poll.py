@@ -7,15 +7,21 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ...models import JobPage
-from ..deps import JOB_ERRORS, JobId, Limit, Offset, Service
+from ..deps import JOB_ERRORS, Caller, JobId, Limit, Offset, PrivateJSONResponse, Service
 
 router = APIRouter(tags=["delivery"])
 
 
-@router.get("/jobs/{job_id}/long-poll", response_model=JobPage, responses=JOB_ERRORS)
+@router.get(
+    "/jobs/{job_id}/long-poll",
+    response_model=JobPage,
+    response_class=PrivateJSONResponse,
+    responses=JOB_ERRORS,
+)
 async def long_poll(
     job_id: JobId,
     service: Service,
+    caller: Caller,
     offset: Offset = 0,
     limit: Limit = None,
     hold_seconds: Annotated[
@@ -29,4 +35,4 @@ async def long_poll(
     ] = 20.0,
 ) -> JobPage:
     """Long poll: answers on the next token(s), the end, or after `timeout` with none."""
-    return await service.long_poll(job_id, offset, limit, hold_seconds)
+    return await service.long_poll(job_id, offset, limit, hold_seconds, caller)

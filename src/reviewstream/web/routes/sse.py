@@ -11,9 +11,10 @@ from fastapi import APIRouter, Header, Query, Request
 
 from ...errors import ReviewstreamError, ServerDraining
 from ...follow import Follower
-from ...models import Batch, ErrorBody, ReviewRequest
+from ...models import Batch, ReviewRequest
+from ...tenancy import Principal
 from ...wire import sse_end_event, sse_error_event, sse_preamble, sse_token_event
-from ..deps import JOB_ERRORS, JobId, Service
+from ..deps import CREATE_ERRORS, JOB_ERRORS, MAX_OFFSET, Caller, JobId, Service
 from ..event_stream import EventStreamResponse
 
 router = APIRouter(tags=["delivery"])
@@ -24,10 +25,16 @@ _SSE: dict[int | str, dict[str, Any]] = {
 }
 LastEventId = Annotated[
     int | None,
-    Header(ge=0, alias="Last-Event-ID", description="Resume after this offset (set by browsers)."),
+    Header(
+        ge=0,
+        le=MAX_OFFSET,
+        alias="Last-Event-ID",
+        description="Resume after this offset (set by browsers).",
+    ),
 ]
 QueryOffset = Annotated[
-    int | None, Query(ge=0, description="Start offset when there is no Last-Event-ID.")
+    int | None,
+    Query(ge=0, le=MAX_OFFSET, description="Start offset when there is no Last-Event-ID."),
 ]
 
 
@@ -48,11 +55,13 @@ async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, Non
         yield sse_error_event(str(e))
 
 
-async def stream_response(service: Service, job_id: str, offset: int) -> EventStreamResponse:
+async def stream_response(
+    service: Service, job_id: str, offset: int, caller: Principal
+) -> EventStreamResponse:
     # The follower opens here, before the response starts, so an unknown job is a plain 404.
     stack = contextlib.AsyncExitStack()
     try:
-        follower = await stack.enter_async_context(service.follow(job_id, offset))
+        follower = await stack.enter_async_context(service.follow(job_id, offset, caller))
     except BaseException:
         await stack.aclose()
         raise
@@ -71,23 +80,33 @@ async def stream_response(service: Service, job_id: str, offset: int) -> EventSt
 async def job_events(
     job_id: JobId,
     service: Service,
+    caller: Caller,
     last_event_id: LastEventId = None,
     offset: QueryOffset = None,
 ) -> EventStreamResponse:
     """SSE: `token` events (id = offset after them), then one `end` event."""
     start = last_event_id if last_event_id is not None else (offset or 0)
-    return await stream_response(service, job_id, start)
+    return await stream_response(service, job_id, start, caller)
 
 
 @router.post(
     "/generate",
     response_class=EventStreamResponse,
-    responses={**_SSE, 422: {"model": ErrorBody}},
+    responses={**_SSE, **CREATE_ERRORS},
 )
-async def generate(body: ReviewRequest, request: Request, service: Service) -> EventStreamResponse:
-    """The seed article's endpoint: start a review and stream it back as SSE at once."""
-    job_id, _ = await service.create(body)
-    response = await stream_response(service, job_id, 0)
+async def generate(
+    body: ReviewRequest, request: Request, service: Service, caller: Caller
+) -> EventStreamResponse:
+    """The seed article's endpoint: start a review and stream it back as SSE at once.
+
+    The job's id is in `X-Job-Id` and `Location`, its stream token (with API keys) in
+    `X-Stream-Token`.
+    """
+    job_id, _ = await service.create(body, caller)
+    response = await stream_response(service, job_id, 0, caller)
     response.headers["X-Job-Id"] = job_id
     response.headers["Location"] = f"/jobs/{job_id}"
+    token = service.stream_token(job_id, caller)
+    if token is not None:
+        response.headers["X-Stream-Token"] = token
     return response

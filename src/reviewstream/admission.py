@@ -1,0 +1,262 @@
+"""Admission: what the service takes on, and how long it lets it wait.
+
+Every limit is counted in Redis, so every process enforces the same numbers, and nothing a
+crashed process held keeps counting:
+
+- **Per key** (``REVIEWSTREAM_MAX_ACTIVE_JOBS_PER_KEY``, ``_JOBS_PER_MINUTE_PER_KEY``): one
+  script on the tenant's own keys admits a job or names the limit. The active set is cleaned
+  lazily, when it is full: its members whose jobs ended (or expired) leave it then, so a job
+  whose ending was never recorded there stops counting once it ends by any path.
+- **Open streams per key** (``REVIEWSTREAM_MAX_STREAMS_PER_KEY``): each process counts its own
+  in memory (no Redis round trip per stream) and, about once a second, publishes its count per
+  key as an entry with a deadline and reads the others'; a dead process's entries lapse.
+- **Overall** (``REVIEWSTREAM_MAX_QUEUED_JOBS``, live workers): a job is refused with 503 when
+  the queue is full or no worker has beaten within the heartbeat window
+  (``REVIEWSTREAM_WORKER_HEARTBEAT_TIMEOUT_SECONDS``), rather than accepted into a queue
+  nobody reads; ``QueuedReaper`` fails queued jobs that no
+  worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS``, in every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from . import scripts
+from .errors import JobNotFound, Overloaded, QuotaExceeded, StoreError
+from .models import JobStatus
+from .settings import Settings
+from .store import JobStore, Script, redis_errors
+from .tenancy import Principal
+
+log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 5.0  # Retry-After when no better estimate exists
+STREAM_ENTRY_SECONDS = 5.0  # how long a process's published stream count stays valid
+
+
+class Admission:
+    """Decides whether a new job may be queued: per-key quotas, queue room, a live worker."""
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._admit = Script(store.redis, scripts.ADMIT)
+
+    async def check_capacity(self) -> None:
+        """``Overloaded`` when no worker is alive or the queue is full."""
+        s = self._settings
+        alive = await self._store.workers_alive(int(s.worker_heartbeat_timeout_seconds * 1000))
+        if not alive:
+            raise Overloaded(
+                "no worker is running: the job would wait in a queue nobody reads",
+                limit="workers",
+                retry_after=RETRY_SECONDS,
+            )
+        if await self._store.queue_length() >= s.max_queued_jobs:
+            raise Overloaded(
+                f"the queue is full ({s.max_queued_jobs} jobs wait for a worker)",
+                limit="REVIEWSTREAM_MAX_QUEUED_JOBS",
+                retry_after=RETRY_SECONDS,
+            )
+
+    async def admit(self, principal: Principal, job_id: str) -> None:
+        """Count ``job_id`` against its tenant's quotas, or raise ``QuotaExceeded``."""
+        s = self._settings
+        if principal.open or not (s.max_active_jobs_per_key or s.jobs_per_minute_per_key):
+            return
+        for attempt in range(2):
+            limit, retry_ms = await self._run_admit(principal.tenant, job_id)
+            if limit == 0:
+                return
+            if limit == 1 and attempt == 0 and await self._forget_ended(principal.tenant):
+                continue  # some counted jobs had ended: try once more
+            break
+        if limit == 1:
+            raise QuotaExceeded(
+                f"key {principal.tenant!r} has {s.max_active_jobs_per_key} jobs queued or"
+                " running (REVIEWSTREAM_MAX_ACTIVE_JOBS_PER_KEY)",
+                limit="REVIEWSTREAM_MAX_ACTIVE_JOBS_PER_KEY",
+                retry_after=RETRY_SECONDS,
+            )
+        raise QuotaExceeded(
+            f"key {principal.tenant!r} created {s.jobs_per_minute_per_key} jobs in the last"
+            " minute (REVIEWSTREAM_JOBS_PER_MINUTE_PER_KEY)",
+            limit="REVIEWSTREAM_JOBS_PER_MINUTE_PER_KEY",
+            retry_after=max(retry_ms / 1000, 1.0),
+        )
+
+    async def _run_admit(self, tenant: str, job_id: str) -> tuple[int, int]:
+        keys = self._store.keys
+        s = self._settings
+        with redis_errors("admit job"):
+            limit, retry_ms = await self._admit(
+                keys=[keys.tenant_active(tenant), keys.tenant_starts(tenant)],
+                args=[job_id, s.max_active_jobs_per_key, s.jobs_per_minute_per_key],
+            )
+        return int(limit), int(retry_ms)
+
+    async def _forget_ended(self, tenant: str) -> bool:
+        """Drop the tenant's counted jobs that have ended or expired; True if any were."""
+        redis, keys = self._store.redis, self._store.keys
+        active = keys.tenant_active(tenant)
+        with redis_errors("check active jobs"):
+            members: list[Any] = await redis.zrange(active, 0, -1)
+            async with redis.pipeline(transaction=False) as pipe:
+                for job_id in members:
+                    pipe.hget(keys.meta(job_id), "status")
+                statuses: list[Any] = await pipe.execute()
+            ended = [
+                job_id
+                for job_id, status in zip(members, statuses, strict=True)
+                if status is None or JobStatus(status).terminal
+            ]
+            if ended:
+                await redis.zrem(active, *ended)
+        return bool(ended)
+
+
+class StreamCounter:
+    """Open streams per tenant across processes, without a Redis round trip per stream."""
+
+    def __init__(self, store: JobStore, limit: int, *, interval: float = 1.0) -> None:
+        self._store = store
+        self.limit = limit
+        self._interval = interval
+        self._process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._local: collections.Counter[str] = collections.Counter()
+        self._others: dict[str, int] = {}
+        self._published: dict[str, int] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.limit:
+            self._task = asyncio.create_task(self._run(), name="reviewstream-stream-counter")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=2.0)
+            self._task = None
+
+    @contextlib.contextmanager
+    def hold(self, principal: Principal) -> Iterator[None]:
+        """Count one open stream of the principal's tenant, or raise ``QuotaExceeded``."""
+        if not self.limit or principal.open:
+            yield
+            return
+        tenant = principal.tenant
+        if self._local[tenant] + self._others.get(tenant, 0) >= self.limit:
+            raise QuotaExceeded(
+                f"key {tenant!r} has {self.limit} streams open (REVIEWSTREAM_MAX_STREAMS_PER_KEY)",
+                limit="REVIEWSTREAM_MAX_STREAMS_PER_KEY",
+                retry_after=self._interval,
+            )
+        self._local[tenant] += 1
+        try:
+            yield
+        finally:
+            self._local[tenant] -= 1
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sync()
+            except StoreError as e:
+                log.warning("stream counts not shared: %s", e)
+
+    async def sync(self) -> None:
+        """Publish this process's counts per tenant, and read the other processes'."""
+        redis, keys = self._store.redis, self._store.keys
+        tenants = {t for t, n in self._local.items() if n} | set(self._published)
+        now_ms = int(time.time() * 1000)
+        deadline = now_ms + int(STREAM_ENTRY_SECONDS * 1000)
+        with redis_errors("share stream counts"):
+            async with redis.pipeline(transaction=False) as pipe:
+                for tenant in tenants:
+                    key = keys.tenant_streams(tenant)
+                    count = self._local[tenant]
+                    if count:
+                        pipe.hset(key, self._process, f"{count}:{deadline}")
+                        pipe.pexpire(key, int(STREAM_ENTRY_SECONDS * 2000))
+                    else:
+                        pipe.hdel(key, self._process)
+                    pipe.hgetall(key)
+                replies = await pipe.execute()
+        it = iter(replies)
+        for tenant in tenants:
+            next(it)
+            if self._local[tenant]:
+                next(it)
+                self._published[tenant] = self._local[tenant]
+            else:
+                self._published.pop(tenant, None)
+                self._local.pop(tenant, None)
+            entries: dict[str, str] = next(it)
+            self._others[tenant] = sum(
+                int(count)
+                for process, entry in entries.items()
+                if process != self._process
+                for count, _, until in [entry.partition(":")]
+                if int(until) > now_ms
+            )
+
+
+class QueuedReaper:
+    """Fails queued jobs that no worker started in time; runs in every process."""
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reviewstream-queued-reaper")
+
+    async def aclose(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=2.0)
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.reap_interval_seconds)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.reap()
+            except StoreError as e:
+                log.warning("expiring queued jobs failed: %s", e)
+
+    async def reap(self) -> list[str]:
+        """Fail every job queued longer than the timeout; returns their ids."""
+        timeout = self._settings.queued_timeout_seconds
+        cutoff_ms = int((time.time() - timeout) * 1000)
+        failed = []
+        for entry in await self._store.queued_before(cutoff_ms, count=100):
+            try:
+                if await self._store.finish(
+                    entry.job_id,
+                    JobStatus.FAILED,
+                    error=f"no worker started the job within {timeout:g} s of queueing it",
+                    only_if_status=JobStatus.QUEUED,
+                ):
+                    failed.append(entry.job_id)
+                    log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
+            except JobNotFound:
+                pass
+            await self._store.drop_entry(entry)
+        return failed
