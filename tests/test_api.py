@@ -174,7 +174,7 @@ async def test_readyz_is_503_when_redis_goes_away(settings: Settings) -> None:
     from conftest import redis_process
 
     with redis_process() as (proc, url):
-        app = create_app(settings.model_copy(update={"redis_url": url}), run_worker=False)
+        app = create_app(settings.model_copy(update={"redis_url": url}))
         async with serve(app) as base, httpx.AsyncClient(base_url=base) as c:
             assert (await c.get("/readyz")).status_code == 200
             proc.kill()
@@ -183,3 +183,4 @@ async def test_readyz_is_503_when_redis_goes_away(settings: Settings) -> None:
             assert r.status_code == 503 and "Redis" in r.json()["error"]
             r = await c.get("/jobs/abc")
             assert r.status_code == 503 and "storage unavailable" in r.json()["error"]
+            assert r.headers["Retry-After"] and url.rsplit(":", 1)[1].split("/")[0] not in r.text

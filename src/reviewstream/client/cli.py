@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--api-key",
         default=os.environ.get("REVIEWSTREAM_API_KEY"),
-        help="the API key, for a server with REVIEWSTREAM_API_KEYS (default: $REVIEWSTREAM_API_KEY)",
+        help="the API key of a server with REVIEWSTREAM_API_KEYS (default: $REVIEWSTREAM_API_KEY)",
     )
     parser.add_argument("--name", required=True, help="the employee's name")
     parser.add_argument(
