@@ -27,7 +27,7 @@ __all__ = [
     "validate_job",
 ]
 
-# Generous for English prose (about 1.3 tokens per word) so the requested length is never cut.
+# Generous for English prose, so the requested length is never cut off by the token limit.
 _TOKENS_PER_WORD = 2
 
 

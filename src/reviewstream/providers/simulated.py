@@ -40,7 +40,8 @@ class SimulatedProvider:
     """A provider that needs no network; ``prompt.model`` picks a pace preset.
 
     ``sim-default`` uses the constructor's pace (from settings); ``sim-gpt-4`` is the seed
-    article's scenario, about 350 words in 45–50 s; ``sim-fast`` is for tests and load runs.
+    article's scenario, a default-length review at the pace the article describes; ``sim-fast``
+    is for tests and load runs.
     """
 
     name = "simulated"
