@@ -156,7 +156,7 @@ def test_presets_and_unknown_models() -> None:
     assert provider.pace_for("sim-default").tokens_per_second == 33
     assert provider.pace_for("sim-fast").tokens_per_second == 1000
     with pytest.raises(ValueError, match="sim-default, sim-gpt-4, sim-fast"):
-        SimulatedProvider.validate_model("gpt-4o")
+        SimulatedProvider.validate("gpt-4o", Settings(_env_file=None))  # type: ignore[call-arg]
 
 
 async def test_stream_refuses_an_unknown_model() -> None:

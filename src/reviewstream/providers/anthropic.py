@@ -16,7 +16,7 @@ import httpx
 from httpx_sse import EventSource
 
 from ..models import Usage
-from .base import Prompt, require_key
+from .base import Prompt, require_key, secret
 from .resilience import upstream_timeout
 from .sse_http import (
     describe_error,
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["AnthropicProvider"]
 
 PUBLIC_HOST = "api.anthropic.com"
+_KEY_SETTING = "REVIEWSTREAM_ANTHROPIC_API_KEY"
 
 
 class AnthropicProvider:
@@ -54,7 +55,7 @@ class AnthropicProvider:
         version: str,
         connect_timeout: float,
     ) -> None:
-        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_ANTHROPIC_API_KEY")
+        require_key(api_key, base_url, PUBLIC_HOST, _KEY_SETTING)
         self._http = http
         self._url = base_url.rstrip("/") + "/v1/messages"
         self._headers = {"anthropic-version": version}
@@ -63,13 +64,23 @@ class AnthropicProvider:
         self._timeout = upstream_timeout(connect_timeout)
 
     @classmethod
+    def default_model(cls, settings: Settings) -> str:
+        """``REVIEWSTREAM_ANTHROPIC_MODEL``."""
+        return settings.anthropic_model
+
+    @classmethod
+    def validate(cls, model: str, settings: Settings) -> None:
+        """Refuse the public API without a key; which models exist is the server's business."""
+        key = secret(settings.anthropic_api_key)
+        require_key(key, settings.anthropic_base_url, PUBLIC_HOST, _KEY_SETTING)
+
+    @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> AnthropicProvider:
         """A provider configured by the ``REVIEWSTREAM_ANTHROPIC_*`` settings."""
-        key = settings.anthropic_api_key
         return cls(
             http,
             base_url=settings.anthropic_base_url,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=secret(settings.anthropic_api_key),
             version=settings.anthropic_version,
             connect_timeout=settings.upstream_connect_timeout,
         )

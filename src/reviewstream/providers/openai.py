@@ -17,7 +17,7 @@ import httpx
 from httpx_sse import EventSource
 
 from ..models import Usage
-from .base import Prompt, require_key
+from .base import Prompt, require_key, secret
 from .resilience import upstream_timeout
 from .sse_http import (
     describe_error,
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIProvider"]
 
 PUBLIC_HOST = "api.openai.com"
+_KEY_SETTING = "REVIEWSTREAM_OPENAI_API_KEY"
 
 
 class OpenAIProvider:
@@ -54,20 +55,30 @@ class OpenAIProvider:
         api_key: str | None,
         connect_timeout: float,
     ) -> None:
-        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_OPENAI_API_KEY")
+        require_key(api_key, base_url, PUBLIC_HOST, _KEY_SETTING)
         self._http = http
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = upstream_timeout(connect_timeout)
 
     @classmethod
+    def default_model(cls, settings: Settings) -> str:
+        """``REVIEWSTREAM_OPENAI_MODEL``."""
+        return settings.openai_model
+
+    @classmethod
+    def validate(cls, model: str, settings: Settings) -> None:
+        """Refuse the public API without a key; which models exist is the server's business."""
+        key = secret(settings.openai_api_key)
+        require_key(key, settings.openai_base_url, PUBLIC_HOST, _KEY_SETTING)
+
+    @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> OpenAIProvider:
         """A provider configured by the ``REVIEWSTREAM_OPENAI_*`` settings."""
-        key = settings.openai_api_key
         return cls(
             http,
             base_url=settings.openai_base_url,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=secret(settings.openai_api_key),
             connect_timeout=settings.upstream_connect_timeout,
         )
 
