@@ -1,8 +1,9 @@
 """Model providers, chosen by name.
 
-Each backend lives in its own module and is imported only when it is chosen, so running the
-offline simulator never imports the HTTP clients' parsing code, and a new backend is one module
-plus one branch in :func:`build_provider`.
+Each backend lives in its own module as one class that owns its settings, default model and
+validation (:class:`ProviderClass`). :func:`provider_class` imports only the module of the
+provider it is asked for, so running the offline simulator never imports the HTTP clients'
+parsing code, and a new backend is one module plus one branch there.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from . import prompts
-from .base import Prompt, Provider
+from .base import Prompt, Provider, ProviderClass
 
 if TYPE_CHECKING:
     import httpx
@@ -21,14 +22,36 @@ if TYPE_CHECKING:
 __all__ = [
     "Prompt",
     "Provider",
+    "ProviderClass",
     "build_prompt",
     "build_provider",
     "default_model",
+    "provider_class",
     "validate_job",
 ]
 
-# Generous for English prose (about 1.3 tokens per word) so the requested length is never cut.
+# Generous for English prose, so the requested length is never cut off by the token limit.
 _TOKENS_PER_WORD = 2
+
+
+def provider_class(name: str) -> ProviderClass:
+    """The class of the provider called ``name``, importing only that provider's module.
+
+    Raises ``ValueError`` for a name that is no provider.
+    """
+    if name == "simulated":
+        from .simulated import SimulatedProvider
+
+        return SimulatedProvider
+    if name == "openai":
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider
+    if name == "anthropic":
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider
+    raise ValueError(f"unknown provider {name!r}; choose simulated, openai or anthropic")
 
 
 def build_provider(name: ProviderName, settings: Settings, http: httpx.AsyncClient) -> Provider:
@@ -37,19 +60,7 @@ def build_provider(name: ProviderName, settings: Settings, http: httpx.AsyncClie
     ``http`` is the shared client the HTTP providers stream through; the simulated provider
     ignores it. Raises ``ValueError`` when a hosted API is chosen without its API key.
     """
-    if name == "simulated":
-        from .simulated import SimulatedProvider
-
-        return SimulatedProvider.from_settings(settings)
-    if name == "openai":
-        from .openai import OpenAIProvider
-
-        return OpenAIProvider.from_settings(settings, http)
-    if name == "anthropic":
-        from .anthropic import AnthropicProvider
-
-        return AnthropicProvider.from_settings(settings, http)
-    raise ValueError(f"unknown provider {name!r}; choose simulated, openai or anthropic")
+    return provider_class(name).from_settings(settings, http)
 
 
 def validate_job(name: ProviderName, model: str, settings: Settings) -> None:
@@ -58,41 +69,12 @@ def validate_job(name: ProviderName, model: str, settings: Settings) -> None:
     Raises ``ProviderConfigError`` for an unknown simulated preset, or a hosted API without its
     key (the same check the provider's constructor makes).
     """
-    from .base import require_key
-
-    if name == "simulated":
-        from .simulated import SimulatedProvider
-
-        SimulatedProvider.validate_model(model)
-    elif name == "openai":
-        from .openai import PUBLIC_HOST
-
-        key = settings.openai_api_key
-        require_key(
-            key.get_secret_value() if key else None,
-            settings.openai_base_url,
-            PUBLIC_HOST,
-            "REVIEWSTREAM_OPENAI_API_KEY",
-        )
-    else:
-        from .anthropic import PUBLIC_HOST
-
-        key = settings.anthropic_api_key
-        require_key(
-            key.get_secret_value() if key else None,
-            settings.anthropic_base_url,
-            PUBLIC_HOST,
-            "REVIEWSTREAM_ANTHROPIC_API_KEY",
-        )
+    provider_class(name).validate(model, settings)
 
 
 def default_model(name: ProviderName, settings: Settings) -> str:
     """The model a job uses when its request names none."""
-    if name == "openai":
-        return settings.openai_model
-    if name == "anthropic":
-        return settings.anthropic_model
-    return "sim-default"
+    return provider_class(name).default_model(settings)
 
 
 def build_prompt(request: ReviewRequest, model: str, settings: Settings) -> Prompt:

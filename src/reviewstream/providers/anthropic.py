@@ -15,11 +15,18 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from httpx_sse import EventSource
 
-from ..errors import UpstreamProtocolError
 from ..models import Usage
-from .base import Prompt, require_key
+from .base import Prompt, require_key, secret
 from .resilience import upstream_timeout
-from .sse_http import json_object, post_sse
+from .sse_http import (
+    describe_error,
+    error_event_text,
+    int_or,
+    json_object,
+    post_sse,
+    stream_error,
+    truncated,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -27,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["AnthropicProvider"]
 
 PUBLIC_HOST = "api.anthropic.com"
+_KEY_SETTING = "REVIEWSTREAM_ANTHROPIC_API_KEY"
 
 
 class AnthropicProvider:
@@ -47,7 +55,7 @@ class AnthropicProvider:
         version: str,
         connect_timeout: float,
     ) -> None:
-        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_ANTHROPIC_API_KEY")
+        require_key(api_key, base_url, PUBLIC_HOST, _KEY_SETTING)
         self._http = http
         self._url = base_url.rstrip("/") + "/v1/messages"
         self._headers = {"anthropic-version": version}
@@ -56,13 +64,23 @@ class AnthropicProvider:
         self._timeout = upstream_timeout(connect_timeout)
 
     @classmethod
+    def default_model(cls, settings: Settings) -> str:
+        """``REVIEWSTREAM_ANTHROPIC_MODEL``."""
+        return settings.anthropic_model
+
+    @classmethod
+    def validate(cls, model: str, settings: Settings) -> None:
+        """Refuse the public API without a key; which models exist is the server's business."""
+        key = secret(settings.anthropic_api_key)
+        require_key(key, settings.anthropic_base_url, PUBLIC_HOST, _KEY_SETTING)
+
+    @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> AnthropicProvider:
         """A provider configured by the ``REVIEWSTREAM_ANTHROPIC_*`` settings."""
-        key = settings.anthropic_api_key
         return cls(
             http,
             base_url=settings.anthropic_base_url,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=secret(settings.anthropic_api_key),
             version=settings.anthropic_version,
             connect_timeout=settings.upstream_connect_timeout,
         )
@@ -93,21 +111,21 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
     async with contextlib.aclosing(source.aiter_sse()) as events:
         async for event in events:
             if event.event == "error":
-                raise UpstreamProtocolError(f"anthropic stream error: {_error_message(event.data)}")
+                raise stream_error("anthropic", error_event_text(event.data, _describe))
             if not event.data.strip():
                 continue
             payload = json_object(event.data, "anthropic")
             kind = payload.get("type") or event.event
             if kind == "error":
-                raise UpstreamProtocolError(f"anthropic stream error: {_describe(payload)}")
+                raise stream_error("anthropic", _describe(payload))
             if kind == "message_stop":
                 break
             if kind in ("message_start", "message_delta"):
                 # message_delta counts are cumulative, so the last one reported wins.
                 holder = payload if kind == "message_delta" else _dict(payload.get("message"))
                 usage = _dict(holder.get("usage"))
-                input_tokens = _int_or(usage.get("input_tokens"), input_tokens)
-                output_tokens = _int_or(usage.get("output_tokens"), output_tokens)
+                input_tokens = int_or(usage.get("input_tokens"), input_tokens)
+                output_tokens = int_or(usage.get("output_tokens"), output_tokens)
             elif kind == "content_block_start":
                 if text := _text(payload.get("content_block"), "text"):
                     yield text
@@ -115,25 +133,17 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
                 if text := _text(payload.get("delta"), "text_delta"):
                     yield text
         else:
-            raise UpstreamProtocolError("upstream stream ended without message_stop (truncated)")
+            raise truncated("message_stop")
     if input_tokens is not None or output_tokens is not None:
         yield Usage(input_tokens=input_tokens, output_tokens=output_tokens)
 
 
-def _error_message(data: str) -> str:
-    try:
-        payload = json.loads(data)
-    except ValueError:
-        return data.strip() or "(no message)"
-    return _describe(payload) if isinstance(payload, dict) else str(payload)
-
-
-def _describe(payload: dict[str, Any]) -> str:
+def _describe(payload: object) -> str:
+    # An error's data is {"type": "error", "error": {...}}; anything else is shown whole.
+    if not isinstance(payload, dict):
+        return str(payload)
     error = payload.get("error")
-    if not isinstance(error, dict):
-        return json.dumps(payload)
-    message = error.get("message") or json.dumps(error)
-    return f"{error['type']}: {message}" if error.get("type") else str(message)
+    return describe_error(error) if isinstance(error, dict) else json.dumps(payload)
 
 
 def _text(part: object, kind: str) -> str:
@@ -145,7 +155,3 @@ def _text(part: object, kind: str) -> str:
 
 def _dict(value: object) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
-
-
-def _int_or(value: object, default: int | None) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default

@@ -1,15 +1,25 @@
-"""The provider interface: a prompt in, text deltas out, usage at the end."""
+"""The provider interface: a prompt in, text deltas out, usage at the end.
+
+Two protocols: :class:`Provider` is what a worker streams from; :class:`ProviderClass` is the
+class side (its default model, its validation, building it from settings), which
+``providers.provider_class`` returns for a provider's name.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 
 from ..errors import ProviderConfigError
 from ..models import ReviewRequest, Usage
+
+if TYPE_CHECKING:
+    from pydantic import SecretStr
+
+    from ..settings import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +42,11 @@ def require_key(api_key: str | None, base_url: str, public_host: str, env_var: s
         )
 
 
+def secret(key: SecretStr | None) -> str | None:
+    """The value of an API key setting, or ``None`` when it is not set."""
+    return key.get_secret_value() if key is not None else None
+
+
 class Provider(Protocol):
     """An async source of text deltas.
 
@@ -43,3 +58,25 @@ class Provider(Protocol):
     name: str
 
     def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]: ...
+
+
+class ProviderClass(Protocol):
+    """A provider's class: everything the service and the worker need before it streams.
+
+    Classmethods on the provider satisfy it, so a class is its own factory and nothing else
+    has to know its settings.
+    """
+
+    name: str
+
+    def default_model(self, settings: Settings) -> str:
+        """The model a job uses when its request names none."""
+        ...
+
+    def validate(self, model: str, settings: Settings) -> None:
+        """Raise ``ProviderConfigError`` if this deployment cannot run ``model``."""
+        ...
+
+    def from_settings(self, settings: Settings, http: httpx.AsyncClient) -> Provider:
+        """The provider configured by ``settings``, streaming through ``http``."""
+        ...

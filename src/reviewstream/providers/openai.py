@@ -10,18 +10,24 @@ an in-band error is an error.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING
 
 import httpx
 from httpx_sse import EventSource
 
-from ..errors import UpstreamProtocolError
 from ..models import Usage
-from .base import Prompt, require_key
+from .base import Prompt, require_key, secret
 from .resilience import upstream_timeout
-from .sse_http import json_object, post_sse
+from .sse_http import (
+    describe_error,
+    error_event_text,
+    int_or,
+    json_object,
+    post_sse,
+    stream_error,
+    truncated,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIProvider"]
 
 PUBLIC_HOST = "api.openai.com"
+_KEY_SETTING = "REVIEWSTREAM_OPENAI_API_KEY"
 
 
 class OpenAIProvider:
@@ -48,20 +55,30 @@ class OpenAIProvider:
         api_key: str | None,
         connect_timeout: float,
     ) -> None:
-        require_key(api_key, base_url, PUBLIC_HOST, "REVIEWSTREAM_OPENAI_API_KEY")
+        require_key(api_key, base_url, PUBLIC_HOST, _KEY_SETTING)
         self._http = http
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._timeout = upstream_timeout(connect_timeout)
 
     @classmethod
+    def default_model(cls, settings: Settings) -> str:
+        """``REVIEWSTREAM_OPENAI_MODEL``."""
+        return settings.openai_model
+
+    @classmethod
+    def validate(cls, model: str, settings: Settings) -> None:
+        """Refuse the public API without a key; which models exist is the server's business."""
+        key = secret(settings.openai_api_key)
+        require_key(key, settings.openai_base_url, PUBLIC_HOST, _KEY_SETTING)
+
+    @classmethod
     def from_settings(cls, settings: Settings, http: httpx.AsyncClient) -> OpenAIProvider:
         """A provider configured by the ``REVIEWSTREAM_OPENAI_*`` settings."""
-        key = settings.openai_api_key
         return cls(
             http,
             base_url=settings.openai_base_url,
-            api_key=key.get_secret_value() if key is not None else None,
+            api_key=secret(settings.openai_api_key),
             connect_timeout=settings.upstream_connect_timeout,
         )
 
@@ -93,7 +110,7 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
     async with contextlib.aclosing(source.aiter_sse()) as events:
         async for event in events:
             if event.event == "error":
-                raise UpstreamProtocolError(f"openai stream error: {_error_message(event.data)}")
+                raise stream_error("openai", error_event_text(event.data, _describe_event))
             data = event.data.strip()
             if data == "[DONE]":
                 break
@@ -101,7 +118,7 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
                 continue
             chunk = json_object(data, "openai")
             if chunk.get("error"):
-                raise UpstreamProtocolError(f"openai stream error: {_describe(chunk['error'])}")
+                raise stream_error("openai", _describe(chunk["error"]))
             for choice in chunk.get("choices") or ():
                 # n=1 is all we ask for; a server that sends more choices gets the first one read.
                 if not isinstance(choice, dict) or choice.get("index", 0) != 0:
@@ -113,32 +130,22 @@ async def _parse(source: EventSource) -> AsyncGenerator[str | Usage, None]:
             reported = chunk.get("usage")
             if isinstance(reported, dict):
                 usage = Usage(
-                    input_tokens=_int_or_none(reported.get("prompt_tokens")),
-                    output_tokens=_int_or_none(reported.get("completion_tokens")),
+                    input_tokens=int_or(reported.get("prompt_tokens")),
+                    output_tokens=int_or(reported.get("completion_tokens")),
                 )
         else:
-            raise UpstreamProtocolError("upstream stream ended without [DONE] (truncated)")
+            raise truncated("[DONE]")
     if usage is not None:
         yield usage
 
 
-def _error_message(data: str) -> str:
-    try:
-        value = json.loads(data)
-    except ValueError:
-        return data.strip() or "(no message)"
+def _describe(error: object) -> str:
+    # Compatible servers name the kind of error in "type" or, failing that, in "code".
+    return describe_error(error, kinds=("type", "code"))
+
+
+def _describe_event(value: object) -> str:
+    # An error event's data is the {"error": ...} envelope or the error object alone.
     if isinstance(value, dict) and "error" in value:
         value = value["error"]
     return _describe(value)
-
-
-def _describe(error: object) -> str:
-    if isinstance(error, dict):
-        message = error.get("message") or json.dumps(error)
-        kind = error.get("type") or error.get("code")
-        return f"{kind}: {message}" if kind else str(message)
-    return str(error)
-
-
-def _int_or_none(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

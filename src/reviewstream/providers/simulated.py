@@ -23,6 +23,8 @@ from ..models import ReviewRequest, Usage
 from .base import Prompt
 
 if TYPE_CHECKING:
+    import httpx
+
     from ..settings import Settings
 
 __all__ = ["Pace", "SimulatedProvider", "tokenize", "write_review"]
@@ -40,7 +42,8 @@ class SimulatedProvider:
     """A provider that needs no network; ``prompt.model`` picks a pace preset.
 
     ``sim-default`` uses the constructor's pace (from settings); ``sim-gpt-4`` is the seed
-    article's scenario, about 350 words in 45–50 s; ``sim-fast`` is for tests and load runs.
+    article's scenario, a default-length review at the pace the article describes; ``sim-fast``
+    is for tests and load runs.
     """
 
     name = "simulated"
@@ -58,23 +61,35 @@ class SimulatedProvider:
         self.pace = Pace(tokens_per_second, first_token_ms)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> SimulatedProvider:
-        """A provider with the ``REVIEWSTREAM_SIM_*`` pace."""
-        return cls(settings.sim_tokens_per_second, settings.sim_first_token_ms)
+    def default_model(cls, settings: Settings) -> str:
+        """``sim-default``, the pace the settings give."""
+        return "sim-default"
 
     @classmethod
-    def validate_model(cls, model: str) -> None:
+    def validate(cls, model: str, settings: Settings) -> None:
         """Raise ``ProviderConfigError`` (a ``ValueError``) unless ``model`` names a preset."""
-        if model not in cls.PRESETS:
-            allowed = ", ".join(cls.PRESETS)
-            raise ProviderConfigError(
-                f"unknown simulated model {model!r}; choose one of: {allowed}"
-            )
+        cls._preset(model)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, http: httpx.AsyncClient | None = None
+    ) -> SimulatedProvider:
+        """A provider with the ``REVIEWSTREAM_SIM_*`` pace; it needs no ``http`` client."""
+        return cls(settings.sim_tokens_per_second, settings.sim_first_token_ms)
 
     def pace_for(self, model: str) -> Pace:
         """The pace of preset ``model``."""
-        self.validate_model(model)
-        return self.PRESETS[model] or self.pace
+        return self._preset(model) or self.pace
+
+    @classmethod
+    def _preset(cls, model: str) -> Pace | None:
+        try:
+            return cls.PRESETS[model]
+        except KeyError:
+            allowed = ", ".join(cls.PRESETS)
+            raise ProviderConfigError(
+                f"unknown simulated model {model!r}; choose one of: {allowed}"
+            ) from None
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
         """Yield the review's tokens on schedule, then ``Usage``."""

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
+from reviewstream.errors import ProviderConfigError
 from reviewstream.models import ReviewRequest, Usage
-from reviewstream.providers import build_prompt, build_provider, default_model
+from reviewstream.providers import (
+    build_prompt,
+    build_provider,
+    default_model,
+    provider_class,
+    validate_job,
+)
+from reviewstream.providers.anthropic import AnthropicProvider
+from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.simulated import SimulatedProvider, tokenize, write_review
 from reviewstream.settings import Settings
 
@@ -156,7 +167,7 @@ def test_presets_and_unknown_models() -> None:
     assert provider.pace_for("sim-default").tokens_per_second == 33
     assert provider.pace_for("sim-fast").tokens_per_second == 1000
     with pytest.raises(ValueError, match="sim-default, sim-gpt-4, sim-fast"):
-        SimulatedProvider.validate_model("gpt-4o")
+        SimulatedProvider.validate("gpt-4o", Settings(_env_file=None))  # type: ignore[call-arg]
 
 
 async def test_stream_refuses_an_unknown_model() -> None:
@@ -177,6 +188,62 @@ async def test_build_provider_simulated_uses_settings(
     assert isinstance(provider, SimulatedProvider)
     assert provider.pace.tokens_per_second == 5000
     assert provider.name == "simulated"
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("simulated", SimulatedProvider),
+        ("openai", OpenAIProvider),
+        ("anthropic", AnthropicProvider),
+    ],
+)
+def test_provider_class_is_chosen_by_name(name: str, cls: type) -> None:
+    chosen = provider_class(name)
+
+    assert chosen is cls
+    assert chosen.name == name
+
+
+def test_choosing_a_provider_imports_only_its_module() -> None:
+    script = (
+        "import sys\n"
+        "from reviewstream.providers import provider_class\n"
+        "def loaded():\n"
+        "    return {m.rpartition('.')[2] for m in sys.modules if m.startswith('reviewstream.')}\n"
+        "provider_class('simulated')\n"
+        "print(sorted({'simulated', 'sse_http', 'openai', 'anthropic'} & loaded()))\n"
+        "provider_class('openai')\n"
+        "print(sorted({'sse_http', 'openai', 'anthropic'} & loaded()))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+
+    assert run.stdout.splitlines() == ["['simulated']", "['openai', 'sse_http']"]
+
+
+async def test_an_unknown_provider_name_is_refused(
+    settings: Settings, http: httpx.AsyncClient
+) -> None:
+    message = "unknown provider 'bogus'; choose simulated, openai or anthropic"
+
+    with pytest.raises(ValueError, match=message):
+        provider_class("bogus")
+    with pytest.raises(ValueError, match=message):
+        build_provider("bogus", settings, http)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        validate_job("bogus", "sim-default", settings)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=message):
+        default_model("bogus", settings)  # type: ignore[arg-type]
+
+
+def test_validate_job_accepts_presets_and_refuses_other_simulated_models(
+    settings: Settings,
+) -> None:
+    for preset in SimulatedProvider.PRESETS:
+        validate_job("simulated", preset, settings)
+
+    with pytest.raises(ProviderConfigError, match="unknown simulated model 'gpt-4o'"):
+        validate_job("simulated", "gpt-4o", settings)
 
 
 def test_default_models() -> None:
