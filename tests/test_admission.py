@@ -1,0 +1,146 @@
+"""Admission on real uvicorn servers and a real Redis: per-key quotas shared by processes, a
+flood that stays bounded, no worker means no new jobs, queued jobs that time out, stream caps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from reviewstream.keys import Keys
+from reviewstream.settings import Settings
+from reviewstream.store import JobStore
+from reviewstream.web import create_app, server_options
+
+from conftest import serve
+
+REVIEW = {"employee_name": "Edsger Dijkstra", "employee_review_points": "Shortest paths"}
+ALICE = {"Authorization": "Bearer key-alice"}
+BOB = {"Authorization": "Bearer key-bob"}
+
+
+def keyed(settings: Settings, **changes: Any) -> Settings:
+    values = {
+        **settings.model_dump(),
+        "api_keys": "alice:key-alice,bob:key-bob",
+        "worker_grace_seconds": 0.2,
+        **changes,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@contextlib.asynccontextmanager
+async def api(s: Settings, *, run_worker: bool = True) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve(create_app(s, run_worker=run_worker), **server_options(s)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            yield c
+
+
+async def test_per_minute_quota_and_tokens_are_shared_by_two_api_processes(
+    settings: Settings,
+) -> None:
+    # No REVIEWSTREAM_TOKEN_SECRET: the processes agree on one through Redis.
+    s = keyed(settings, jobs_per_minute_per_key=3)
+    async with api(s) as a, api(s, run_worker=False) as b:
+        codes = [(await c.post("/jobs", json=REVIEW, headers=ALICE)) for c in (a, b, a)]
+        assert [r.status_code for r in codes] == [202, 202, 202]
+        r = await b.post("/jobs", json=REVIEW, headers=ALICE)
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+        assert "REVIEWSTREAM_JOBS_PER_MINUTE_PER_KEY" in r.json()["error"]
+        assert (await a.post("/jobs", json=REVIEW, headers=BOB)).status_code == 202
+        link = codes[0].json()["links"]["poll"]  # a token signed by process a
+        assert (await b.get(link)).status_code == 200
+
+
+async def test_active_jobs_quota_frees_a_slot_when_a_job_ends(settings: Settings) -> None:
+    s = keyed(settings, max_active_jobs_per_key=2, sim_tokens_per_second=20.0)
+    async with api(s) as c:
+        first = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
+        assert (await c.post("/jobs", json=REVIEW, headers=ALICE)).status_code == 202
+        r = await c.post("/jobs", json=REVIEW, headers=ALICE)
+        assert r.status_code == 429 and r.headers["Retry-After"]
+        assert r.json()["detail"] == {"limit": "REVIEWSTREAM_MAX_ACTIVE_JOBS_PER_KEY"}
+        assert (await c.post("/jobs", json=REVIEW, headers=BOB)).status_code == 202
+        assert (await c.delete(f"/jobs/{first['id']}", headers=ALICE)).status_code == 204
+        assert (await c.post("/jobs", json=REVIEW, headers=ALICE)).status_code == 202
+
+
+async def test_flood_from_one_key_is_bounded_and_spares_the_others(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    per_minute = 40
+    s = keyed(settings, jobs_per_minute_per_key=per_minute, max_active_jobs_per_key=per_minute)
+    async with api(s) as c:
+        await c.post("/jobs", json=REVIEW, headers=BOB)  # warm every pool before measuring
+        before = (await redis.info("memory"))["used_memory"]
+        gate = asyncio.Semaphore(50)
+
+        async def one() -> httpx.Response:
+            async with gate:
+                return await c.post("/jobs", json=REVIEW, headers=ALICE)
+
+        answers = await asyncio.gather(*(one() for _ in range(2000)))
+        counts = Counter(r.status_code for r in answers)
+        assert counts == {202: per_minute, 429: 2000 - per_minute}, counts
+        assert all(r.headers.get("Retry-After") for r in answers if r.status_code == 429)
+        assert (await c.post("/jobs", json=REVIEW, headers=BOB)).status_code == 202
+        grown = (await redis.info("memory"))["used_memory"] - before
+    # Each admitted job holds its meta and its tokens with their times (at most 700 tokens of a
+    # 350-word review: under 128 KB); Redis' buffers for the pools' connections come on top. A
+    # queue that took all 2,000 would hold fifty times this.
+    assert grown < (per_minute + 1) * 128 * 1024 + 4 * 1024 * 1024, grown
+
+
+async def test_no_worker_means_not_ready_and_no_new_jobs(settings: Settings) -> None:
+    async with api(keyed(settings), run_worker=False) as c:
+        r = await c.get("/readyz")
+        assert r.status_code == 503 and "no worker" in r.json()["error"]
+        r = await c.post("/jobs", json=REVIEW, headers=ALICE)
+        assert r.status_code == 503 and r.headers["Retry-After"]
+        assert "no worker" in r.json()["error"]
+
+
+async def test_a_queued_job_nobody_starts_fails_after_the_timeout(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    s = keyed(settings, queued_timeout_seconds=0.5)
+    store = JobStore(redis, Keys(), retention_seconds=60)
+    async with api(s, run_worker=False) as c:
+        await store.heartbeat("a-worker-that-never-claims", 60_000)
+        job = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
+        for _ in range(100):
+            page = (await c.get(f"/jobs/{job['id']}", headers=ALICE)).json()
+            if page["done"]:
+                break
+            await asyncio.sleep(0.05)
+    assert page["status"] == "failed" and "no worker started the job" in page["error"]
+    assert await redis.ttl(Keys().meta(job["id"])) > 0  # expires like every ended job
+    assert await redis.xlen(Keys().queue) == 0
+
+
+async def test_queue_full_is_503_with_retry_after(settings: Settings) -> None:
+    s = keyed(settings, max_queued_jobs=2, worker_concurrency=1, sim_tokens_per_second=5.0)
+    async with api(s) as c:
+        codes = [(await c.post("/jobs", json=REVIEW, headers=ALICE)).status_code for _ in range(5)]
+        assert codes[:3] == [202, 202, 202] and 503 in codes[3:], codes
+
+
+async def test_open_streams_per_key_are_capped(settings: Settings) -> None:
+    s = keyed(settings, max_streams_per_key=2, sim_tokens_per_second=5.0)
+    async with api(s) as c:
+        job = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
+        url = f"/jobs/{job['id']}/events"
+        async with c.stream("GET", url, headers=ALICE), c.stream("GET", url, headers=ALICE):
+            async with c.stream("GET", url, headers=ALICE) as third:
+                assert third.status_code == 429 and third.headers["Retry-After"]
+            r = await c.get(f"/jobs/{job['id']}/long-poll?timeout=0.1", headers=ALICE)
+            assert r.status_code == 429
+            async with c.stream("GET", url, headers=BOB) as other:
+                assert other.status_code == 404  # bob's own limit is untouched; not his job
+        r = await c.get(f"/jobs/{job['id']}/long-poll?timeout=0.1", headers=ALICE)
+        assert r.status_code == 200  # the streams closed: the key may open more
