@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from test_client import CuttableProxy
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
 from conftest import serve
+from cuttable import CuttableProxy
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
