@@ -24,6 +24,7 @@ from redis import Redis as SyncRedis
 
 from reviewstream.embedded import redis_server_binary
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 if TYPE_CHECKING:
     from upstreams import ScriptedUpstream
@@ -126,6 +127,15 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """The app under uvicorn on the test's settings, and a client to it: (base URL, client)."""
+    async with serve(create_app(settings)) as base:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
+            yield base, c
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,77 @@
+"""WebSocket on a real uvicorn: errors close with a 4xxx code and a reason, cancel over the
+socket, and the coalescing window's fewer, bigger messages."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+import websockets
+
+from reviewstream.settings import Settings
+from reviewstream.web import create_app
+
+from conftest import serve
+from live import new_job, stored, tuned
+
+
+async def test_websocket_errors_close_with_4xxx_and_reason(
+    server: tuple[str, httpx.AsyncClient],
+) -> None:
+    base, c = server
+    ws_base = base.replace("http", "ws")
+    job_id = await new_job(c, length_words=1500)
+    cases = [
+        ("/jobs/unknown-job/ws", None, 4404, "not found"),
+        (f"/jobs/{job_id}/ws?offset=-1", None, 4422, "offset"),
+        (f"/jobs/{job_id}/ws", "not json", 4400, "JSON"),
+        (f"/jobs/{job_id}/ws", json.dumps({"type": "dance"}), 4400, "unknown message"),
+    ]
+    for path, send, code, reason in cases:
+        async with websockets.connect(ws_base + path) as ws:
+            if send is not None:
+                await ws.send(send)
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await ws.recv()
+            assert info.value.rcvd is not None, path
+            assert info.value.rcvd.code == code and reason in info.value.rcvd.reason, path
+    await c.delete(f"/jobs/{job_id}")
+
+
+async def test_websocket_cancel_ends_job_cancelled(settings: Settings) -> None:
+    slow = tuned(settings, sim_tokens_per_second=50)
+    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        url = base.replace("http", "ws") + f"/jobs/{job_id}/ws"
+        tokens: list[str] = []
+        async with websockets.connect(url) as ws:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] == "tokens":
+                    tokens += message["tokens"]
+                    if len(tokens) >= 3:
+                        await ws.send(json.dumps({"type": "cancel"}))
+                else:
+                    end = message
+                    break
+        assert end["status"] == "cancelled" and end["next_offset"] == len(tokens)
+        assert (await stored(c, job_id)) == tokens
+
+
+async def test_coalescing_window_batches_tokens_per_message(settings: Settings) -> None:
+    coalesced = tuned(settings, sim_tokens_per_second=400, coalesce_ms=60)
+    async with serve(create_app(coalesced)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        messages = 0
+        tokens: list[str] = []
+        async with websockets.connect(base.replace("http", "ws") + f"/jobs/{job_id}/ws") as ws:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message["type"] != "tokens":
+                    break
+                messages += 1
+                tokens += message["tokens"]
+        assert tokens == await stored(c, job_id)
+        assert messages < len(tokens) / 4, (messages, len(tokens))
