@@ -16,6 +16,8 @@ from reviewstream.bench.plan import build_plan
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
 
+from followers import LIVE_MODES
+
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
@@ -48,7 +50,7 @@ def test_tiny_bench_writes_results_and_chart(
         assert m["latency_live_ms"]["n"] + m["history_tokens"] == lat["n"]
         assert m["ttft_ms"] >= 100  # never before the simulated model's first token
     # Streams wait for tokens; a 0.25 s short poll waits for its timer.
-    for live in ("long_poll", "sse", "websocket"):
+    for live in LIVE_MODES:
         assert modes[live]["latency_ms"]["p50"] < modes["short_poll"]["latency_ms"]["p50"]
         assert modes[live]["latency_ms"]["p99"] < 250
     assert 20 < modes["short_poll"]["latency_ms"]["p50"] < 400

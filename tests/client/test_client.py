@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from reviewstream.client import (
-    MODES,
     ClientError,
     ConnectionLost,
     End,
@@ -29,6 +28,7 @@ from reviewstream.client import cli as client_cli
 from reviewstream.client._client import _Cursor, _Retry
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
+from reviewstream.wire import MODES
 
 from conftest import free_port, serve
 from cuttable import CuttableProxy

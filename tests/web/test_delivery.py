@@ -18,7 +18,7 @@ import websockets
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
-from reviewstream.wire import MODES
+from reviewstream.wire import MODES, CloseCode
 
 import followers as fl
 from conftest import serve
@@ -80,8 +80,9 @@ async def test_expired_job_is_a_clear_404(settings: Settings, mode: str) -> None
             async with websockets.connect(url) as ws:
                 with pytest.raises(websockets.ConnectionClosedError) as info:
                     await ws.recv()
-            assert info.value.rcvd is not None
-            assert info.value.rcvd.code == 4404 and "not found" in info.value.rcvd.reason
+            closed = info.value.rcvd
+            assert closed is not None
+            assert closed.code == CloseCode.NOT_FOUND and "not found" in closed.reason
             return
         path = {
             "short_poll": f"/jobs/{job_id}",
@@ -156,9 +157,10 @@ async def test_fanout_one_subscription_and_commands_flat_in_followers(
                 """Commands spent on one job followed by ``n`` followers, and pub/sub conns."""
                 before = command_total(await redis.info("commandstats"))
                 job_id = await new_job(c)
-                modes = ["sse", "websocket", "long_poll"]
+                modes = fl.LIVE_MODES
                 tasks = [
-                    asyncio.create_task(fl.follow(modes[i % 3], c, base, job_id)) for i in range(n)
+                    asyncio.create_task(fl.follow(modes[i % len(modes)], c, base, job_id))
+                    for i in range(n)
                 ]
                 await asyncio.sleep(0.4)  # all joined, before the first token
                 conns = await pubsub_connections(redis)
@@ -206,10 +208,7 @@ async def test_hub_connection_killed_mid_stream_followers_finish(
     paced = tuned(settings, sim_tokens_per_second=100)
     async with serve(create_app(paced)) as base, httpx.AsyncClient(base_url=base) as c:
         job_id = await new_job(c)
-        tasks = [
-            asyncio.create_task(fl.follow(mode, c, base, job_id))
-            for mode in ("sse", "websocket", "long_poll")
-        ]
+        tasks = [asyncio.create_task(fl.follow(mode, c, base, job_id)) for mode in fl.LIVE_MODES]
         await until_tokens(c, job_id, 15)
         killed = 0
         for client in await redis.client_list():
@@ -284,7 +283,7 @@ async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
                 proc.send_signal(signal.SIGTERM)
                 started = time.monotonic()
                 await asyncio.wait_for(sse, 5)
-                assert await asyncio.wait_for(ws, 5) == 1012
+                assert await asyncio.wait_for(ws, 5) == CloseCode.SERVICE_RESTART
                 page = (await asyncio.wait_for(held, 5)).json()
                 assert time.monotonic() - started < 2
                 assert not part.ends and not page["done"] and page["tokens"] == []

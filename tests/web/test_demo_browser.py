@@ -18,9 +18,11 @@ import pytest
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
+from reviewstream.wire import MODES
 
 from conftest import serve
 from cuttable import CuttableProxy
+from followers import LIVE_MODES
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -132,7 +134,7 @@ async def assert_shows_stored_text(page: Any, base_url: str) -> list[str]:
     return tokens
 
 
-@pytest.mark.parametrize("mode", ["sse", "websocket", "long_poll", "short_poll"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_each_mode_shows_the_stored_review(page: Any, base_url: str, mode: str) -> None:
     await page.goto(base_url + "/")
     await fill_form(page, mode)
@@ -174,7 +176,7 @@ async def test_cancel_over_websocket_ends_cancelled(page: Any, base_url: str) ->
     assert 5 <= len(tokens) < 1000
 
 
-@pytest.mark.parametrize("mode", ["sse", "websocket", "long_poll"])
+@pytest.mark.parametrize("mode", LIVE_MODES)
 async def test_resumes_after_connections_are_cut(page: Any, base_url: str, mode: str) -> None:
     proxy = CuttableProxy(int(base_url.rsplit(":", 1)[1]))
     via_proxy = await proxy.start()

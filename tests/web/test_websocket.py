@@ -11,6 +11,7 @@ import websockets
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
+from reviewstream.wire import CloseCode
 
 from conftest import serve
 from live import new_job, stored, tuned
@@ -23,10 +24,15 @@ async def test_websocket_errors_close_with_4xxx_and_reason(
     ws_base = base.replace("http", "ws")
     job_id = await new_job(c, length_words=1500)
     cases = [
-        ("/jobs/unknown-job/ws", None, 4404, "not found"),
-        (f"/jobs/{job_id}/ws?offset=-1", None, 4422, "offset"),
-        (f"/jobs/{job_id}/ws", "not json", 4400, "JSON"),
-        (f"/jobs/{job_id}/ws", json.dumps({"type": "dance"}), 4400, "unknown message"),
+        ("/jobs/unknown-job/ws", None, CloseCode.NOT_FOUND, "not found"),
+        (f"/jobs/{job_id}/ws?offset=-1", None, CloseCode.INVALID, "offset"),
+        (f"/jobs/{job_id}/ws", "not json", CloseCode.BAD_REQUEST, "JSON"),
+        (
+            f"/jobs/{job_id}/ws",
+            json.dumps({"type": "dance"}),
+            CloseCode.BAD_REQUEST,
+            "unknown message",
+        ),
     ]
     for path, send, code, reason in cases:
         async with websockets.connect(ws_base + path) as ws:
