@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,6 +66,17 @@ def test_tiny_bench_writes_results_and_chart(
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "websocket" in out and "p99 ms" in out
+
+
+def test_without_the_bench_extra_it_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert run(parse("--quick", "--output", str(tmp_path / "out"))) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "reviewstream[bench]" in err, err
+    assert not (tmp_path / "out").exists()  # nothing started
 
 
 def test_trace_counts_lost_duplicated_and_wrong_tokens() -> None:

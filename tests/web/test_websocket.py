@@ -8,6 +8,7 @@ import json
 import httpx
 import pytest
 import websockets
+from websockets.frames import Close
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
@@ -15,6 +16,18 @@ from reviewstream.wire import CloseCode
 
 from conftest import serve
 from live import new_job, stored, tuned
+
+
+async def close_frame(url: str, send: str | None = None) -> Close:
+    """Connect, send ``send`` if given, read until the server closes; its close frame."""
+    async with websockets.connect(url) as ws:
+        if send is not None:
+            await ws.send(send)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await ws.recv()
+    assert info.value.rcvd is not None, url
+    return info.value.rcvd
 
 
 async def test_websocket_errors_close_with_4xxx_and_reason(
@@ -35,15 +48,24 @@ async def test_websocket_errors_close_with_4xxx_and_reason(
         ),
     ]
     for path, send, code, reason in cases:
-        async with websockets.connect(ws_base + path) as ws:
-            if send is not None:
-                await ws.send(send)
-            with pytest.raises(websockets.ConnectionClosed) as info:
-                while True:
-                    await ws.recv()
-            assert info.value.rcvd is not None, path
-            assert info.value.rcvd.code == code and reason in info.value.rcvd.reason, path
+        closed = await close_frame(ws_base + path, send)
+        assert closed.code == code and reason in closed.reason, path
     await c.delete(f"/jobs/{job_id}")
+
+
+@pytest.mark.parametrize(
+    ("job_id", "named"),
+    [("bad%20id!", "'bad id!'"), ("x" * 65, "'" + "x" * 40)],
+    ids=["chars", "65"],
+)
+async def test_websocket_invalid_job_id_closes_invalid_naming_it(
+    server: tuple[str, httpx.AsyncClient], job_id: str, named: str
+) -> None:
+    """Checked like the HTTP routes' job id, before any Redis read: INVALID, not NOT_FOUND."""
+    base, _ = server
+    closed = await close_frame(base.replace("http", "ws") + f"/jobs/{job_id}/ws")
+    assert closed.code == CloseCode.INVALID
+    assert "job id" in closed.reason and named in closed.reason, closed.reason
 
 
 async def test_websocket_cancel_ends_job_cancelled(settings: Settings) -> None:
