@@ -26,33 +26,13 @@ from reviewstream.client import (
 )
 from reviewstream.client import cli as client_cli
 from reviewstream.client._client import _Cursor, _Retry
-from reviewstream.settings import Settings
-from reviewstream.web import create_app
 from reviewstream.wire import MODES
 
-from conftest import free_port, serve
+from conftest import free_port
 from cuttable import CuttableProxy
 
 NAME = "Ada Lovelace"
 POINTS = "Led the payments migration; mentors two juniors; needs to delegate more"
-
-
-@pytest.fixture(scope="module")
-async def base_url(redis_server: str) -> AsyncIterator[str]:
-    """One server for the module: an app's shutdown waits out the worker's 1 s queue read.
-
-    Tests here must not use the function-scoped ``settings``/``redis_url`` fixtures: they flush
-    Redis under this running server. The pace lets live modes see tokens arrive (~0.5 s a job).
-    """
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server,
-        key_prefix="rs-client-tests",
-        sim_tokens_per_second=200,
-        sim_first_token_ms=10,
-    )
-    async with serve(create_app(settings)) as base:
-        yield base
 
 
 @pytest.fixture

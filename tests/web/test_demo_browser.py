@@ -16,11 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from reviewstream.settings import Settings
-from reviewstream.web import create_app
 from reviewstream.wire import MODES
 
-from conftest import serve
 from cuttable import CuttableProxy
 from followers import LIVE_MODES
 
@@ -69,20 +66,6 @@ async def browser() -> AsyncIterator[Any]:
         )
         yield launched
         await launched.close()
-
-
-@pytest.fixture(scope="module")
-async def base_url(redis_server: str) -> AsyncIterator[str]:
-    """One server for the module (see test_client.base_url for why not the settings fixture)."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server,
-        key_prefix="rs-browser-tests",
-        sim_tokens_per_second=200,
-        sim_first_token_ms=10,
-    )
-    async with serve(create_app(settings)) as base:
-        yield base
 
 
 @pytest.fixture
