@@ -24,6 +24,7 @@ from redis import Redis as SyncRedis
 
 from reviewstream.embedded import redis_server_binary
 from reviewstream.settings import Settings
+from reviewstream.web import create_app
 
 if TYPE_CHECKING:
     from upstreams import ScriptedUpstream
@@ -126,6 +127,35 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="module")
+async def base_url(redis_server: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """One server for the whole module, on the session's Redis under a key prefix of its own.
+
+    For modules whose tests share a server: an app's shutdown waits out the worker's 1 s queue
+    read, too slow to pay per test. Tests using it must not use the function-scoped
+    ``settings``/``redis_url`` fixtures: they flush Redis under this running server. The pace
+    lets live modes see tokens arrive (~0.5 s a job).
+    """
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server,
+        key_prefix=f"rs-{request.module.__name__}",
+        sim_tokens_per_second=200,
+        sim_first_token_ms=10,
+    )
+    async with serve(create_app(settings)) as base:
+        yield base
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    """The app under uvicorn on the test's settings, and a client to it: (base URL, client)."""
+    async with serve(create_app(settings)) as base:
+        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
+            yield base, c
 
 
 @pytest.fixture(scope="module")

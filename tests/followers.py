@@ -12,6 +12,11 @@ import httpx
 import websockets
 from httpx_sse import aconnect_sse
 
+from reviewstream.wire import MODES, Mode
+
+# The modes that wait for tokens to exist: all but the short poll.
+LIVE_MODES: tuple[Mode, ...] = tuple(m for m in MODES if m != "short_poll")
+
 
 @dataclass
 class Result:

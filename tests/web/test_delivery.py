@@ -1,6 +1,6 @@
-"""Live delivery on real uvicorn servers: long poll, SSE and WebSocket over one offset contract,
-resume in every mode, fan-out from one subscription, moving between API processes, and a hub
-whose Redis connection is killed mid-stream."""
+"""The offset contract in every mode, on real uvicorn servers: resume from anywhere, random
+disconnects, fan-out from one subscription, moving between API processes, a hub whose Redis
+connection is killed, shutdown drain, a connect burst and a lost notification."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -19,45 +18,11 @@ import websockets
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
-from reviewstream.wire import MODES
+from reviewstream.wire import MODES, CloseCode
 
 import followers as fl
 from conftest import serve
-
-REVIEW = {
-    "employee_name": "Katherine Johnson",
-    "employee_review_points": "Trajectory analysis; mentoring; clear writing; could delegate",
-    "length_words": 80,
-}
-
-
-def tuned(settings: Settings, **changes: Any) -> Settings:
-    return settings.model_copy(update=changes)
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    async with serve(create_app(settings)) as base:
-        limits = httpx.Limits(max_connections=400, max_keepalive_connections=400)
-        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
-            yield base, c
-
-
-async def new_job(c: httpx.AsyncClient, **overrides: Any) -> str:
-    r = await c.post("/jobs", json={**REVIEW, **overrides})
-    assert r.status_code == 202, r.text
-    return str(r.json()["id"])
-
-
-async def stored(c: httpx.AsyncClient, job_id: str) -> list[str]:
-    """The whole stored text of a job, once it has ended."""
-    return (await fl.short_poll(c, job_id)).tokens
-
-
-async def until_tokens(c: httpx.AsyncClient, job_id: str, n: int) -> None:
-    while len((await c.get(f"/jobs/{job_id}", params={"limit": 10000})).json()["tokens"]) < n:
-        await asyncio.sleep(0.01)
-
+from live import REVIEW, new_job, stored, tuned, until_tokens
 
 # -- resume: table-driven, every mode ---------------------------------------------------------
 
@@ -115,8 +80,9 @@ async def test_expired_job_is_a_clear_404(settings: Settings, mode: str) -> None
             async with websockets.connect(url) as ws:
                 with pytest.raises(websockets.ConnectionClosedError) as info:
                     await ws.recv()
-            assert info.value.rcvd is not None
-            assert info.value.rcvd.code == 4404 and "not found" in info.value.rcvd.reason
+            closed = info.value.rcvd
+            assert closed is not None
+            assert closed.code == CloseCode.NOT_FOUND and "not found" in closed.reason
             return
         path = {
             "short_poll": f"/jobs/{job_id}",
@@ -191,9 +157,10 @@ async def test_fanout_one_subscription_and_commands_flat_in_followers(
                 """Commands spent on one job followed by ``n`` followers, and pub/sub conns."""
                 before = command_total(await redis.info("commandstats"))
                 job_id = await new_job(c)
-                modes = ["sse", "websocket", "long_poll"]
+                modes = fl.LIVE_MODES
                 tasks = [
-                    asyncio.create_task(fl.follow(modes[i % 3], c, base, job_id)) for i in range(n)
+                    asyncio.create_task(fl.follow(modes[i % len(modes)], c, base, job_id))
+                    for i in range(n)
                 ]
                 await asyncio.sleep(0.4)  # all joined, before the first token
                 conns = await pubsub_connections(redis)
@@ -241,10 +208,7 @@ async def test_hub_connection_killed_mid_stream_followers_finish(
     paced = tuned(settings, sim_tokens_per_second=100)
     async with serve(create_app(paced)) as base, httpx.AsyncClient(base_url=base) as c:
         job_id = await new_job(c)
-        tasks = [
-            asyncio.create_task(fl.follow(mode, c, base, job_id))
-            for mode in ("sse", "websocket", "long_poll")
-        ]
+        tasks = [asyncio.create_task(fl.follow(mode, c, base, job_id)) for mode in fl.LIVE_MODES]
         await until_tokens(c, job_id, 15)
         killed = 0
         for client in await redis.client_list():
@@ -261,157 +225,7 @@ async def test_hub_connection_killed_mid_stream_followers_finish(
         assert result.tokens == full and len(result.ends) == 1
 
 
-# -- mode details -----------------------------------------------------------------------------
-
-
-async def test_long_poll_timeout_is_200_with_no_tokens_and_capped(settings: Settings) -> None:
-    waiting = tuned(settings, sim_first_token_ms=5000, long_poll_max_timeout=0.5)
-    async with serve(create_app(waiting)) as base, httpx.AsyncClient(base_url=base) as c:
-        job_id = await new_job(c)
-        started = time.monotonic()
-        r = await c.get(f"/jobs/{job_id}/long-poll", params={"offset": 0, "timeout": 0.2})
-        assert 0.15 < time.monotonic() - started < 2
-        page = r.json()
-        assert r.status_code == 200 and page["tokens"] == [] and not page["done"]
-        assert page["next_offset"] == 0
-        started = time.monotonic()
-        await c.get(f"/jobs/{job_id}/long-poll", params={"timeout": 300})
-        assert time.monotonic() - started < 2  # held at most the server's cap
-        r = await c.get(f"/jobs/{job_id}/long-poll", params={"timeout": -1})
-        assert r.status_code == 422 and "timeout" in r.json()["error"]
-
-
-async def test_sse_headers_retry_hint_and_heartbeats(settings: Settings) -> None:
-    beating = tuned(settings, sim_first_token_ms=900, sse_heartbeat_seconds=0.2)
-    async with serve(create_app(beating)) as base, httpx.AsyncClient(base_url=base) as c:
-        job_id = await new_job(c, length_words=50)
-        async with c.stream("GET", f"/jobs/{job_id}/events") as r:
-            assert r.headers["content-type"].startswith("text/event-stream")
-            assert r.headers["cache-control"] == "no-store"
-            assert r.headers["x-accel-buffering"] == "no"
-            body = ""
-            async for chunk in r.aiter_text():
-                body += chunk
-                if "event: end" in body:
-                    break
-    assert "retry: 1000" in body
-    assert body.count(": ping") >= 2  # heartbeats while the model had not started
-    assert body.index(": ping") < body.index("event: token")
-
-
-@pytest.mark.parametrize("bad", ["abc", "-3"])
-async def test_sse_bad_last_event_id_or_offset_is_422(
-    server: tuple[str, httpx.AsyncClient], bad: str
-) -> None:
-    _, c = server
-    job_id = await new_job(c)
-    r = await c.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": bad})
-    assert r.status_code == 422 and "Last-Event-ID" in r.json()["error"]
-    r = await c.get(f"/jobs/{job_id}/events", params={"offset": bad})
-    assert r.status_code == 422 and "offset" in r.json()["error"]
-    r = await c.get("/jobs/unknown-job/events")
-    assert r.status_code == 404
-
-
-async def test_websocket_errors_close_with_4xxx_and_reason(
-    server: tuple[str, httpx.AsyncClient],
-) -> None:
-    base, c = server
-    ws_base = base.replace("http", "ws")
-    job_id = await new_job(c, length_words=1500)
-    cases = [
-        ("/jobs/unknown-job/ws", None, 4404, "not found"),
-        (f"/jobs/{job_id}/ws?offset=-1", None, 4422, "offset"),
-        (f"/jobs/{job_id}/ws", "not json", 4400, "JSON"),
-        (f"/jobs/{job_id}/ws", json.dumps({"type": "dance"}), 4400, "unknown message"),
-    ]
-    for path, send, code, reason in cases:
-        async with websockets.connect(ws_base + path) as ws:
-            if send is not None:
-                await ws.send(send)
-            with pytest.raises(websockets.ConnectionClosed) as info:
-                while True:
-                    await ws.recv()
-            assert info.value.rcvd is not None, path
-            assert info.value.rcvd.code == code and reason in info.value.rcvd.reason, path
-    await c.delete(f"/jobs/{job_id}")
-
-
-async def test_websocket_cancel_ends_job_cancelled(settings: Settings) -> None:
-    slow = tuned(settings, sim_tokens_per_second=50)
-    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
-        job_id = await new_job(c)
-        url = base.replace("http", "ws") + f"/jobs/{job_id}/ws"
-        tokens: list[str] = []
-        async with websockets.connect(url) as ws:
-            async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] == "tokens":
-                    tokens += message["tokens"]
-                    if len(tokens) >= 3:
-                        await ws.send(json.dumps({"type": "cancel"}))
-                else:
-                    end = message
-                    break
-        assert end["status"] == "cancelled" and end["next_offset"] == len(tokens)
-        assert (await stored(c, job_id)) == tokens
-
-
-async def test_generate_streams_a_new_job_as_sse(server: tuple[str, httpx.AsyncClient]) -> None:
-    _, c = server
-    tokens: list[str] = []
-    async with c.stream("POST", "/generate", json=REVIEW) as r:
-        assert r.status_code == 200
-        job_id = r.headers["x-job-id"]
-        from httpx_sse import EventSource
-
-        async for event in EventSource(r).aiter_sse():
-            if event.event == "token":
-                tokens += json.loads(event.data)["tokens"]
-            elif event.event == "end":
-                assert json.loads(event.data)["status"] == "done"
-                break
-    assert tokens == await stored(c, job_id)
-    assert "Katherine Johnson" in "".join(tokens)
-    r = await c.post("/generate", json={"employee_name": "x"})
-    assert r.status_code == 422
-
-
-async def test_coalescing_window_batches_tokens_per_message(settings: Settings) -> None:
-    coalesced = tuned(settings, sim_tokens_per_second=400, coalesce_ms=60)
-    async with serve(create_app(coalesced)) as base, httpx.AsyncClient(base_url=base) as c:
-        job_id = await new_job(c)
-        messages = 0
-        tokens: list[str] = []
-        async with websockets.connect(base.replace("http", "ws") + f"/jobs/{job_id}/ws") as ws:
-            async for raw in ws:
-                message = json.loads(raw)
-                if message["type"] != "tokens":
-                    break
-                messages += 1
-                tokens += message["tokens"]
-        assert tokens == await stored(c, job_id)
-        assert messages < len(tokens) / 4, (messages, len(tokens))
-
-
-async def test_sse_client_disconnect_frees_its_follower(settings: Settings) -> None:
-    slow = tuned(settings, sim_tokens_per_second=50)
-    async with serve(create_app(slow)) as base, httpx.AsyncClient(base_url=base) as c:
-        job_id = await new_job(c)
-
-        async def followers() -> float:
-            text = (await c.get("/metrics")).text
-            line = next(x for x in text.splitlines() if x.startswith("reviewstream_followers "))
-            return float(line.split()[1])
-
-        baseline = await followers()
-        part = await fl.sse(c, job_id, stop_after=3)
-        assert part.tokens
-        deadline = time.monotonic() + 2
-        while await followers() > baseline and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        assert await followers() == baseline
-        await c.delete(f"/jobs/{job_id}")
+# -- shutdown, connect bursts, a lost notification --------------------------------------------
 
 
 async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
@@ -469,7 +283,7 @@ async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
                 proc.send_signal(signal.SIGTERM)
                 started = time.monotonic()
                 await asyncio.wait_for(sse, 5)
-                assert await asyncio.wait_for(ws, 5) == 1012
+                assert await asyncio.wait_for(ws, 5) == CloseCode.SERVICE_RESTART
                 page = (await asyncio.wait_for(held, 5)).json()
                 assert time.monotonic() - started < 2
                 assert not part.ends and not page["done"] and page["tokens"] == []

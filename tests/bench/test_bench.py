@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from reviewstream.bench.followers import JobHandle, Trace
 from reviewstream.bench.plan import build_plan
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
+
+from followers import LIVE_MODES
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -48,7 +51,7 @@ def test_tiny_bench_writes_results_and_chart(
         assert m["latency_live_ms"]["n"] + m["history_tokens"] == lat["n"]
         assert m["ttft_ms"] >= 100  # never before the simulated model's first token
     # Streams wait for tokens; a 0.25 s short poll waits for its timer.
-    for live in ("long_poll", "sse", "websocket"):
+    for live in LIVE_MODES:
         assert modes[live]["latency_ms"]["p50"] < modes["short_poll"]["latency_ms"]["p50"]
         assert modes[live]["latency_ms"]["p99"] < 250
     assert 20 < modes["short_poll"]["latency_ms"]["p50"] < 400
@@ -63,6 +66,17 @@ def test_tiny_bench_writes_results_and_chart(
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "websocket" in out and "p99 ms" in out
+
+
+def test_without_the_bench_extra_it_says_what_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
+    assert run(parse("--quick", "--output", str(tmp_path / "out"))) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert len(err.splitlines()) == 1 and "reviewstream[bench]" in err, err
+    assert not (tmp_path / "out").exists()  # nothing started
 
 
 def test_trace_counts_lost_duplicated_and_wrong_tokens() -> None:

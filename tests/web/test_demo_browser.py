@@ -15,12 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from test_client import CuttableProxy
 
-from reviewstream.settings import Settings
-from reviewstream.web import create_app
+from reviewstream.wire import MODES
 
-from conftest import serve
+from cuttable import CuttableProxy
+from followers import LIVE_MODES
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -67,20 +66,6 @@ async def browser() -> AsyncIterator[Any]:
         )
         yield launched
         await launched.close()
-
-
-@pytest.fixture(scope="module")
-async def base_url(redis_server: str) -> AsyncIterator[str]:
-    """One server for the module (see test_client.base_url for why not the settings fixture)."""
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server,
-        key_prefix="rs-browser-tests",
-        sim_tokens_per_second=200,
-        sim_first_token_ms=10,
-    )
-    async with serve(create_app(settings)) as base:
-        yield base
 
 
 @pytest.fixture
@@ -132,7 +117,7 @@ async def assert_shows_stored_text(page: Any, base_url: str) -> list[str]:
     return tokens
 
 
-@pytest.mark.parametrize("mode", ["sse", "websocket", "long_poll", "short_poll"])
+@pytest.mark.parametrize("mode", MODES)
 async def test_each_mode_shows_the_stored_review(page: Any, base_url: str, mode: str) -> None:
     await page.goto(base_url + "/")
     await fill_form(page, mode)
@@ -174,7 +159,7 @@ async def test_cancel_over_websocket_ends_cancelled(page: Any, base_url: str) ->
     assert 5 <= len(tokens) < 1000
 
 
-@pytest.mark.parametrize("mode", ["sse", "websocket", "long_poll"])
+@pytest.mark.parametrize("mode", LIVE_MODES)
 async def test_resumes_after_connections_are_cut(page: Any, base_url: str, mode: str) -> None:
     proxy = CuttableProxy(int(base_url.rsplit(":", 1)[1]))
     via_proxy = await proxy.start()

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from reviewstream.client import (
-    MODES,
     ClientError,
     ConnectionLost,
     End,
@@ -27,31 +26,13 @@ from reviewstream.client import (
 )
 from reviewstream.client import cli as client_cli
 from reviewstream.client._client import _Cursor, _Retry
-from reviewstream.settings import Settings
-from reviewstream.web import create_app
+from reviewstream.wire import MODES
 
-from conftest import free_port, serve
+from conftest import free_port
+from cuttable import CuttableProxy
 
 NAME = "Ada Lovelace"
 POINTS = "Led the payments migration; mentors two juniors; needs to delegate more"
-
-
-@pytest.fixture(scope="module")
-async def base_url(redis_server: str) -> AsyncIterator[str]:
-    """One server for the module: an app's shutdown waits out the worker's 1 s queue read.
-
-    Tests here must not use the function-scoped ``settings``/``redis_url`` fixtures: they flush
-    Redis under this running server. The pace lets live modes see tokens arrive (~0.5 s a job).
-    """
-    settings = Settings(
-        _env_file=None,  # type: ignore[call-arg]
-        redis_url=redis_server,
-        key_prefix="rs-client-tests",
-        sim_tokens_per_second=200,
-        sim_first_token_ms=10,
-    )
-    async with serve(create_app(settings)) as base:
-        yield base
 
 
 @pytest.fixture
@@ -134,55 +115,6 @@ def test_cursor_refuses_a_gap() -> None:
     with pytest.raises(_Retry, match="expected offset 2, got 5"):
         cursor.take(TokenBatch(5, ["x"]))
     assert cursor.offset == 2
-
-
-class CuttableProxy:
-    """A TCP proxy to the server whose ``cut()`` aborts every open connection, both ways."""
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.accepted = 0
-        self._links: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> str:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.accepted += 1
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        link = (writer, up_writer)
-        self._links.add(link)
-        try:
-            await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-        finally:
-            self._links.discard(link)
-            writer.transport.abort()
-            up_writer.transport.abort()
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError, OSError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.transport.abort()
-
-    def cut(self) -> int:
-        """Abort every open connection; returns how many there were."""
-        links = list(self._links)
-        for a, b in links:
-            a.transport.abort()
-            b.transport.abort()
-        return len(links)
-
-    async def aclose(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        self.cut()
-        await self._server.wait_closed()
 
 
 @pytest.mark.parametrize("mode", MODES)
