@@ -51,7 +51,7 @@ def parse_offset(raw: str | None) -> int:
 
 
 def check_job_id(job_id: str) -> None:
-    if not _JOB_ID.match(job_id):
+    if not _JOB_ID.fullmatch(job_id):
         raise ValueError(f"job id must match {JOB_ID_PATTERN}, got {job_id[:40]!r}")
 
 

@@ -1,0 +1,112 @@
+"""Hardened edges on a real uvicorn run with the app's server options: WebSocket Origin, frame
+size and type, out-of-range offsets in every mode, CORS preflight, no tracebacks for client input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import resource
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import websockets
+
+from reviewstream.settings import Settings
+from reviewstream.web import create_app, server_options
+from reviewstream.wire import CloseCode
+
+from conftest import serve
+
+REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Abstraction; CLU"}
+TOO_FAR = 2**53 + 1
+
+
+@pytest.fixture
+async def edge(settings: Settings) -> AsyncIterator[tuple[str, str]]:
+    """(base URL, a job id) on a server that allows one foreign origin."""
+    s = settings.model_copy(
+        update={
+            "cors_origins": "https://app.example",
+            "sim_tokens_per_second": 20.0,
+            "worker_grace_seconds": 0.2,
+        }
+    )
+    async with serve(create_app(s), **server_options(s)) as base:
+        async with httpx.AsyncClient(base_url=base) as c:
+            job = (await c.post("/jobs", json=REVIEW)).json()
+        yield base, job["id"]
+
+
+def ws(base: str, path: str) -> str:
+    return f"ws{base[4:]}{path}"
+
+
+async def closed_with(url: str, send: Any = None, **kw: Any) -> tuple[int, str]:
+    async with websockets.connect(url, max_size=None, **kw) as sock:
+        if send is not None:
+            await sock.send(send)
+        with pytest.raises(websockets.ConnectionClosed) as info:
+            while True:
+                await asyncio.wait_for(sock.recv(), 10)
+    assert info.value.rcvd is not None
+    return info.value.rcvd.code, info.value.rcvd.reason
+
+
+async def test_websocket_from_a_foreign_origin_is_403(edge: tuple[str, str]) -> None:
+    base, job_id = edge
+    url = ws(base, f"/jobs/{job_id}/ws")
+    with pytest.raises(websockets.InvalidStatus) as info:
+        async with websockets.connect(url, origin="https://evil.example"):  # type: ignore[arg-type]
+            pass
+    assert info.value.response.status_code == 403
+    for allowed in ("https://app.example", base):
+        async with websockets.connect(url, origin=allowed) as sock:  # type: ignore[arg-type]
+            assert "tokens" in await asyncio.wait_for(sock.recv(), 10)
+
+
+async def test_binary_and_oversized_frames_close_without_buffering_or_tracebacks(
+    edge: tuple[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    base, job_id = edge
+    url = ws(base, f"/jobs/{job_id}/ws")
+    code, reason = await closed_with(url, b"\x00\x01")
+    assert code == CloseCode.UNSUPPORTED_DATA and "binary" in reason
+    gc.collect()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for _ in range(20):
+        code, _ = await closed_with(url, "x" * 1_000_000)
+        assert code == CloseCode.MESSAGE_TOO_BIG
+    grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    assert grown_kb < 8 * 1024, grown_kb  # 20 MB were sent; the server kept none of it
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+async def test_offsets_past_2_to_the_53_are_422_in_every_mode(edge: tuple[str, str]) -> None:
+    base, job_id = edge
+    async with httpx.AsyncClient(base_url=base) as c:
+        for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/long-poll", f"/jobs/{job_id}/events"):
+            r = await c.get(path, params={"offset": TOO_FAR})
+            assert r.status_code == 422 and "offset" in r.json()["error"], path
+            ok = await c.get(f"/jobs/{job_id}", params={"offset": 2**53})
+            assert ok.status_code == 200
+        r = await c.get(f"/jobs/{job_id}/events", headers={"Last-Event-ID": str(TOO_FAR)})
+        assert r.status_code == 422
+    code, reason = await closed_with(ws(base, f"/jobs/{job_id}/ws?offset={TOO_FAR}"))
+    assert code == CloseCode.INVALID and "offset" in reason
+
+
+async def test_cors_preflight_answers_listed_origins_only(edge: tuple[str, str]) -> None:
+    base, _ = edge
+    ask = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization",
+    }
+    async with httpx.AsyncClient(base_url=base) as c:
+        ok = await c.options("/jobs", headers={"Origin": "https://app.example", **ask})
+        assert ok.headers["access-control-allow-origin"] == "https://app.example"
+        no = await c.options("/jobs", headers={"Origin": "https://evil.example", **ask})
+        assert "access-control-allow-origin" not in no.headers
