@@ -110,3 +110,15 @@ async def test_cors_preflight_answers_listed_origins_only(edge: tuple[str, str])
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         no = await c.options("/jobs", headers={"Origin": "https://evil.example", **ask})
         assert "access-control-allow-origin" not in no.headers
+
+
+async def test_connections_past_the_process_cap_get_503(settings: Settings) -> None:
+    s = settings.model_copy(update={"max_open_connections": 2, "sim_tokens_per_second": 5.0})
+    s = s.model_copy(update={"worker_grace_seconds": 0.2})
+    async with serve(create_app(s), **server_options(s)) as base:
+        async with httpx.AsyncClient(base_url=base) as c:
+            job = (await c.post("/jobs", json=REVIEW)).json()
+            url = f"/jobs/{job['id']}/events"
+            async with c.stream("GET", url), c.stream("GET", url):
+                assert (await c.get("/healthz")).status_code == 503
+            assert (await c.get("/healthz")).status_code == 200
