@@ -22,7 +22,8 @@ from reviewstream.models import Batch, JobEnd, JobStatus, ReviewRequest
 from reviewstream.store import JobStore
 
 REQUEST = ReviewRequest(employee_name="Dorothy Vaughan", employee_review_points="Taught FORTRAN.")
-OWNER = "w"
+WORKER = "w"
+OWNER = "w#1"  # the owner token of WORKER's first attempt
 
 
 @pytest.fixture
@@ -36,8 +37,8 @@ async def store(redis: aioredis.Redis) -> JobStore:
 async def job_id(store: JobStore) -> str:
     """A running job that ``OWNER`` may write to, with no tokens yet."""
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries(OWNER, 1, 100)
-    assert await store.claim(entry, OWNER, 60_000)
+    [entry] = await store.next_entries(WORKER, 1, 100)
+    assert await store.claim(entry, WORKER, 60_000)
     return job_id
 
 

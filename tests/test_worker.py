@@ -1,8 +1,9 @@
-"""Workers as real processes: an accepted job is never lost; a dead worker's job fails in time."""
+"""Workers: an accepted job is never lost, and a lost producer's job is finished by another."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -18,8 +19,10 @@ from reviewstream.hub import Hub
 from reviewstream.keys import Keys
 from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore
-from reviewstream.worker import Worker
+from reviewstream.store import JobStore, text_digest
+from reviewstream.worker import Reaper, Worker
+
+from upstreams import Reply, ScriptedUpstream, openai_frames
 
 REQUEST = ReviewRequest(employee_name="Grace Hopper", employee_review_points="Wrote a compiler.")
 
@@ -53,10 +56,13 @@ async def in_process_worker(
 ) -> AsyncIterator[Worker]:
     hub = Hub(redis, store.keys)
     await hub.start()
+    reaper = Reaper(store, settings)  # every process runs one
+    await reaper.start()
     async with httpx.AsyncClient() as http:
         worker = Worker(store, hub, settings, http, grace_seconds=0.5)
         yield worker
         await worker.aclose()
+    await reaper.aclose()
     await hub.aclose()
 
 
@@ -108,9 +114,10 @@ async def test_entry_read_by_dead_worker_is_taken_over(
     assert elapsed < 10
 
 
-async def test_worker_killed_mid_stream_fails_job_within_lease_bound(
-    settings: Settings, store: JobStore, in_process_worker: Worker
+async def test_worker_killed_mid_stream_with_on_loss_fail_fails_within_lease_bound(
+    settings: Settings, store: JobStore
 ) -> None:
+    """``REVIEWSTREAM_ON_PRODUCER_LOSS=fail``: the behaviour before durable jobs."""
     proc = worker_process(settings, REVIEWSTREAM_SIM_TOKENS_PER_SECOND="20")
     try:
         job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
@@ -118,21 +125,25 @@ async def test_worker_killed_mid_stream_fails_job_within_lease_bound(
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed_at = time.monotonic()
-        await in_process_worker.start()
+        reaper = Reaper(store, settings.model_copy(update={"on_producer_loss": "fail"}))
+        await reaper.start()
         await wait_for(store, job_id, lambda s: s.status.terminal, 10)
         took = time.monotonic() - killed_at
+        await reaper.aclose()
     finally:
         if proc.poll() is None:
             proc.kill()
     snap = await store.read(job_id, 0, 100_000)
     assert snap.status is JobStatus.FAILED and "lease" in (snap.error or "")
+    assert snap.attempts == 1
     bound = settings.lease_seconds + 2 * settings.reap_interval_seconds + 1.0
     assert took < bound, f"took {took:.2f}s, bound {bound:.2f}s"
 
 
-async def test_graceful_shutdown_ends_running_jobs_clearly(
+async def test_graceful_shutdown_hands_running_jobs_over(
     settings: Settings, store: JobStore, in_process_worker: Worker
 ) -> None:
+    """A worker that shuts down requeues its job; another continues after the stored text."""
     slow = Worker(
         store,
         in_process_worker.hub,
@@ -142,7 +153,45 @@ async def test_graceful_shutdown_ends_running_jobs_clearly(
     )
     await slow.start()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    await wait_for(store, job_id, lambda s: s.tokens, 10)
+    await wait_for(store, job_id, lambda s: len(s.tokens) >= 2, 10)
     await slow.aclose()
     snap = await store.read(job_id, 0, 100_000)
-    assert snap.status is JobStatus.FAILED and "shut down" in (snap.error or "")
+    assert (snap.status, snap.attempts) == (JobStatus.QUEUED, 1)
+    before = snap.tokens
+    await in_process_worker.start()
+    await wait_for(store, job_id, lambda s: s.status.terminal, 20)
+    snap = await store.read(job_id, 0, 100_000)
+    assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
+    assert snap.tokens[: len(before)] == before
+    assert snap.sha256 == text_digest(snap.tokens)
+
+
+async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt(
+    settings: Settings, store: JobStore, redis: aioredis.Redis, upstream: ScriptedUpstream
+) -> None:
+    """Each attempt continues after the stored text until MAX_ATTEMPTS is spent."""
+    upstream.script(Reply(frames=openai_frames(["One", " two"], usage=None, done=False), cut=True))
+    tuned = settings.model_copy(update={"openai_base_url": upstream.url + "/v1", "max_attempts": 3})
+    hub = Hub(redis, store.keys)
+    await hub.start()
+    async with httpx.AsyncClient() as http:
+        worker = Worker(store, hub, tuned, http, grace_seconds=0.1)
+        await worker.start()
+        try:
+            job_id = await store.create(REQUEST, provider="openai", model="gpt-4o-mini")
+            await wait_for(store, job_id, lambda s: s.status.terminal, 20)
+        finally:
+            await worker.aclose()
+            await hub.aclose()
+    snap = await store.read(job_id, 0, 100)
+    assert (snap.status, snap.attempts) == (JobStatus.FAILED, 3)
+    assert snap.tokens == ["One", " two"] * 3
+    error = snap.error or ""
+    assert error.startswith("gave up after 3 attempts: ")
+    for attempt in (1, 2, 3):
+        assert f"attempt {attempt}: upstream broke mid-stream" in error
+    # Attempts 2 and 3 were asked to continue the stored text.
+    bodies = [r.json for r in upstream.requests]
+    assert len(bodies) == 3
+    assert "One two" not in json.dumps(bodies[0])
+    assert "One two" in json.dumps(bodies[1]) and "One two One two" in json.dumps(bodies[2])

@@ -13,8 +13,8 @@ crashed process held keeps counting:
 - **Overall** (``REVIEWSTREAM_MAX_QUEUED_JOBS``, live workers): a job is refused with 503 when
   the queue is full or no worker has beaten within the heartbeat window
   (``REVIEWSTREAM_WORKER_HEARTBEAT_TIMEOUT_SECONDS``), rather than accepted into a queue
-  nobody reads; ``QueuedReaper`` fails queued jobs that no
-  worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS``, in every process.
+  nobody reads; ``worker.Reaper`` fails queued jobs that no worker started within
+  ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS``, in every process.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import scripts
-from .errors import JobNotFound, Overloaded, QuotaExceeded, StoreError
+from .errors import Overloaded, QuotaExceeded, StoreError
 from .models import JobStatus
 from .settings import Settings
 from .store import JobStore, Script, redis_errors
@@ -209,54 +209,3 @@ class StreamCounter:
                 for count, _, until in [entry.partition(":")]
                 if int(until) > now_ms
             )
-
-
-class QueuedReaper:
-    """Fails queued jobs that no worker started in time; runs in every process."""
-
-    def __init__(self, store: JobStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reviewstream-queued-reaper")
-
-    async def aclose(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=2.0)
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._settings.reap_interval_seconds)
-            if self._stopping.is_set():
-                return
-            try:
-                await self.reap()
-            except StoreError as e:
-                log.warning("expiring queued jobs failed: %s", e)
-
-    async def reap(self) -> list[str]:
-        """Fail every job queued longer than the timeout; returns their ids."""
-        timeout = self._settings.queued_timeout_seconds
-        cutoff_ms = int((time.time() - timeout) * 1000)
-        failed = []
-        for entry in await self._store.queued_before(cutoff_ms, count=100):
-            try:
-                if await self._store.finish(
-                    entry.job_id,
-                    JobStatus.FAILED,
-                    error=f"no worker started the job within {timeout:g} s of queueing it",
-                    only_if_status=JobStatus.QUEUED,
-                ):
-                    failed.append(entry.job_id)
-                    log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
-            except JobNotFound:
-                pass
-            await self._store.drop_entry(entry)
-        return failed

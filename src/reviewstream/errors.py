@@ -18,6 +18,7 @@ The tree::
         ├── UpstreamUnavailable   could not connect, or the connection broke before an answer
         ├── UpstreamTimeout       connect, first token or silence between tokens
         └── UpstreamProtocolError in-band error event, truncated stream, malformed data
+            └── UpstreamInterrupted  the stream broke or ended before its end marker
 
 Redis and httpx exceptions are wrapped at the boundary (``raise StoreError(...) from e``);
 ``create_app`` maps the tree to JSON answers, so routes never catch them.
@@ -82,6 +83,14 @@ class UpstreamTimeout(ProviderError):
 
 class UpstreamProtocolError(ProviderError):
     """In-band error, a stream cut before its end marker, or data that does not parse."""
+
+
+class UpstreamInterrupted(UpstreamProtocolError):
+    """The stream broke, or ended cleanly, before its end marker: the output is incomplete.
+
+    After a job's first token this is a lost producer, not a failed job: its next attempt
+    continues after the stored text.
+    """
 
 
 class Unauthorized(ReviewstreamError):

@@ -2,7 +2,9 @@
 
 ``open_follower`` joins the job's feed on the hub (subscribed and confirmed), then reads the list
 from N, so there is no gap between "read history" and "listen". The follower then yields
-``Batch``es in offset order, each token exactly once, and last one ``JobEnd``. It takes tokens
+``Batch``es in offset order, each token exactly once, and last one ``JobEnd``; a
+``JobNotice`` heard while following (an attempt lost, a new one begun) comes once the follower
+has every token stored before it. It takes tokens
 from the feed's shared buffer while it keeps up and reads the list in pages when it does not
 (joining late, a slow client, a notification lost to a reconnect). An offset past the end waits.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 
 from .errors import ServerDraining
 from .hub import Feed, Hub
-from .models import Batch, JobEnd
+from .models import Batch, JobEnd, JobNotice
 from .store import JobStore
 
 
@@ -37,12 +39,18 @@ class Follower:
         self._options = options
         self._epoch = -1  # the feed epoch our last list read was made in; -1: never read
         self._pending: Batch | JobEnd | None = None
+        self._notices = feed.notices  # notices heard before we came are not ours to tell
         self.finished = False
 
     @property
     def tenant(self) -> str:
         """Who created the job (known after ``start``)."""
         return self._feed.tenant or ""
+
+    @property
+    def attempts(self) -> int:
+        """Attempts the job has started, as far as this process knows."""
+        return self._feed.attempts
 
     @property
     def feed_end(self) -> JobEnd | None:
@@ -66,6 +74,7 @@ class Follower:
         epoch = self._feed.epoch
         snap = await self._store.read(self.job_id, self.offset, self._options.page_size)
         self._feed.tenant = snap.tenant
+        self._feed.attempts = max(self._feed.attempts, snap.attempts)
         if snap.tokens:
             # More may be stored beyond this page: read again before trusting the feed.
             if len(snap.tokens) < self._options.page_size:
@@ -76,8 +85,8 @@ class Follower:
             return snap.end()
         return None
 
-    async def next(self) -> Batch | JobEnd:
-        """The next batch from our offset, or the end; waits while there is nothing new.
+    async def next(self) -> Batch | JobEnd | JobNotice:
+        """The next batch from our offset, a notice, or the end; waits while nothing is new.
 
         Raises ``ServerDraining`` once this server begins shutting down.
         """
@@ -106,6 +115,10 @@ class Follower:
                     return self._advance(end)
                 self._epoch = -1  # the end says there is more than we saw: read the list
                 continue
+            if self._notices != feed.notices and feed.notice is not None:
+                self._notices = feed.notices
+                if self.offset >= feed.notice.offset:
+                    return feed.notice
             await feed.changed(version)
 
     def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:
@@ -115,7 +128,7 @@ class Follower:
             self.finished = True
         return item
 
-    async def __aiter__(self) -> AsyncIterator[Batch | JobEnd]:
+    async def __aiter__(self) -> AsyncIterator[Batch | JobEnd | JobNotice]:
         while not self.finished:
             yield await self.next()
 

@@ -28,7 +28,7 @@ from redis.exceptions import RedisError
 
 from .errors import StoreError
 from .keys import Keys
-from .models import Batch, JobEnd
+from .models import Batch, JobEnd, JobNotice
 from .notices import parse_notice
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,9 @@ class Feed:
         self.ended = asyncio.Event()
         self.draining = False  # the server is shutting down: followers stop, clients resume
         self.tenant: str | None = None  # who created the job, once a list read told us
+        self.attempts = 0  # attempts started, as far as this process has heard
+        self.notice: JobNotice | None = None  # the latest change of producer heard here
+        self.notices = 0  # how many were heard
         self.version = 0
         self.changed_at = time.monotonic()
         self._changed = asyncio.Event()
@@ -87,6 +90,12 @@ class Feed:
             self._wake()
         elif self._flush is None:
             self._flush = asyncio.get_running_loop().call_later(self._coalesce_seconds, self._wake)
+
+    def announce(self, notice: JobNotice) -> None:
+        self.notice = notice
+        self.notices += 1
+        self.attempts = max(self.attempts, notice.attempt)
+        self._wake()
 
     def finish(self, end: JobEnd) -> None:
         self.end = end
@@ -338,7 +347,9 @@ class Hub:
         if kind != "message" or feed is None or not feed.confirmed.is_set():
             return
         notice = parse_notice(message["data"])
-        if isinstance(notice, JobEnd):
+        if isinstance(notice, Batch):
+            feed.push(notice)
+        elif isinstance(notice, JobEnd):
             feed.finish(notice)
         else:
-            feed.push(notice)
+            feed.announce(notice)

@@ -87,6 +87,12 @@ class JobPage(BaseModel):
     done: bool
     error: str | None = None
     usage: dict[str, Any] | None = None
+    attempts: int = Field(
+        default=0, description="Attempts started: 0 while first queued, more after a requeue."
+    )
+    sha256: str | None = Field(
+        default=None, description="Once `done`: hex SHA-256 of the job's full text (UTF-8)."
+    )
 
 
 @dataclass(slots=True, eq=False)
@@ -109,12 +115,32 @@ class Batch:
 
 
 class JobEnd(BaseModel):
-    """The last word on a job, delivered once after its last token."""
+    """The last word on a job, delivered once after its last token.
+
+    ``sha256`` is the hex SHA-256 of the job's full text (its tokens concatenated, UTF-8), so a
+    client can prove it received every token exactly once.
+    """
 
     status: JobStatus
     next_offset: int
     error: str | None = None
     usage: dict[str, Any] | None = None
+    sha256: str | None = None
+
+
+class JobNotice(BaseModel):
+    """A job's producer changed: an attempt was lost (``queued``) or a new one began.
+
+    ``offset`` is the number of tokens stored when it happened; a new attempt continues after
+    them. ``reset`` (``REVIEWSTREAM_ON_PRODUCER_LOSS=restart`` only): the new attempt writes
+    the review again from the start, after the stored tokens, which belong to earlier attempts.
+    """
+
+    status: JobStatus
+    attempt: int
+    offset: int
+    reason: str | None = None
+    reset: bool = False
 
 
 class ErrorBody(BaseModel):

@@ -4,8 +4,10 @@ Two shapes, and this module is the only one that knows them:
 
 - tokens: ``{"offset": N, "ts": T, "tokens": [...]}`` — tokens ``[N, N + len)``, all appended
   at Redis time ``T``;
-- end: ``{"end": {"status", "next_offset", "error", "usage", "ts"}}`` — published once, after
-  the last token.
+- end: ``{"end": {"status", "next_offset", "error", "usage", "sha256", "ts"}}`` — published
+  once, after the last token;
+- status: ``{"status": {"status", "attempt", "offset", "reason"?, "reset"?}}`` — an attempt was
+  lost and the job queued again, or a new attempt began (``models.JobNotice``).
 
 The ``LUA_*`` expressions are spliced into ``scripts``; ``parse_notice`` reads what they write.
 """
@@ -14,24 +16,33 @@ from __future__ import annotations
 
 import json
 
-from .models import Batch, JobEnd
+from .models import Batch, JobEnd, JobNotice
 
 # A Lua string expression; needs the locals ``offset``, ``now`` and ``tokens`` (a Lua array).
 LUA_TOKENS = """'{"offset":' .. offset .. ',"ts":' .. now .. ',"tokens":' .. cjson.encode(tokens)
   .. '}'"""
 
-# A Lua string expression; needs ``new_status``, ``count``, ``now``, and ``err`` and ``usage``
-# (each already JSON text: a string, an object or ``null``).
+# A Lua string expression; needs ``new_status``, ``count``, ``now``, and ``err``, ``usage`` and
+# ``sha`` (each already JSON text: a string, an object or ``null``).
 LUA_END = """'{"end":{"status":"' .. new_status .. '","next_offset":' .. count
-  .. ',"error":' .. err .. ',"usage":' .. usage .. ',"ts":' .. now .. '}}'"""
+  .. ',"error":' .. err .. ',"usage":' .. usage .. ',"sha256":' .. sha .. ',"ts":' .. now
+  .. '}}'"""
+
+# A Lua string expression; needs ``new_status``, ``attempt``, ``count`` and ``extra`` (JSON
+# members to add, each starting with a comma, or '').
+LUA_STATUS = """'{"status":{"status":"' .. new_status .. '","attempt":' .. attempt
+  .. ',"offset":' .. count .. extra .. '}}'"""
 
 
-def parse_notice(data: str | bytes) -> Batch | JobEnd:
-    """The batch or the end that a channel message announces."""
+def parse_notice(data: str | bytes) -> Batch | JobEnd | JobNotice:
+    """The batch, the end or the status change that a channel message announces."""
     notice = json.loads(data)
     end = notice.get("end")
     if end is not None:
         end.pop("ts", None)
         return JobEnd.model_validate(end)
+    status = notice.get("status")
+    if status is not None:
+        return JobNotice.model_validate(status)
     tokens = notice["tokens"]
     return Batch(notice["offset"], tokens, [notice["ts"]] * len(tokens))

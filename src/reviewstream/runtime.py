@@ -17,15 +17,19 @@ from dataclasses import dataclass
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .admission import Admission, QueuedReaper, StreamCounter
+from .admission import Admission, StreamCounter
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .keys import Keys
 from .settings import Settings
 from .store import JobStore
 from .tenancy import Gatekeeper, Keyring, StreamTokens
-from .worker import Worker
+from .worker import Reaper, Worker
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +48,27 @@ class Runtime:
     worker: Worker | None
 
 
+def redis_retry() -> Retry:
+    """The one retry policy of every pool: a dropped or stale connection is retried at once,
+    then with jittered backoff for about two seconds, before a command fails."""
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
+
+
 def redis_client(url: str, settings: Settings) -> aioredis.Redis:
-    """A client whose pool waits for a free connection instead of failing at its limit."""
+    """A client whose pool waits for a free connection instead of failing at its limit.
+
+    Connections idle for a while are checked before use (``health_check_interval``), and
+    connection errors and timeouts are retried (``redis_retry``), so a job accepted right after
+    Redis restarted does not fail on a connection the restart closed.
+    """
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
         timeout=settings.redis_pool_timeout_seconds,
         decode_responses=True,
+        retry=redis_retry(),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        health_check_interval=5,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
 
@@ -129,7 +147,7 @@ async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Run
         streams = StreamCounter(store, settings.max_streams_per_key)
         await streams.start()
         stack.push_async_callback(streams.aclose)
-        reaper = QueuedReaper(store, settings)
+        reaper = Reaper(store, settings)
         await reaper.start()
         stack.push_async_callback(reaper.aclose)
         running: Worker | None = None

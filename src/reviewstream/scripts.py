@@ -6,12 +6,14 @@ own clock (``TIME``) so that every process stamps tokens on one clock.
 
 The job scripts name only the job's hash-tagged keys plus, where a job enters or leaves the
 worker queue, the global queue or lease index: on Redis Cluster those two would need to move
-into the job's slot (see ARCHITECTURE.md). What the scripts publish is defined in ``notices``.
+into the job's slot (see ARCHITECTURE.md). Each attempt of a job writes under its own owner
+token (``worker#attempt``, set by CLAIM), so a lost producer that comes back can write nothing.
+What the scripts publish is defined in ``notices``.
 """
 
 from __future__ import annotations
 
-from .notices import LUA_END, LUA_TOKENS
+from .notices import LUA_END, LUA_STATUS, LUA_TOKENS
 
 # Shared prologue: the Redis clock as a decimal string with microseconds, and JSON-safe encoding
 # of the end record. cjson writes numbers with 14 digits, too few for epoch microseconds, so
@@ -22,24 +24,33 @@ local now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
-# KEYS: meta, chunks, times. ARGV: channel, owner, token... (The meta hash's count is set at the
-# end; while running, LLEN of the chunks is the count, which saves a command per token.)
-# Returns the new count, or -1 when the job is no longer running, -2 when another owner has it.
+# KEYS: meta, chunks, times. ARGV: channel, owner, offset, token... (The meta hash's count is
+# set at the end; while running, LLEN of the chunks is the count, which saves a command per
+# token.) ``offset`` is where the producer believes the tokens go ('' to skip the check): a retry
+# of an append whose reply was lost finds them stored already and stores nothing twice.
+# Returns the new count, or -1 when the job is no longer running, -2 when another owner has it,
+# -3 when the job holds neither ``offset`` tokens nor ``offset`` plus these.
 APPEND = (
     _NOW
     + """
 local state = redis.call('HMGET', KEYS[1], 'status', 'owner')
 if state[1] ~= 'running' then return -1 end
 if state[2] ~= ARGV[2] then return -2 end
+local n = #ARGV - 3
+if ARGV[3] ~= '' then
+  local have, expected = redis.call('LLEN', KEYS[2]), tonumber(ARGV[3])
+  if have == expected + n then return have end
+  if have ~= expected then return -3 end
+end
 local tokens = {}
 local times = {}
-for i = 3, #ARGV do
+for i = 4, #ARGV do
   tokens[#tokens + 1] = ARGV[i]
   times[#times + 1] = now
 end
 local count = redis.call('RPUSH', KEYS[2], unpack(tokens))
 redis.call('RPUSH', KEYS[3], unpack(times))
-local offset = count - #tokens
+local offset = count - n
 redis.call('PUBLISH', ARGV[1], """
     + LUA_TOKENS
     + """)
@@ -47,11 +58,34 @@ return count
 """
 )
 
+# Ends the job: needs KEYS[1..3] = meta, chunks, times, and the locals ``channel``,
+# ``new_status``, ``err_text``, ``usage_json``, ``sha`` (each '' when absent), ``ttl``, ``now``.
+_END = (
+    """
+local count = redis.call('LLEN', KEYS[2])
+redis.call('HSET', KEYS[1], 'status', new_status, 'finished_at', now, 'count', count,
+  'error', err_text, 'usage', usage_json, 'sha256', sha)
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+local err = 'null'
+if err_text ~= '' then err = cjson.encode(err_text) end
+local usage = 'null'
+if usage_json ~= '' then usage = usage_json end
+if sha ~= '' then sha = '"' .. sha .. '"' else sha = 'null' end
+redis.call('PUBLISH', channel, """
+    + LUA_END
+    + """)
+"""
+)
+
 # KEYS: meta, chunks, times, leases. ARGV: channel, job_id, status, error, usage_json, owner,
-# retention_seconds, only_if_lease_lapsed ('1' or ''), only_if_status ('' or a status). An empty
-# owner ends the job whoever runs it (cancel, reapers). Returns 1 when this call ended the job,
-# 0 when it had ended already (or its lease still holds, or it is not in the status asked for),
-# -2 for a foreign owner, -3 for an unknown job.
+# retention_seconds, only_if_lease_lapsed ('1' or ''), only_if_status ('' or a status),
+# expected_count, sha256. An empty owner ends the job whoever runs it (cancel, reapers); the
+# digest is of the first ``expected_count`` tokens, so the call is refused if more were stored.
+# Returns 1 when this call ended the job, 0 when it had ended already (or its lease still holds,
+# or it is not in the status asked for), -2 for a foreign owner, -3 for an unknown job, -4 when
+# the job holds another number of tokens than ``expected_count`` (read again and retry).
 FINISH = (
     _NOW
     + """
@@ -64,49 +98,103 @@ if ARGV[8] == '1' then
   local deadline = redis.call('ZSCORE', KEYS[4], ARGV[2])
   if not deadline or tonumber(deadline) > now_ms then return 0 end
 end
-local count = redis.call('LLEN', KEYS[2])
-redis.call('HSET', KEYS[1], 'status', ARGV[3], 'finished_at', now, 'count', count,
-  'error', ARGV[4], 'usage', ARGV[5])
-local ttl = tonumber(ARGV[7])
-redis.call('EXPIRE', KEYS[1], ttl)
-redis.call('EXPIRE', KEYS[2], ttl)
-redis.call('EXPIRE', KEYS[3], ttl)
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[10]) then return -4 end
 redis.call('ZREM', KEYS[4], ARGV[2])
-local err = 'null'
-if ARGV[4] ~= '' then err = cjson.encode(ARGV[4]) end
-local usage = 'null'
-if ARGV[5] ~= '' then usage = ARGV[5] end
-local new_status = ARGV[3]
-redis.call('PUBLISH', ARGV[1], """
-    + LUA_END
-    + """)
+local channel, new_status, err_text, usage_json = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
+local sha, ttl = ARGV[11], tonumber(ARGV[7])
+"""
+    + _END
+    + """
 return 1
 """
 )
 
-# KEYS: meta, queue, leases. ARGV: job_id, entry_id, group, owner, lease_ms.
-# Acknowledges the queue entry whatever happens; returns 1 when the caller now owns the job.
+# KEYS: meta, queue, leases, chunks. ARGV: job_id, entry_id, group, worker, lease_ms, channel,
+# reset ('1': the new attempt starts over from the prompt). Acknowledges the queue entry
+# whatever happens. When the job is still queued, it becomes running under ``worker#attempt``
+# (the owner token that fences every later write of this attempt) with a lease; a later attempt
+# announces itself. Returns {attempt, stored token count}, or {0, 0} when the job was not queued.
 CLAIM = (
     _NOW
     + """
 redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
 redis.call('XDEL', KEYS[2], ARGV[2])
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return 0 end
-redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[4], 'started_at', now)
-redis.call('HINCRBY', KEYS[1], 'claims', 1)
+if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return {0, 0} end
+local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[4] .. '#' .. attempt,
+  'started_at', now, 'seen_ms', now_ms)
 redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[1])
+local count = redis.call('LLEN', KEYS[4])
+if attempt > 1 then
+  local extra = ''
+  if ARGV[7] == '1' and count > 0 then extra = ',"reset":true' end
+  local new_status = 'running'
+  redis.call('PUBLISH', ARGV[6], """
+    + LUA_STATUS
+    + """)
+end
+return {attempt, count}
+"""
+)
+
+# KEYS: meta, chunks, queue, leases. ARGV: channel, job_id, cause, max_attempts, owner,
+# only_if_lease_lapsed ('1' or ''). A running job whose producer is lost (its lease lapsed, or
+# its owner lets it go) goes back to the queue, its cause recorded, unless its attempts are
+# spent. An empty owner acts whoever runs the job. Returns {1, ''} when requeued, {2, causes}
+# (a JSON list naming every attempt's cause) when the attempts are spent — the job is left
+# running for the caller to end as failed — {0, ''} when there was nothing to do, and
+# {-3, ''} for an unknown job.
+REQUEUE = (
+    _NOW
+    + """
+local state = redis.call('HMGET', KEYS[1], 'status', 'owner', 'attempts', 'causes')
+if not state[1] then return {-3, ''} end
+if state[1] ~= 'running' then return {0, ''} end
+if ARGV[5] ~= '' and state[2] ~= ARGV[5] then return {0, ''} end
+if ARGV[6] == '1' then
+  local deadline = redis.call('ZSCORE', KEYS[4], ARGV[2])
+  if not deadline or tonumber(deadline) > now_ms then return {0, ''} end
+end
+local attempt = tonumber(state[3] or '0')
+local causes = {}
+if state[4] and state[4] ~= '' then causes = cjson.decode(state[4]) end
+causes[#causes + 1] = 'attempt ' .. attempt .. ': ' .. ARGV[3]
+if attempt >= tonumber(ARGV[4]) then return {2, cjson.encode(causes)} end
+redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', '', 'causes', cjson.encode(causes))
+redis.call('ZREM', KEYS[4], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'job', ARGV[2])
+local count = redis.call('LLEN', KEYS[2])
+local new_status = 'queued'
+local extra = ',"reason":' .. cjson.encode(ARGV[3])
+redis.call('PUBLISH', ARGV[1], """
+    + LUA_STATUS
+    + """)
+return {1, ''}
+"""
+)
+
+# KEYS: meta, leases. ARGV: job_id, owner, lease_ms, abandon_ms (0: never). Returns 1 if the
+# lease was extended, 0 if the job is no longer this owner's to run (it ended, was cancelled,
+# was requeued), 2 if nobody has followed or polled it for ``abandon_ms`` (the owner cancels).
+RENEW = (
+    _NOW
+    + """
+local state = redis.call('HMGET', KEYS[1], 'status', 'owner', 'seen_ms')
+if state[1] ~= 'running' or state[2] ~= ARGV[2] then return 0 end
+local abandon_ms = tonumber(ARGV[4])
+if abandon_ms > 0 and now_ms - tonumber(state[3] or '0') > abandon_ms then return 2 end
+redis.call('ZADD', KEYS[2], 'XX', now_ms + tonumber(ARGV[3]), ARGV[1])
 return 1
 """
 )
 
-# KEYS: meta, leases. ARGV: job_id, owner, lease_ms. Returns 1 if the lease was extended, 0 if
-# the job is no longer this owner's to run (it ended, was cancelled, or was reaped).
-RENEW = (
+# KEYS: meta. Someone follows or polls the job now (Redis clock), for the abandonment check.
+SEEN = (
     _NOW
     + """
-if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
-if redis.call('HGET', KEYS[1], 'owner') ~= ARGV[2] then return 0 end
-redis.call('ZADD', KEYS[2], 'XX', now_ms + tonumber(ARGV[3]), ARGV[1])
+if redis.call('HGET', KEYS[1], 'status') == 'running' then
+  redis.call('HSET', KEYS[1], 'seen_ms', now_ms)
+end
 return 1
 """
 )

@@ -16,7 +16,7 @@ from .admission import Admission, StreamCounter
 from .errors import JobNotFound, ServerDraining
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Hub
-from .models import Batch, JobEnd, JobPage, JobStatus, ReviewRequest
+from .models import Batch, JobEnd, JobNotice, JobPage, JobStatus, ReviewRequest
 from .providers import default_model, validate_job
 from .runtime import Runtime
 from .settings import Settings
@@ -36,6 +36,8 @@ def page_of(snapshot: Snapshot) -> JobPage:
         done=snapshot.done,
         error=snapshot.error,
         usage=snapshot.usage,
+        attempts=snapshot.attempts,
+        sha256=snapshot.sha256 if snapshot.done else None,
     )
 
 
@@ -105,6 +107,7 @@ class ReviewService:
                     item = await follower.next()
             except (TimeoutError, ServerDraining):
                 return await self.poll(job_id, offset, limit, caller)
+            attempts = follower.attempts
         if isinstance(item, JobEnd):
             return JobPage(
                 id=job_id,
@@ -115,6 +118,18 @@ class ReviewService:
                 done=True,
                 error=item.error,
                 usage=item.usage,
+                attempts=attempts,
+                sha256=item.sha256,
+            )
+        if isinstance(item, JobNotice):  # the producer changed: say so now, with no tokens
+            return JobPage(
+                id=job_id,
+                status=item.status,
+                offset=offset,
+                next_offset=offset,
+                tokens=[],
+                done=False,
+                attempts=attempts,
             )
         return self._page_of_batch(job_id, item, limit, follower)
 
@@ -135,6 +150,8 @@ class ReviewService:
             done=done,
             error=end.error if done and end else None,
             usage=end.usage if done and end else None,
+            attempts=follower.attempts,
+            sha256=end.sha256 if done and end else None,
         )
 
     @contextlib.asynccontextmanager

@@ -55,8 +55,18 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=10.0, gt=0)
     claim_idle_seconds: float = Field(default=15.0, gt=0)
     reap_interval_seconds: float = Field(default=1.0, gt=0)
-    # On shutdown, running jobs get this long to finish before they are stopped.
+    # On shutdown, running jobs get this long to finish before they are handed over (requeued).
     worker_grace_seconds: float = Field(default=10.0, ge=0)
+
+    # Durable jobs. A job whose producer is lost (lease lapsed, worker shut down, Redis trouble)
+    # goes back to the queue for another attempt, up to max_attempts in all; on_producer_loss:
+    # continue after the stored text, restart from the prompt, or fail the job.
+    max_attempts: int = Field(default=3, ge=1)
+    on_producer_loss: Literal["continue", "restart", "fail"] = "continue"
+    # A producer keeps its tokens and retries appends this long while Redis is unreachable.
+    redis_outage_seconds: float = Field(default=30.0, ge=0)
+    # A running job nobody followed or polled for this long is cancelled; 0: never.
+    abandon_seconds: float = Field(default=0.0, ge=0)
 
     # Delivery.
     long_poll_max_timeout: float = Field(default=25.0, gt=0)

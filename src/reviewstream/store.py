@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import hashlib
 import json
 import logging
@@ -32,6 +33,7 @@ from .models import JobEnd, JobStatus, ReviewRequest
 log = logging.getLogger(__name__)
 
 MAX_APPEND_BATCH = 1000
+_READ_FIELDS = ("status", "error", "usage", "tenant", "attempts", "sha256")
 
 
 @contextlib.contextmanager
@@ -62,6 +64,8 @@ class Snapshot:
     error: str | None
     usage: dict[str, Any] | None
     tenant: str = ""  # the API key NAME that created the job; "" in open mode
+    attempts: int = 0
+    sha256: str | None = None
 
     @property
     def next_offset(self) -> int:
@@ -74,7 +78,11 @@ class Snapshot:
 
     def end(self) -> JobEnd:
         return JobEnd(
-            status=self.status, next_offset=self.count, error=self.error, usage=self.usage
+            status=self.status,
+            next_offset=self.count,
+            error=self.error,
+            usage=self.usage,
+            sha256=self.sha256,
         )
 
 
@@ -82,6 +90,40 @@ class Snapshot:
 class QueueEntry:
     entry_id: str
     job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One attempt at a job: ``owner`` fences its writes; ``offset`` tokens were stored before."""
+
+    job_id: str
+    attempt: int
+    owner: str
+    offset: int
+
+
+class Renewal(enum.IntEnum):
+    """What renewing a lease found."""
+
+    LOST = 0  # the job is no longer this attempt's to run: stop
+    RENEWED = 1
+    ABANDONED = 2  # nobody followed or polled it for REVIEWSTREAM_ABANDON_SECONDS
+
+
+class Requeue(enum.IntEnum):
+    """What letting a running job go found."""
+
+    NOTHING = 0  # not running under that owner, or its lease still holds
+    QUEUED = 1  # back in the queue for its next attempt
+    SPENT = 2  # its attempts are spent: end it as failed
+
+
+def text_digest(tokens: Sequence[str]) -> str:
+    """The hex SHA-256 of a job's text: its tokens concatenated, UTF-8."""
+    digest = hashlib.sha256()
+    for token in tokens:
+        digest.update(token.encode())
+    return digest.hexdigest()
 
 
 def new_job_id() -> str:
@@ -98,14 +140,14 @@ class Script:
     def __init__(self, redis: aioredis.Redis, source: str) -> None:
         self._redis = redis
         self._source = source
-        self._sha = hashlib.sha1(source.encode()).hexdigest()
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
 
     async def __call__(self, *, keys: Sequence[str], args: Sequence[str | int | float]) -> Any:
         try:
-            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+            return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            self._sha = await self._redis.script_load(self._source)
-            return await self._redis.evalsha(self._sha, len(keys), *keys, *args)
+            await self._redis.script_load(self._source)
+            return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
 
 
 class JobStore:
@@ -119,6 +161,8 @@ class JobStore:
         self._finish = Script(redis, scripts.FINISH)
         self._claim = Script(redis, scripts.CLAIM)
         self._renew = Script(redis, scripts.RENEW)
+        self._requeue = Script(redis, scripts.REQUEUE)
+        self._seen = Script(redis, scripts.SEEN)
         self._expired = Script(redis, scripts.EXPIRED_LEASES)
         self._heartbeat = Script(redis, scripts.HEARTBEAT)
         self._workers_alive = Script(redis, scripts.WORKERS_ALIVE)
@@ -147,7 +191,7 @@ class JobStore:
                         "model": model,
                         "request": request.model_dump_json(),
                         "count": 0,
-                        "claims": 0,
+                        "attempts": 0,
                         "tenant": tenant,
                     },
                 )
@@ -168,11 +212,12 @@ class JobStore:
         stop = offset + max(limit, 1) - 1
         with redis_errors("read tokens"):
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hmget(self.keys.meta(job_id), "status", "error", "usage", "tenant")
+                pipe.hmget(self.keys.meta(job_id), *_READ_FIELDS)
                 pipe.llen(chunks)
                 pipe.lrange(chunks, offset, stop)
                 pipe.lrange(times, offset, stop)
-                (status, error, usage, tenant), count, tokens, ts = await pipe.execute()
+                meta, count, tokens, ts = await pipe.execute()
+        status, error, usage, tenant, attempts, sha256 = meta
         if status is None:
             raise JobNotFound(job_id)
         if limit <= 0:
@@ -187,20 +232,36 @@ class JobStore:
             error=error or None,
             usage=json.loads(usage) if usage else None,
             tenant=tenant or "",
+            attempts=int(attempts or 0),
+            sha256=sha256 or None,
         )
 
-    async def append(self, job_id: str, owner: str, tokens: Sequence[str]) -> bool:
+    async def text(self, job_id: str) -> list[str]:
+        """Every stored token of the job."""
+        with redis_errors("read tokens"):
+            tokens: Any = await self.redis.lrange(self.keys.chunks(job_id), 0, -1)
+        return list(tokens)
+
+    async def append(
+        self, job_id: str, owner: str, tokens: Sequence[str], *, offset: int | None = None
+    ) -> bool:
         """Append tokens, bump the count and announce them, atomically.
 
-        Returns False when the job is no longer this owner's to write (it was cancelled, or its
-        lease lapsed and it was ended): the producer should stop.
+        ``offset``: where the tokens go. With it, an append retried after its reply was lost
+        (a connection cut) stores nothing twice, and one that finds other tokens there raises
+        ``StoreError``. Returns False when the job is no longer this owner's to write (it was
+        cancelled, requeued or ended): the producer should stop.
         """
         keys = [self.keys.meta(job_id), self.keys.chunks(job_id), self.keys.times(job_id)]
         channel = self.keys.channel(job_id)
         with redis_errors("append tokens"):
             for i in range(0, len(tokens), MAX_APPEND_BATCH):
                 batch = list(tokens[i : i + MAX_APPEND_BATCH])
-                if await self._append(keys=keys, args=[channel, owner, *batch]) < 0:
+                at = "" if offset is None else offset + i
+                result = await self._append(keys=keys, args=[channel, owner, at, *batch])
+                if result == -3:
+                    raise StoreError(f"job {job_id!r} does not hold {at} tokens: append refused")
+                if result < 0:
                     return False
         return True
 
@@ -217,8 +278,10 @@ class JobStore:
     ) -> bool:
         """End the job (after its last token) and announce the end, atomically, once.
 
-        Every key of the job then expires after the retention. Returns True when this call
-        ended the job; False when it had already ended (or belongs to another owner).
+        The end carries the SHA-256 of the job's text, read here: should a token be appended
+        between that read and the end, the end is refused and the text read again. Every key
+        of the job then expires after the retention. Returns True when this call ended the job;
+        False when it had already ended (or belongs to another owner).
         """
         if not status.terminal:
             raise ValueError(f"{status} is not a terminal status")
@@ -228,7 +291,7 @@ class JobStore:
             self.keys.times(job_id),
             self.keys.leases,
         ]
-        args = [
+        args: list[str | int] = [
             self.keys.channel(job_id),
             job_id,
             status.value,
@@ -239,11 +302,16 @@ class JobStore:
             "1" if only_if_lease_lapsed else "",
             only_if_status.value if only_if_status is not None else "",
         ]
-        with redis_errors("finish job"):
-            result = await self._finish(keys=keys, args=args)
-        if result == -3:
-            raise JobNotFound(job_id)
-        return bool(result == 1)
+        while True:
+            tokens = await self.text(job_id)
+            with redis_errors("finish job"):
+                result = await self._finish(
+                    keys=keys, args=[*args, len(tokens), text_digest(tokens)]
+                )
+            if result == -3:
+                raise JobNotFound(job_id)
+            if result != -4:
+                return bool(result == 1)
 
     async def tenant_of(self, job_id: str) -> str:
         """The tenant that created the job; ``JobNotFound`` if there is none."""
@@ -299,37 +367,97 @@ class JobStore:
                 return []
         return [QueueEntry(entry_id, fields["job"]) for entry_id, fields in claimed[1] if fields]
 
-    async def claim(self, entry: QueueEntry, owner: str, lease_ms: int) -> bool:
-        """Take a queued job: it becomes running under ``owner`` with a lease. Acks the entry."""
-        keys = [self.keys.meta(entry.job_id), self.keys.queue, self.keys.leases]
-        args: list[str | int] = [entry.job_id, entry.entry_id, WORKER_GROUP, owner, lease_ms]
+    async def claim(
+        self, entry: QueueEntry, worker: str, lease_ms: int, *, reset: bool = False
+    ) -> Claim | None:
+        """Take a queued job: its next attempt runs under ``worker`` with a lease. Acks the entry.
+
+        None when the job was not queued (cancelled, ended, or claimed already). ``reset``: the
+        attempt starts the review over rather than continuing it (announced to followers).
+        """
+        keys = [
+            self.keys.meta(entry.job_id),
+            self.keys.queue,
+            self.keys.leases,
+            self.keys.chunks(entry.job_id),
+        ]
+        args: list[str | int] = [
+            entry.job_id,
+            entry.entry_id,
+            WORKER_GROUP,
+            worker,
+            lease_ms,
+            self.keys.channel(entry.job_id),
+            "1" if reset else "",
+        ]
         with redis_errors("claim job"):
-            return bool(await self._claim(keys=keys, args=args) == 1)
+            attempt, offset = await self._claim(keys=keys, args=args)
+        if not attempt:
+            return None
+        return Claim(entry.job_id, int(attempt), f"{worker}#{attempt}", int(offset))
 
-    async def renew(self, job_id: str, owner: str, lease_ms: int) -> bool:
-        """Extend the lease; False when the job is no longer this owner's to run."""
-        keys = [self.keys.meta(job_id), self.keys.leases]
+    async def renew(self, claim: Claim, lease_ms: int, abandon_ms: int = 0) -> Renewal:
+        """Extend the attempt's lease, unless the job is no longer its to run or was abandoned."""
+        keys = [self.keys.meta(claim.job_id), self.keys.leases]
+        args: list[str | int] = [claim.job_id, claim.owner, lease_ms, abandon_ms]
         with redis_errors("renew lease"):
-            return bool(await self._renew(keys=keys, args=[job_id, owner, lease_ms]) == 1)
+            return Renewal(await self._renew(keys=keys, args=args))
 
-    async def reap_lapsed_leases(self, limit: int = 100) -> list[str]:
-        """End every running job whose lease lapsed as failed; returns the ids ended."""
+    async def requeue(
+        self,
+        job_id: str,
+        cause: str,
+        *,
+        max_attempts: int,
+        owner: str = "",
+        only_if_lease_lapsed: bool = False,
+    ) -> tuple[Requeue, list[str]]:
+        """Put a running job whose producer is lost back in the queue, naming the cause.
+
+        Returns ``QUEUED``; or ``SPENT`` with every attempt's cause when it had
+        ``max_attempts`` already (the caller ends it as failed); or ``NOTHING``.
+        """
+        keys = [
+            self.keys.meta(job_id),
+            self.keys.chunks(job_id),
+            self.keys.queue,
+            self.keys.leases,
+        ]
+        args: list[str | int] = [
+            self.keys.channel(job_id),
+            job_id,
+            cause,
+            max_attempts,
+            owner,
+            "1" if only_if_lease_lapsed else "",
+        ]
+        with redis_errors("requeue job"):
+            outcome, causes = await self._requeue(keys=keys, args=args)
+        if outcome == -3:
+            raise JobNotFound(job_id)
+        return Requeue(outcome), json.loads(causes) if causes else []
+
+    async def lapsed_leases(self, limit: int = 100) -> list[str]:
+        """Running jobs whose lease deadline has passed (Redis clock)."""
         with redis_errors("find lapsed leases"):
-            lapsed: list[str] = await self._expired(keys=[self.keys.leases], args=[limit])
-        ended = []
-        for job_id in lapsed:
-            try:
-                if await self.finish(
-                    job_id,
-                    JobStatus.FAILED,
-                    error="worker lost: its lease lapsed before the job finished",
-                    only_if_lease_lapsed=True,
-                ):
-                    ended.append(job_id)
-            except JobNotFound:
-                with redis_errors("drop lease"):
-                    await self.redis.zrem(self.keys.leases, job_id)
-        return ended
+            return list(await self._expired(keys=[self.keys.leases], args=[limit]))
+
+    async def drop_lease(self, job_id: str) -> None:
+        with redis_errors("drop lease"):
+            await self.redis.zrem(self.keys.leases, job_id)
+
+    async def seen(self, job_ids: Sequence[str]) -> None:
+        """Someone follows or polls these jobs now: they are not abandoned."""
+        with redis_errors("mark jobs followed"):
+            for _ in range(2):  # once more after loading the script into a restarted Redis
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for job_id in job_ids:
+                            pipe.evalsha(self._seen.sha, 1, self.keys.meta(job_id))
+                        await pipe.execute()
+                    return
+                except NoScriptError:
+                    await self.redis.script_load(scripts.SEEN)
 
     async def queue_length(self) -> int:
         """Entries waiting in the queue (not yet claimed)."""

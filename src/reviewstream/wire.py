@@ -2,9 +2,11 @@
 
 Tokens: ``{"offset": N, "tokens": [...], "next_offset": M, "ts": [...]}`` (WebSocket adds
 ``"type": "tokens"``; SSE carries M as the event id). End: ``{"status", "next_offset", "error",
-"usage"}`` (WebSocket adds ``"type": "end"``). ``ts`` is each token's server append time. A
-batch's encodings are cached on it (``Batch.encoded``), so a process encodes each notification
-once per dialect however many followers it has. The short and long poll answer with
+"usage", "sha256"}`` (WebSocket adds ``"type": "end"``). Status: ``{"status", "attempt", "offset",
+"reason", "reset"}`` when a job's producer changed (SSE ``event: status``, WebSocket ``"type":
+"status"``); clients that ignore unknown events keep working. ``ts`` is each token's server
+append time. A batch's encodings are cached on it (``Batch.encoded``), so a process encodes each
+notification once per dialect however many followers it has. The short and long poll answer with
 ``models.JobPage`` through FastAPI.
 """
 
@@ -16,7 +18,7 @@ from typing import Any, Literal
 
 from sse_starlette import ServerSentEvent
 
-from .models import Batch, JobEnd
+from .models import Batch, JobEnd, JobNotice
 
 Mode = Literal["short_poll", "long_poll", "sse", "websocket"]
 MODES: tuple[Mode, ...] = ("short_poll", "long_poll", "sse", "websocket")  # by how they wait
@@ -88,6 +90,19 @@ def sse_end_event(end: JobEnd) -> bytes:
     return ServerSentEvent(dumps(end_message(end)), event="end").encode()
 
 
+def sse_status_event(notice: JobNotice) -> bytes:
+    return ServerSentEvent(dumps(notice.model_dump(mode="json")), event="status").encode()
+
+
+def sse_event(item: Batch | JobEnd | JobNotice) -> bytes:
+    """A follower's item as an SSE event."""
+    if isinstance(item, Batch):
+        return sse_token_event(item)
+    if isinstance(item, JobEnd):
+        return sse_end_event(item)
+    return sse_status_event(item)
+
+
 def sse_error_event(error: str) -> bytes:
     return ServerSentEvent(dumps({"error": error}), event="error").encode()
 
@@ -105,3 +120,12 @@ def ws_tokens_message(batch: Batch) -> str:
 
 def ws_end_message(end: JobEnd) -> str:
     return dumps({"type": "end", **end_message(end)})
+
+
+def ws_message(item: Batch | JobEnd | JobNotice) -> str:
+    """A follower's item as a WebSocket message."""
+    if isinstance(item, Batch):
+        return ws_tokens_message(item)
+    if isinstance(item, JobEnd):
+        return ws_end_message(item)
+    return dumps({"type": "status", **item.model_dump(mode="json")})

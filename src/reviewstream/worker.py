@@ -1,12 +1,19 @@
 """Worker: claims queued jobs and streams each one's model output into the store.
 
 A worker reads the queue (a Redis stream, consumer group ``workers``) only while it has a free
-slot (``REVIEWSTREAM_WORKER_CONCURRENCY``). Claiming a job acknowledges its queue entry and gives
-the worker a lease in the same atomic step; the lease is renewed while the job streams. Entries
-read by a worker that died before claiming them are taken over by another worker after
-``claim_idle_seconds``; jobs whose lease lapsed (the worker died mid-stream) are ended as failed
-by any worker's reaper. A job ended by someone else (a cancel, the reaper) is noticed through
-the hub at once, and its upstream stream is closed.
+slot (``REVIEWSTREAM_WORKER_CONCURRENCY``). Claiming a job acknowledges its queue entry and
+starts the job's next attempt under the worker with a lease, in one atomic step; the lease is
+renewed while the job streams. Entries read by a worker that died before claiming them are taken
+over by another worker after ``claim_idle_seconds``.
+
+A job is finished, not failed, when its producer is lost: a lapsed lease (found by the
+``Reaper`` that every process runs), a worker shutting down after its grace, or Redis failing
+under the producer for longer than ``REVIEWSTREAM_REDIS_OUTAGE_SECONDS`` all put the job back in
+the queue (``let_go``), and its next attempt continues after the stored text
+(``REVIEWSTREAM_ON_PRODUCER_LOSS``), up to ``REVIEWSTREAM_MAX_ATTEMPTS``. Each attempt writes
+under its own owner token, so a producer that comes back after it was given up writes nothing.
+A job ended by someone else (a cancel, the reaper) is noticed through the hub at once, and its
+upstream stream is closed.
 """
 
 from __future__ import annotations
@@ -21,24 +28,65 @@ import uuid
 
 import httpx
 
-from .errors import JobNotFound, ProviderError, ReviewstreamError, StoreError
+from .errors import (
+    JobNotFound,
+    ProviderError,
+    ReviewstreamError,
+    StoreError,
+    UpstreamInterrupted,
+)
 from .hub import Feed, Hub
 from .models import JobStatus, ReviewRequest, Usage
 from .providers import build_prompt, build_provider
 from .providers.base import Provider
 from .providers.resilience import resilient_stream
 from .settings import Settings
-from .store import JobStore, QueueEntry
+from .store import Claim, JobStore, QueueEntry, Renewal, Requeue
 
 log = logging.getLogger(__name__)
+
+
+async def let_go(
+    store: JobStore,
+    settings: Settings,
+    job_id: str,
+    cause: str,
+    *,
+    owner: str = "",
+    only_if_lease_lapsed: bool = False,
+) -> Requeue:
+    """The job's producer is lost: queue its next attempt, or fail it when they are spent.
+
+    ``owner``: only if this attempt still runs it; ``only_if_lease_lapsed``: only if its lease
+    lapsed (the reapers; exactly one of them acts). With ``on_producer_loss=fail`` the job fails
+    at once, as before durable jobs.
+    """
+    max_attempts = 1 if settings.on_producer_loss == "fail" else settings.max_attempts
+    outcome, causes = await store.requeue(
+        job_id,
+        cause,
+        max_attempts=max_attempts,
+        owner=owner,
+        only_if_lease_lapsed=only_if_lease_lapsed,
+    )
+    if outcome is Requeue.SPENT:
+        attempts = f"{len(causes)} attempt" + ("s" if len(causes) > 1 else "")
+        await store.finish(
+            job_id,
+            JobStatus.FAILED,
+            error=f"gave up after {attempts}: " + "; ".join(causes),
+            owner=owner,
+            only_if_lease_lapsed=only_if_lease_lapsed,
+        )
+    return outcome
 
 
 class Worker:
     """Runs up to ``concurrency`` jobs at once from the shared queue.
 
-    ``start()`` begins claiming; ``aclose()`` stops claiming, gives running jobs
-    ``grace_seconds`` (default ``REVIEWSTREAM_WORKER_GRACE_SECONDS``) to finish, then cancels
-    the rest and ends them as failed.
+    ``start()`` begins claiming. ``begin_shutdown()`` (from a signal handler) stops claiming and
+    starts the grace period; ``aclose()`` lets running jobs run until it ends, then hands the
+    rest over: each goes back to the queue for another worker to continue.
     """
 
     def __init__(
@@ -60,10 +108,11 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._providers: dict[str, Provider] = {}
-        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._jobs: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._stopping = asyncio.Event()
+        self._hand_over_at: float | None = None  # monotonic time the grace period ends
 
     @property
     def running(self) -> int:
@@ -74,34 +123,40 @@ class Worker:
         await self._beat()  # ready to take jobs from now on: API processes may accept them
         self._loops = [
             asyncio.create_task(self._claim_loop(), name=f"worker-claim-{self.name}"),
-            asyncio.create_task(self._reap_loop(), name=f"worker-reap-{self.name}"),
+            asyncio.create_task(self._reclaim_loop(), name=f"worker-reclaim-{self.name}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-heartbeat-{self.name}"),
         ]
 
-    async def aclose(self) -> None:
-        # Loops stop at the flag rather than by cancellation alone: a cancellation that lands
-        # inside a Redis call can be turned into a connection error by the client library.
+    def begin_shutdown(self) -> None:
+        """Stop claiming now; running jobs may finish within the grace period from now on."""
+        if self._hand_over_at is None:
+            self._hand_over_at = time.monotonic() + self.grace_seconds
         self._stopping.set()
         if self._loops:
             self._loops[0].cancel()  # the claim loop may sit in a blocking queue read
-        _, pending = await asyncio.wait(self._loops, timeout=2.0) if self._loops else ((), ())
+
+    async def aclose(self) -> None:
+        self.begin_shutdown()
+        # Loops stop at the flag rather than by cancellation alone: a cancellation that lands
+        # inside a Redis call can be turned into a connection error by the client library.
+        _, pending = await asyncio.wait(self._loops, timeout=1.0) if self._loops else ((), ())
         for task in pending:
             task.cancel()
         if pending:
-            await asyncio.wait(pending, timeout=2.0)
+            await asyncio.wait(pending, timeout=1.0)
         self._loops = []
         with contextlib.suppress(StoreError):
             await self.store.forget_worker(self.name)  # take no new jobs for this worker
-        if self._jobs:
-            log.info("worker %s: waiting for %d running jobs", self.name, len(self._jobs))
-            await asyncio.wait(list(self._jobs.values()), timeout=self.grace_seconds)
-        for job_id, task in list(self._jobs.items()):
+        assert self._hand_over_at is not None
+        remaining = self._hand_over_at - time.monotonic()
+        if self._jobs and remaining > 0:
+            log.info("worker %s: waiting %.1f s for %d jobs", self.name, remaining, self.running)
+            await asyncio.wait([task for _, task in self._jobs.values()], timeout=remaining)
+        for claim, task in list(self._jobs.values()):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-            await self._end_quietly(
-                job_id, JobStatus.FAILED, "the worker shut down before the job finished"
-            )
+            await self._let_go(claim, "the worker shut down before the job finished")
 
     # -- claiming -----------------------------------------------------------------------------
 
@@ -127,16 +182,23 @@ class Worker:
     async def _take(self, entry: QueueEntry) -> None:
         """Claim one entry while holding a slot; the slot is released when the job ends."""
         try:
-            claimed = await self.store.claim(entry, self.name, self._lease_ms)
+            claim = await self.store.claim(
+                entry,
+                self.name,
+                self._lease_ms,
+                reset=self.settings.on_producer_loss == "restart",
+            )
         except StoreError as e:
             log.warning("worker %s: claim of %s failed: %s", self.name, entry.job_id, e)
-            claimed = False
-        if not claimed:
+            claim = None
+        if claim is None:
             self._slots.release()
             return
-        task = asyncio.create_task(self._run(entry.job_id), name=f"job-{entry.job_id}")
-        self._jobs[entry.job_id] = task
-        task.add_done_callback(lambda _t: self._job_done(entry.job_id))
+        if claim.attempt > 1:
+            log.info("job %s: attempt %d from %d", claim.job_id, claim.attempt, claim.offset)
+        task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
+        self._jobs[claim.job_id] = (claim, task)
+        task.add_done_callback(lambda _t: self._job_done(claim.job_id))
 
     def _job_done(self, job_id: str) -> None:
         self._jobs.pop(job_id, None)
@@ -157,25 +219,24 @@ class Worker:
                 await self._beat()
             except StoreError as e:
                 log.warning("worker %s: heartbeat failed: %s", self.name, e)
-                interval = min(1.0, interval)
+                interval = min(0.5, interval)  # announce again as soon as Redis is back
             else:
                 interval = self.settings.worker_heartbeat_timeout_seconds / 3
 
-    async def _reap_loop(self) -> None:
+    async def _reclaim_loop(self) -> None:
+        """Take over queue entries read by a worker that died before claiming them."""
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
         while not self._stopping.is_set():
             await self._pause(self.settings.reap_interval_seconds)
+            if self._stopping.is_set() or self._slots.locked():
+                continue
             try:
-                for job_id in await self.store.reap_lapsed_leases():
-                    log.warning("job %s failed: its worker's lease lapsed", job_id)
-                if self._slots.locked():
-                    continue
                 for entry in await self.store.reclaim_entries(self.name, min_idle_ms, count=1):
                     await self._slots.acquire()
                     log.info("worker %s: took over abandoned entry of %s", self.name, entry.job_id)
                     await self._take(entry)
             except StoreError as e:
-                log.warning("worker %s: reaping failed: %s", self.name, e)
+                log.warning("worker %s: reclaiming entries failed: %s", self.name, e)
 
     # -- running one job ----------------------------------------------------------------------
 
@@ -189,11 +250,12 @@ class Worker:
             )
         return provider
 
-    async def _run(self, job_id: str) -> None:
+    async def _run(self, claim: Claim) -> None:
+        job_id = claim.job_id
         try:
             async with self.hub.join(job_id) as feed:
-                produce = asyncio.create_task(self._produce(job_id))
-                guard = asyncio.create_task(self._guard(job_id, feed))
+                produce = asyncio.create_task(self._produce(claim))
+                guard = asyncio.create_task(self._guard(claim, feed))
                 try:
                     await asyncio.wait({produce, guard}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
@@ -201,16 +263,24 @@ class Worker:
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
+        except StoreError as e:
+            log.warning("job %s: attempt %d lost to Redis: %s", job_id, claim.attempt, e)
+            await self._let_go(claim, f"Redis failed under the producer ({e})")
         except ReviewstreamError as e:
             log.warning("job %s: %s", job_id, e)
-            await self._end_quietly(job_id, JobStatus.FAILED, f"job could not run: {e}")
+            await self._end_quietly(claim, JobStatus.FAILED, f"job could not run: {e}")
         except Exception:
             log.exception("job %s: unexpected error", job_id)
-            await self._end_quietly(job_id, JobStatus.FAILED, "internal error in the worker")
+            await self._end_quietly(claim, JobStatus.FAILED, "internal error in the worker")
 
-    async def _guard(self, job_id: str, feed: Feed) -> None:
-        """Renew the lease on schedule; return as soon as the job is no longer ours to run."""
+    async def _guard(self, claim: Claim, feed: Feed) -> None:
+        """Renew the lease on schedule; return as soon as the job is no longer ours to run.
+
+        A renewal that fails (Redis unreachable) is retried soon; whether the lease lapsed
+        meanwhile is judged in Redis, by Redis time, once it answers again.
+        """
         interval = self.settings.lease_seconds / 3
+        abandon_ms = int(self.settings.abandon_seconds * 1000)
         renew_at = time.monotonic() + interval
         while True:
             # Wakes on the end only, not on every token this job appends.
@@ -218,18 +288,39 @@ class Worker:
                 await asyncio.wait_for(feed.ended.wait(), max(renew_at - time.monotonic(), 0.0))
             if feed.end is not None:
                 return  # ended by someone else: a cancel, or the reaper
-            if time.monotonic() >= renew_at:
-                if not await self.store.renew(job_id, self.name, self._lease_ms):
-                    return
-                renew_at = time.monotonic() + interval
+            if time.monotonic() < renew_at:
+                continue
+            try:
+                renewal = await self.store.renew(claim, self._lease_ms, abandon_ms)
+            except StoreError as e:
+                log.warning("job %s: lease renewal failed: %s", claim.job_id, e)
+                renew_at = time.monotonic() + min(interval, 0.5)
+                continue
+            if renewal is Renewal.LOST:
+                return
+            if renewal is Renewal.ABANDONED:
+                log.info("job %s: abandoned, cancelling it", claim.job_id)
+                await self._end_quietly(
+                    claim,
+                    JobStatus.CANCELLED,
+                    "abandoned: nobody followed or polled the job for"
+                    f" {self.settings.abandon_seconds:g} s",
+                )
+                return
+            renew_at = time.monotonic() + interval
 
-    async def _produce(self, job_id: str) -> None:
+    async def _produce(self, claim: Claim) -> None:
+        job_id = claim.job_id
         meta = await self.store.meta(job_id)
         request = ReviewRequest.model_validate_json(meta["request"])
         provider = self._provider(meta["provider"])
-        prompt = build_prompt(request, meta["model"], self.settings)
+        continuation = ""
+        if claim.offset and self.settings.on_producer_loss == "continue":
+            continuation = "".join(await self.store.text(job_id))
+        prompt = build_prompt(request, meta["model"], self.settings, continuation=continuation)
         s = self.settings
         usage: Usage | None = None
+        offset = claim.offset
         try:
             stream = resilient_stream(
                 provider,
@@ -245,19 +336,142 @@ class Worker:
                 async for item in items:
                     if isinstance(item, Usage):
                         usage = item
-                    elif item and not await self.store.append(job_id, self.name, [item]):
-                        return  # cancelled or reaped meanwhile: stop and close the upstream
+                    elif item:
+                        if not await self._append(claim, offset, item):
+                            return  # cancelled, requeued or reaped: stop, close the upstream
+                        offset += 1
         except ProviderError as e:
+            if offset > claim.offset and (e.retryable or isinstance(e, UpstreamInterrupted)):
+                # The upstream broke after this attempt wrote something: the next attempt
+                # continues after it, as if the worker had died.
+                log.info("job %s: upstream broke mid-stream: %s", job_id, e)
+                await self._let_go(claim, f"upstream broke mid-stream ({e})")
+                return
             log.info("job %s failed upstream: %s", job_id, e)
-            await self.store.finish(job_id, JobStatus.FAILED, error=str(e), owner=self.name)
+            await self.store.finish(job_id, JobStatus.FAILED, error=str(e), owner=claim.owner)
             return
         await self.store.finish(
             job_id,
             JobStatus.DONE,
             usage=usage.model_dump() if usage is not None else None,
-            owner=self.name,
+            owner=claim.owner,
         )
 
-    async def _end_quietly(self, job_id: str, status: JobStatus, error: str) -> None:
+    async def _append(self, claim: Claim, offset: int, token: str) -> bool:
+        """Store one token at ``offset``; while Redis is unreachable, keep it and try again.
+
+        Gives up (``StoreError``) after ``REVIEWSTREAM_REDIS_OUTAGE_SECONDS``: the job then
+        goes back to the queue, or its lease lapses and a reaper requeues it.
+        """
+        give_up_at: float | None = None
+        delay = 0.05
+        while True:
+            try:
+                return await self.store.append(claim.job_id, claim.owner, [token], offset=offset)
+            except StoreError as e:
+                now = time.monotonic()
+                if give_up_at is None:
+                    give_up_at = now + self.settings.redis_outage_seconds
+                    log.warning("job %s: append failed, retrying: %s", claim.job_id, e)
+                if now >= give_up_at:
+                    raise
+                await asyncio.sleep(min(delay, give_up_at - now))
+                delay = min(delay * 2, 1.0)
+
+    async def _let_go(self, claim: Claim, cause: str) -> None:
+        job_id = claim.job_id
+        try:
+            outcome = await let_go(self.store, self.settings, job_id, cause, owner=claim.owner)
+        except (ReviewstreamError, JobNotFound) as e:
+            log.warning("job %s: not handed over (%s); its lease will lapse", job_id, e)
+            return
+        if outcome is Requeue.QUEUED:
+            log.info("job %s: handed over after attempt %d (%s)", job_id, claim.attempt, cause)
+
+    async def _end_quietly(self, claim: Claim, status: JobStatus, error: str) -> None:
         with contextlib.suppress(ReviewstreamError, JobNotFound):
-            await self.store.finish(job_id, status, error=error, owner=self.name)
+            await self.store.finish(claim.job_id, status, error=error, owner=claim.owner)
+
+
+class Reaper:
+    """Repairs what dead or stuck processes left, in every process (API-only ones too).
+
+    - Lapsed leases: a running job whose producer stopped renewing goes back to the queue (or
+      fails when its attempts are spent); the Redis script acts for exactly one process.
+    - Queued jobs that no worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS`` of
+      entering the queue end as failed.
+
+    After Redis was unreachable, lapsed leases are left alone for one lease period, so that
+    producers that kept their tokens through the outage renew first.
+    """
+
+    def __init__(self, store: JobStore, settings: Settings) -> None:
+        self._store = store
+        self._settings = settings
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._leases_after = 0.0  # monotonic; lapsed leases are left alone before it
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="reviewstream-reaper")
+
+    async def aclose(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            await asyncio.wait([self._task], timeout=2.0)
+            self._task.cancel()
+            self._task = None
+
+    async def _run(self) -> None:
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self._settings.reap_interval_seconds)
+            if self._stopping.is_set():
+                return
+            try:
+                if time.monotonic() >= self._leases_after:
+                    await self.reap_leases()
+                await self.reap_queued()
+            except StoreError as e:
+                log.warning("reaping failed: %s", e)
+                self._leases_after = time.monotonic() + self._settings.lease_seconds
+
+    async def reap_leases(self) -> list[str]:
+        """Requeue (or fail) every running job whose lease lapsed; returns the ids acted on."""
+        acted = []
+        for job_id in await self._store.lapsed_leases():
+            try:
+                outcome = await let_go(
+                    self._store,
+                    self._settings,
+                    job_id,
+                    "worker lost: its lease lapsed before the job finished",
+                    only_if_lease_lapsed=True,
+                )
+            except JobNotFound:
+                await self._store.drop_lease(job_id)
+                continue
+            if outcome is not Requeue.NOTHING:
+                acted.append(job_id)
+                log.warning("job %s: its worker's lease lapsed (%s)", job_id, outcome.name)
+        return acted
+
+    async def reap_queued(self) -> list[str]:
+        """Fail every job queued longer than the timeout; returns their ids."""
+        timeout = self._settings.queued_timeout_seconds
+        cutoff_ms = int((time.time() - timeout) * 1000)
+        failed = []
+        for entry in await self._store.queued_before(cutoff_ms, count=100):
+            try:
+                if await self._store.finish(
+                    entry.job_id,
+                    JobStatus.FAILED,
+                    error=f"no worker started the job within {timeout:g} s of queueing it",
+                    only_if_status=JobStatus.QUEUED,
+                ):
+                    failed.append(entry.job_id)
+                    log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
+            except JobNotFound:
+                pass
+            await self._store.drop_entry(entry)
+        return failed

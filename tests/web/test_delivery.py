@@ -326,12 +326,13 @@ async def test_a_lost_notification_is_recovered_by_resync(
     await store.ensure_group()
     job_id = await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
     [entry] = await store.next_entries("w", 1, 100)
-    assert await store.claim(entry, "w", 60_000)
+    claim = await store.claim(entry, "w", 60_000)
+    assert claim is not None
     async with serve(create_app(quick, run_worker=False)) as base:
         async with httpx.AsyncClient(base_url=base) as c:
             follower = asyncio.create_task(fl.sse(c, job_id, stop_after=2))
             await asyncio.sleep(0.3)
-            assert await store.append(job_id, "w", ["one"])
+            assert await store.append(job_id, claim.owner, ["one"])
             # Written behind the hub's back: no notification is published for it.
             await redis.rpush(Keys().chunks(job_id), " two")
             await redis.rpush(Keys().times(job_id), "1.0")

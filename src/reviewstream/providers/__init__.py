@@ -77,7 +77,9 @@ def default_model(name: ProviderName, settings: Settings) -> str:
     return provider_class(name).default_model(settings)
 
 
-def build_prompt(request: ReviewRequest, model: str, settings: Settings) -> Prompt:
+def build_prompt(
+    request: ReviewRequest, model: str, settings: Settings, continuation: str = ""
+) -> Prompt:
     """The prompt for ``request``.
 
     ``max_tokens`` is ``settings.max_output_tokens``, raised when the requested length needs
@@ -90,4 +92,5 @@ def build_prompt(request: ReviewRequest, model: str, settings: Settings) -> Prom
         model=model,
         max_tokens=max(settings.max_output_tokens, needed),
         request=request,
+        continuation=continuation,
     )

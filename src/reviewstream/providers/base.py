@@ -31,6 +31,7 @@ class Prompt:
     model: str
     max_tokens: int
     request: ReviewRequest
+    continuation: str = ""  # the text already stored: a new attempt writes what follows it
 
 
 def require_key(api_key: str | None, base_url: str, public_host: str, env_var: str) -> None:

@@ -28,6 +28,7 @@ import httpx
 
 from ..errors import (
     ProviderError,
+    UpstreamInterrupted,
     UpstreamProtocolError,
     UpstreamStatusError,
     UpstreamTimeout,
@@ -118,7 +119,7 @@ def wrap_httpx_error(exc: httpx.HTTPError, upstream: str, *, answered: bool) -> 
         return UpstreamTimeout(f"{upstream}: timed out ({type(exc).__name__}): {exc}")
     if isinstance(exc, httpx.TransportError):
         if answered:
-            return UpstreamProtocolError(
+            return UpstreamInterrupted(
                 f"{upstream}: connection broke mid-stream (truncated): {exc or type(exc).__name__}"
             )
         return UpstreamUnavailable(

@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 from httpx_sse import EventSource, SSEError, aconnect_sse
 
-from ..errors import UpstreamProtocolError
+from ..errors import UpstreamInterrupted, UpstreamProtocolError
 from ..models import Usage
 from .resilience import check_status, wrap_httpx_error
 
@@ -92,9 +92,9 @@ def stream_error(provider: str, message: str) -> UpstreamProtocolError:
     return UpstreamProtocolError(f"{provider} stream error: {message}")
 
 
-def truncated(end_marker: str) -> UpstreamProtocolError:
+def truncated(end_marker: str) -> UpstreamInterrupted:
     """The error for a stream that ended cleanly but before ``end_marker``."""
-    return UpstreamProtocolError(f"upstream stream ended without {end_marker} (truncated)")
+    return UpstreamInterrupted(f"upstream stream ended without {end_marker} (truncated)")
 
 
 def int_or(value: object, default: int | None = None) -> int | None:

@@ -11,9 +11,9 @@ from fastapi import APIRouter, Header, Query, Request
 
 from ...errors import ReviewstreamError, ServerDraining
 from ...follow import Follower
-from ...models import Batch, ReviewRequest
+from ...models import ReviewRequest
 from ...tenancy import Principal
-from ...wire import sse_end_event, sse_error_event, sse_preamble, sse_token_event
+from ...wire import sse_error_event, sse_event, sse_preamble
 from ..deps import CREATE_ERRORS, JOB_ERRORS, MAX_OFFSET, Caller, JobId, Service
 from ..event_stream import EventStreamResponse
 
@@ -47,7 +47,7 @@ async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, Non
     try:
         yield sse_preamble(retry_ms)
         async for item in follower:
-            yield sse_token_event(item) if isinstance(item, Batch) else sse_end_event(item)
+            yield sse_event(item)
     except ServerDraining:
         return
     except ReviewstreamError as e:

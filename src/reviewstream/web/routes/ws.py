@@ -28,10 +28,9 @@ from ...errors import (
     Unauthorized,
 )
 from ...follow import Follower
-from ...models import Batch
 from ...service import ReviewService
 from ...tenancy import Principal
-from ...wire import CloseCode, ws_end_message, ws_tokens_message
+from ...wire import CloseCode, ws_message
 from ..alongside import alongside
 from ..deps import JOB_ID_PATTERN, MAX_OFFSET, caller_of, get_service
 from ..handlers import AUTHENTICATE, error_response
@@ -65,10 +64,7 @@ def origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
 
 async def send_tokens(websocket: WebSocket, follower: Follower) -> None:
     async for item in follower:
-        if isinstance(item, Batch):
-            await websocket.send_text(ws_tokens_message(item))
-        else:
-            await websocket.send_text(ws_end_message(item))
+        await websocket.send_text(ws_message(item))
 
 
 async def read_commands(
