@@ -31,7 +31,7 @@ class Server(uvicorn.Server):
 def serve(args: argparse.Namespace) -> int:
     from .web import begin_shutdown, create_app, server_options
 
-    settings = Settings()
+    settings = with_grace(Settings(), args.graceful_timeout)
     if settings.redis_url is None:
         log.info("REVIEWSTREAM_REDIS_URL is unset: starting an embedded redis-server")
     app = create_app(settings, run_worker=not args.api_only)
@@ -41,12 +41,21 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         lifespan="on",
-        timeout_graceful_shutdown=args.graceful_timeout,
+        # Typed int, but any number of seconds works (it is a wait_for timeout).
+        timeout_graceful_shutdown=settings.worker_grace_seconds,  # type: ignore[arg-type]
         proxy_headers=True,
         **server_options(settings),
     )
     Server(config, on_exit=lambda: begin_shutdown(app)).run()
     return 0
+
+
+def with_grace(settings: Settings, graceful_timeout: float | None) -> Settings:
+    """``--graceful-timeout``: how long running jobs (and open streams) may take to finish after
+    SIGTERM before they are handed over; ``REVIEWSTREAM_WORKER_GRACE_SECONDS`` by default."""
+    if graceful_timeout is None:
+        return settings
+    return settings.model_copy(update={"worker_grace_seconds": graceful_timeout})
 
 
 async def run_worker(settings: Settings) -> None:
@@ -63,11 +72,12 @@ async def run_worker(settings: Settings) -> None:
         name = runtime.worker.name
         log.info("worker %s running (concurrency %d)", name, settings.worker_concurrency)
         await stop.wait()
-        log.info("worker %s stopping", name)
+        log.info("worker %s stopping: running jobs are handed over after the grace", name)
+        runtime.worker.begin_shutdown()
 
 
 def worker(args: argparse.Namespace) -> int:
-    asyncio.run(run_worker(Settings()))
+    asyncio.run(run_worker(with_grace(Settings(), args.graceful_timeout)))
     return 0
 
 
@@ -80,10 +90,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-only", action="store_true", help="run no workers in this process")
     s.add_argument("--log-level", default="info")
-    s.add_argument("--graceful-timeout", type=float, default=10.0)
+    grace = "seconds running jobs may take after SIGTERM before they are handed over"
+    s.add_argument("--graceful-timeout", type=float, default=None, help=grace)
     s.set_defaults(func=serve)
 
     w = sub.add_parser("worker", help="run workers alone against REVIEWSTREAM_REDIS_URL")
+    w.add_argument("--graceful-timeout", type=float, default=None, help=grace)
     w.set_defaults(func=worker)
 
     from .bench import cli as bench_cli

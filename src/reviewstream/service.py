@@ -172,8 +172,13 @@ class ReviewService:
                 self.followers -= 1
 
     def drain(self) -> None:
-        """A shutdown began: live streams end, held polls answer; clients resume elsewhere."""
+        """A shutdown began: live streams end, held polls answer; clients resume elsewhere.
+
+        The in-process worker stops claiming, and its grace period starts now.
+        """
         self.hub.drain()
+        if self.worker is not None:
+            self.worker.begin_shutdown()
 
     async def cancel(self, job_id: str, caller: Principal) -> None:
         """End the job as cancelled; ``JobFinished`` if it had ended already."""
