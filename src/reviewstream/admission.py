@@ -9,7 +9,8 @@ crashed process held keeps counting:
   whose ending was never recorded there stops counting once it ends by any path.
 - **Open streams per key** (``REVIEWSTREAM_MAX_STREAMS_PER_KEY``): each process counts its own
   in memory (no Redis round trip per stream) and, about once a second, publishes its count per
-  key as an entry with a deadline and reads the others'; a dead process's entries lapse.
+  key as an entry with a deadline and reads the others'; a dead process's entries lapse. A key
+  this process holds no streams of is read when a stream is asked for, at most once a second.
 - **Overall** (``REVIEWSTREAM_MAX_QUEUED_JOBS``, live workers): a job is refused with 503 when
   the queue is full or no worker has beaten within the heartbeat window
   (``REVIEWSTREAM_WORKER_HEARTBEAT_TIMEOUT_SECONDS``), rather than accepted into a queue
@@ -23,11 +24,12 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import scripts
@@ -125,7 +127,17 @@ class Admission:
 
 
 class StreamCounter:
-    """Open streams per tenant across processes, without a Redis round trip per stream."""
+    """Open streams per tenant across processes, without a Redis round trip per stream.
+
+    Each process counts its own streams in memory and, every ``interval``, publishes its count
+    of each tenant it holds streams of and reads the other processes' counts of those tenants.
+    A tenant this process holds no streams of is not synced in the background; its reading is
+    refreshed by the next stream asked for, once it is older than ``interval`` (one ``HGETALL``,
+    shared by the streams asked for meanwhile). So every reading a decision uses is at most
+    about one interval old, whether or not this process serves the tenant: a process never
+    admits on a count it read before the others' streams opened, nor refuses on one read
+    before they closed or their process died.
+    """
 
     def __init__(self, store: JobStore, limit: int, *, interval: float = 1.0) -> None:
         self._store = store
@@ -133,8 +145,9 @@ class StreamCounter:
         self._interval = interval
         self._process = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._local: collections.Counter[str] = collections.Counter()
-        self._others: dict[str, int] = {}
+        self._others: dict[str, tuple[int, float]] = {}  # tenant -> (count, read at, monotonic)
         self._published: dict[str, int] = {}
+        self._reading = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -147,14 +160,15 @@ class StreamCounter:
             await asyncio.wait([self._task], timeout=2.0)
             self._task = None
 
-    @contextlib.contextmanager
-    def hold(self, principal: Principal) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def hold(self, principal: Principal) -> AsyncIterator[None]:
         """Count one open stream of the principal's tenant, or raise ``QuotaExceeded``."""
         if not self.limit or principal.open:
             yield
             return
         tenant = principal.tenant
-        if self._local[tenant] + self._others.get(tenant, 0) >= self.limit:
+        others = await self._others_of(tenant)
+        if self._local[tenant] + others >= self.limit:
             raise QuotaExceeded(
                 f"key {tenant!r} has {self.limit} streams open (REVIEWSTREAM_MAX_STREAMS_PER_KEY)",
                 limit="REVIEWSTREAM_MAX_STREAMS_PER_KEY",
@@ -165,6 +179,25 @@ class StreamCounter:
             yield
         finally:
             self._local[tenant] -= 1
+
+    async def _others_of(self, tenant: str) -> int:
+        """The other processes' open streams of ``tenant``, read at most ``interval`` ago."""
+        count, read_at = self._others.get(tenant, (0, -math.inf))
+        if time.monotonic() - read_at < self._interval:
+            return count
+        async with self._reading:  # the streams asked for meanwhile share one read
+            count, read_at = self._others.get(tenant, (0, -math.inf))
+            if time.monotonic() - read_at < self._interval:
+                return count
+            try:
+                with redis_errors("read stream counts"):
+                    key = self._store.keys.tenant_streams(tenant)
+                    entries: dict[Any, Any] = await self._store.redis.hgetall(key)
+                count = self._count_others(entries, int(time.time() * 1000))
+            except StoreError as e:  # counting must not take streams down with Redis
+                log.warning("stream counts not read: %s", e)
+            self._others[tenant] = (count, time.monotonic())
+            return count
 
     async def _run(self) -> None:
         while True:
@@ -192,6 +225,7 @@ class StreamCounter:
                         pipe.hdel(key, self._process)
                     pipe.hgetall(key)
                 replies = await pipe.execute()
+        read_at = time.monotonic()
         it = iter(replies)
         for tenant in tenants:
             next(it)
@@ -201,11 +235,13 @@ class StreamCounter:
             else:
                 self._published.pop(tenant, None)
                 self._local.pop(tenant, None)
-            entries: dict[str, str] = next(it)
-            self._others[tenant] = sum(
-                int(count)
-                for process, entry in entries.items()
-                if process != self._process
-                for count, _, until in [entry.partition(":")]
-                if int(until) > now_ms
-            )
+            self._others[tenant] = (self._count_others(next(it), now_ms), read_at)
+
+    def _count_others(self, entries: dict[str, str], now_ms: int) -> int:
+        return sum(
+            int(count)
+            for process, entry in entries.items()
+            if process != self._process
+            for count, _, until in [entry.partition(":")]
+            if int(until) > now_ms
+        )

@@ -160,7 +160,7 @@ class ReviewService:
 
         The stream counts against the caller's key (``QuotaExceeded`` past its limit).
         """
-        with self.streams.hold(caller):
+        async with self.streams.hold(caller):
             self.followers += 1
             try:
                 async with open_follower(

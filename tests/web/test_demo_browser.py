@@ -9,6 +9,7 @@ system Chromium. Skips when either is missing, except under CI (``CI`` set), whe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,8 +17,11 @@ from typing import Any
 import httpx
 import pytest
 
+from reviewstream.settings import Settings
+from reviewstream.web import create_app, server_options
 from reviewstream.wire import MODES
 
+from conftest import serve
 from cuttable import CuttableProxy
 from followers import LIVE_MODES
 
@@ -31,6 +35,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 TERMINAL = ("done", "failed", "cancelled", "error")
+KEYS = "alice:key-alice"
+ALICE = {"Authorization": "Bearer key-alice"}
 POINTS = "Shipped the search rewrite; unblocks others; should write docs before coding"
 
 
@@ -80,8 +86,10 @@ async def page(browser: Any) -> AsyncIterator[Any]:
     assert errors == [], f"uncaught errors in the page: {errors}"
 
 
-async def stored_tokens(base_url: str, job_id: str) -> list[str]:
-    async with httpx.AsyncClient(base_url=base_url) as c:
+async def stored_tokens(
+    base_url: str, job_id: str, headers: dict[str, str] | None = None
+) -> list[str]:
+    async with httpx.AsyncClient(base_url=base_url, headers=headers) as c:
         r = await c.get(f"/jobs/{job_id}", params={"offset": 0, "limit": 10_000})
         r.raise_for_status()
         page = r.json()
@@ -108,9 +116,11 @@ async def final_status(page: Any) -> str:
     return status
 
 
-async def assert_shows_stored_text(page: Any, base_url: str) -> list[str]:
+async def assert_shows_stored_text(
+    page: Any, base_url: str, headers: dict[str, str] | None = None
+) -> list[str]:
     job_id = await page.locator("#job").text_content()
-    tokens = await stored_tokens(base_url, job_id)
+    tokens = await stored_tokens(base_url, job_id, headers)
     shown = await page.locator("#output").evaluate("el => el.textContent")
     assert shown == "".join(tokens)
     assert await page.locator("#tokens").text_content() == str(len(tokens))
@@ -196,3 +206,77 @@ async def test_compare_view_follows_one_job_four_ways(page: Any, base_url: str) 
         assert await panel.locator(".text").evaluate("el => el.textContent") == "".join(tokens)
         assert (await panel.locator(".metrics").text_content()).startswith(f"{len(tokens)} tokens")
     await page.screenshot(path="/tmp/demo.png", full_page=True)
+
+
+@pytest.fixture
+async def keyed_base_url(redis_server: str) -> AsyncIterator[str]:
+    """A server with API keys and one job a minute per key, on its own key prefix.
+
+    Not the ``settings`` fixture: it flushes Redis under the module's running server.
+    """
+    s = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        redis_url=redis_server,
+        key_prefix="rs-demo-keyed",
+        api_keys=KEYS,
+        jobs_per_minute_per_key=1,
+        sim_tokens_per_second=200,
+        sim_first_token_ms=10,
+        worker_grace_seconds=0.2,
+    )
+    async with serve(create_app(s), **server_options(s)) as base:
+        yield base
+
+
+async def shown_error(page: Any) -> str:
+    await page.wait_for_function("document.getElementById('error').textContent !== ''")
+    assert await final_status(page) == "error"
+    text: str = await page.get_by_role("alert").text_content()
+    return text
+
+
+async def test_keyed_mode_needs_the_key_to_create_and_reads_by_the_links(
+    page: Any, keyed_base_url: str
+) -> None:
+    requests: list[Any] = []
+    page.on("request", lambda r: requests.append(r))
+    await page.goto(keyed_base_url + "/")
+    key = page.get_by_label("API key")
+    assert await key.get_attribute("type") == "password"
+    assert await key.get_attribute("autocomplete") == "off"
+
+    # No key: the API's 401, in its own words, and the key field marked as the thing to fix.
+    await fill_form(page, "sse", length=120)
+    await page.get_by_role("button", name="Start").click()
+    assert (await shown_error(page)).startswith("missing credentials: send 'Authorization: Bearer")
+    assert await key.get_attribute("aria-invalid") == "true"
+    assert await page.locator("#output").evaluate("el => el.textContent") == ""
+
+    # With the key: one job, followed four ways, every read by the job's link token.
+    await key.fill("key-alice")
+    await page.get_by_role("button", name="Compare all four modes").click()
+    assert await final_status(page) == "done", await page.locator("#error").text_content()
+    await page.wait_for_function(
+        "[...document.querySelectorAll('#panels .panel .state')]"
+        ".every(s => s.textContent === 'done')"
+    )
+    tokens = await assert_shows_stored_text(page, keyed_base_url, ALICE)
+    assert "Grace Hopper" in "".join(tokens)
+    await page.screenshot(path="/tmp/demo-keyed.png", full_page=True)
+
+    # Past the key's quota: the 429's text, naming the limit, with its Retry-After.
+    await page.get_by_role("button", name="Start").click()
+    text = await shown_error(page)
+    assert "REVIEWSTREAM_JOBS_PER_MINUTE_PER_KEY" in text, text
+    assert re.search(r"retry after \d+ s$", text), text
+
+    # The key went out only as a header, only to create jobs; never in a URL.
+    sent = [(r, await r.all_headers()) for r in requests]
+    creates = [r for r, _ in sent if r.method == "POST" and r.url.endswith("/jobs")]
+    assert len(creates) == 3
+    for r, headers in sent:
+        assert "key-alice" not in r.url
+        with_key = headers.get("authorization") == "Bearer key-alice"
+        assert with_key == (r in creates and r is not creates[0]), (r.method, r.url)
+    reads = [r.url for r, _ in sent if "/jobs/" in r.url and r.resource_type != "websocket"]
+    assert reads and all("token=" in url for url in reads), reads
