@@ -24,6 +24,7 @@ class Result:
 
     tokens: list[str] = field(default_factory=list)
     ends: list[dict[str, Any]] = field(default_factory=list)
+    notices: list[dict[str, Any]] = field(default_factory=list)  # SSE/WebSocket status notices
     last_id: str | None = None
 
     @property
@@ -96,6 +97,8 @@ async def sse(
             elif event.event == "end":
                 result.ends.append(json.loads(event.data))
                 return result
+            elif event.event == "status":
+                result.notices.append(json.loads(event.data))
             elif event.event == "error":
                 raise AssertionError(f"SSE error event: {event.data}")
     return result
@@ -120,6 +123,8 @@ async def websocket(
             elif message["type"] == "end":
                 result.ends.append(message)
                 return result
+            elif message["type"] == "status":
+                result.notices.append(message)
     return result
 
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,22 +24,14 @@ import websockets
 from reviewstream.admission import STREAM_ENTRY_SECONDS
 
 from conftest import free_port
+from procs import Process, environment, start, stop_all, wait_ready
 
 REVIEW = {"employee_name": "Edsger Dijkstra", "employee_review_points": "Shortest paths"}
 LONG_REVIEW = {**REVIEW, "length_words": 1500}  # far longer than any test waits
 KEYS = "alice:key-alice,bob:key-bob"
 ALICE = {"Authorization": "Bearer key-alice"}
 BOB = {"Authorization": "Bearer key-bob"}
-SRC = Path(__file__).resolve().parents[1] / "src"
-STARTUP_SECONDS = 30.0  # three interpreters importing at once on a busy 2-core machine
 SHARE_INTERVAL = 1.0  # StreamCounter's publishing interval (its default)
-
-
-@dataclass
-class Process:
-    name: str
-    proc: asyncio.subprocess.Process
-    log: Path
 
 
 @dataclass
@@ -56,64 +46,11 @@ class Cluster:
         self.processes[name].proc.kill()
 
 
-def environment(redis_url: str, settings: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
-    env.update(
-        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
-        PYTHONUNBUFFERED="1",
-        REVIEWSTREAM_REDIS_URL=redis_url,
-        REVIEWSTREAM_API_KEYS=KEYS,  # and no REVIEWSTREAM_TOKEN_SECRET: shared through Redis
-        REVIEWSTREAM_WORKER_HEARTBEAT_TIMEOUT_SECONDS="3",
-        REVIEWSTREAM_WORKER_GRACE_SECONDS="0.2",
-        REVIEWSTREAM_SIM_FIRST_TOKEN_MS="10",
-        **{f"REVIEWSTREAM_{k.upper()}": v for k, v in settings.items()},
-    )
-    return env
-
-
-async def start(name: str, args: list[str], env: dict[str, str], logs: Path) -> Process:
-    log = logs / f"{name}.log"
-    with log.open("wb") as out:  # the child holds its own descriptor
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "reviewstream", *args,
-            cwd=logs,  # no stray .env file is read
-            env=env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=out,
-            stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-    return Process(name, proc, log)
-
-
-async def stop(p: Process) -> None:
-    if p.proc.returncode is None:
-        p.proc.terminate()
-        try:
-            await asyncio.wait_for(p.proc.wait(), 5)
-        except TimeoutError:
-            p.proc.kill()
-            await p.proc.wait()
-
-
-async def wait_ready(base: str, p: Process) -> None:
-    """Until ``/readyz`` answers 200: the API is up and the worker's heartbeat is fresh."""
-    deadline = time.monotonic() + STARTUP_SECONDS
-    async with httpx.AsyncClient(base_url=base, timeout=2) as c:
-        while True:
-            if p.proc.returncode is not None:
-                raise AssertionError(f"{p.name} exited with {p.proc.returncode} before ready")
-            with contextlib.suppress(httpx.TransportError):
-                if (await c.get("/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{p.name} not ready within {STARTUP_SECONDS:g} s")
-            await asyncio.sleep(0.1)
-
-
 @contextlib.asynccontextmanager
 async def cluster(redis_url: str, logs: Path, **settings: str) -> AsyncIterator[Cluster]:
     """Both API processes and the worker, started together (each takes a second to import)."""
-    env = environment(redis_url, settings)
+    # No REVIEWSTREAM_TOKEN_SECRET: the processes share one through Redis.
+    env = environment(redis_url, {"api_keys": KEYS, **settings})
     ports = {"a": free_port(), "b": free_port()}
     api = ["serve", "--api-only", "--log-level", "warning", "--graceful-timeout", "1"]
     c = Cluster(a=f"http://127.0.0.1:{ports['a']}", b=f"http://127.0.0.1:{ports['b']}")
@@ -128,10 +65,7 @@ async def cluster(redis_url: str, logs: Path, **settings: str) -> AsyncIterator[
         await asyncio.gather(wait_ready(c.a, c.processes["a"]), wait_ready(c.b, c.processes["b"]))
         yield c
     finally:
-        await asyncio.gather(*(stop(p) for p in c.processes.values()))
-        for p in c.processes.values():  # shown by pytest only when the test failed
-            print(f"----- {p.name} (exit {p.proc.returncode}) -----")
-            print(p.log.read_text(errors="replace")[-20_000:])
+        await stop_all(list(c.processes.values()))
 
 
 @contextlib.asynccontextmanager
