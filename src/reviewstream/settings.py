@@ -12,6 +12,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["simulated", "openai", "anthropic"]
+OpenAIContinuation = Literal["auto", "prefill", "prefix", "instruction"]
 
 
 class Settings(BaseSettings):
@@ -34,6 +35,8 @@ class Settings(BaseSettings):
     openai_base_url: str = "https://api.openai.com/v1"
     openai_api_key: SecretStr | None = None
     openai_model: str = "gpt-4o-mini"
+    # How a continued attempt gives the model the stored text (see providers/openai.py).
+    openai_continuation: OpenAIContinuation = "auto"
     anthropic_base_url: str = "https://api.anthropic.com"
     anthropic_api_key: SecretStr | None = None
     anthropic_model: str = "claude-sonnet-4-5"

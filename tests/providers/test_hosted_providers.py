@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -31,7 +32,14 @@ from reviewstream.errors import (
     UpstreamUnavailable,
 )
 from reviewstream.models import ReviewRequest, Usage
-from reviewstream.providers import Prompt, Provider, build_provider, provider_class, validate_job
+from reviewstream.providers import (
+    Prompt,
+    Provider,
+    build_provider,
+    prompts,
+    provider_class,
+    validate_job,
+)
 from reviewstream.providers.anthropic import AnthropicProvider
 from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.resilience import resilient_stream
@@ -85,6 +93,8 @@ class Hosted:
     errors: dict[str, tuple[bytes, str]]
     unauthorized: tuple[bytes, str]  # a 401 body, and a part of its message
     overloaded: tuple[int, bytes, str]  # a retryable status, its body, a pattern of its message
+    prefill: Callable[[str], dict[str, Any]]  # the final message that prefills this text
+    prefill_refused: bytes  # a 400 body refusing a prefilled request
 
     def settings(self, base_url: str, api_key: str | None = None, **more: Any) -> Settings:
         """Settings pointing this provider at ``base_url``."""
@@ -157,6 +167,11 @@ HOSTED = {
             b'{"error": {"message": "The engine is currently overloaded", "type": "server_error"}}',
             "503.*overloaded",
         ),
+        prefill=lambda text: {"role": "assistant", "content": text, "prefix": True},
+        prefill_refused=(
+            b'{"error": {"message": "Unrecognized request argument supplied:'
+            b' continue_final_message", "type": "invalid_request_error"}}'
+        ),
     ),
     "anthropic": Hosted(
         name="anthropic",
@@ -186,6 +201,12 @@ HOSTED = {
             "invalid x-api-key",
         ),
         overloaded=(529, json.dumps(ANTHROPIC_OVERLOADED).encode(), "529.*Overloaded"),
+        prefill=lambda text: {"role": "assistant", "content": text},
+        prefill_refused=(
+            b'{"type": "error", "error": {"type": "invalid_request_error", "message": "This model'
+            b" does not support assistant message prefill. The conversation must end with a user"
+            b' message."}}'
+        ),
     ),
 }
 
@@ -453,3 +474,143 @@ async def test_local_server_needs_no_key_and_gets_no_key_header(
     [request] = upstream.requests
     assert request.path == hosted.path
     assert hosted.key_header not in request.headers
+
+
+# --- continuing a stored text ---------------------------------------------------------------
+
+
+def continued(stored: str) -> Prompt:
+    return dataclasses.replace(PROMPT, continuation=stored)
+
+
+@pytest.mark.parametrize(
+    ("stored", "deltas", "new_text"),
+    [
+        ("Ada shipped.", [" She", " mentors."], " She mentors."),
+        ("Ada shipped. ", [" She", " mentors."], "She mentors."),  # not "shipped.  She"
+        ("Ada shipped. ", ["She", " mentors."], "She mentors."),  # not "shipped.She" either
+        ("Ada shipped.\n\n", ["\n", "\nShe", " mentors."], "She mentors."),
+        ("Ada shipped.\n\n", [" She"], " She"),  # not the stored whitespace: kept
+        ("Ada shipped.\n", ["\n\n", "She"], "\nShe"),  # what the stored text lacks: kept
+    ],
+)
+async def test_a_continuation_is_prefilled_without_trailing_whitespace_and_joins_cleanly(
+    hosted: Hosted,
+    stored: str,
+    deltas: list[str],
+    new_text: str,
+    upstream: ScriptedUpstream,
+    provider: Provider,
+) -> None:
+    upstream.script(Reply(frames=hosted.well_formed(deltas)))
+
+    text, usage = await collect(provider.stream(continued(stored)))
+
+    assert text == new_text
+    assert usage is not None
+    [request] = upstream.requests
+    *_, user, final = request.json["messages"]
+    assert user == {"role": "user", "content": "Review Ada."}
+    assert final == hosted.prefill(stored.rstrip())
+
+
+async def test_a_continuation_of_only_whitespace_prefills_nothing(
+    upstream: ScriptedUpstream, hosted: Hosted, provider: Provider
+) -> None:
+    upstream.script(Reply(frames=hosted.well_formed(["\n", "Ada", " shipped."])))
+
+    text, _ = await collect(provider.stream(continued("\n\n")))
+
+    assert text == "Ada shipped."
+    [request] = upstream.requests
+    assert request.json["messages"][-1] == {"role": "user", "content": "Review Ada."}
+
+
+async def test_a_refused_prefill_is_continued_by_instruction_from_then_on(
+    hosted: Hosted, upstream: ScriptedUpstream, provider: Provider
+) -> None:
+    stored = "Ada led the payments migra"
+    upstream.script(
+        Reply(status=400, content_type="application/json", body=hosted.prefill_refused),
+        Reply(frames=hosted.well_formed(["migration", " went", " well."])),
+    )
+
+    text, _ = await collect(provider.stream(continued(stored)))
+
+    assert text == "tion went well."  # the restated "migra" dropped
+    refused, instructed = upstream.requests
+    assert refused.json["messages"][-1] == hosted.prefill(stored)
+    instruction = {"role": "user", "content": prompts.continue_instruction(stored)}
+    assert instructed.json["messages"][-2:] == [
+        {"role": "user", "content": "Review Ada."},
+        instruction,
+    ]
+    assert not any(
+        key in instructed.json for key in ("continue_final_message", "add_generation_prompt")
+    )
+
+    upstream.reset()  # the next continuation of this model goes straight to instruction
+    upstream.script(Reply(frames=hosted.well_formed([" And", " more."])))
+    text, _ = await collect(provider.stream(continued(stored + "tion went well.")))
+
+    assert text == " And more."
+    [request] = upstream.requests
+    assert request.json["messages"][-1]["content"].startswith("Your answer")
+
+
+async def test_a_refusal_after_the_fallback_is_the_error(
+    hosted: Hosted, upstream: ScriptedUpstream, provider: Provider
+) -> None:
+    body, message = hosted.unauthorized
+    upstream.script(
+        Reply(status=400, content_type="application/json", body=hosted.prefill_refused),
+        Reply(status=401, content_type="application/json", body=body),
+    )
+
+    with pytest.raises(UpstreamStatusError, match=message):
+        await collect(provider.stream(continued("Ada shipped.")))
+
+    assert len(upstream.requests) == 2
+
+
+async def test_a_continuation_is_retried_before_its_first_token_with_the_same_request(
+    hosted: Hosted, upstream: ScriptedUpstream, provider: Provider
+) -> None:
+    status, body, _ = hosted.overloaded
+    upstream.script(
+        Reply(status=status, content_type="application/json", body=body),
+        Reply(frames=hosted.well_formed([" She", " mentors."])),
+    )
+
+    text = ""
+    stream = resilient_stream(
+        provider,
+        continued("Ada shipped. "),
+        max_retries=2,
+        backoff_base=0.001,
+        backoff_max=0.01,
+        first_token_timeout=2,
+        idle_timeout=2,
+    )
+    async with contextlib.aclosing(stream) as items:
+        async for item in items:
+            text += item if isinstance(item, str) else ""
+
+    assert text == "She mentors."
+    first, second = upstream.requests
+    assert first.json == second.json
+    assert first.json["messages"][-1] == hosted.prefill("Ada shipped.")
+
+
+async def test_closing_a_continuation_early_closes_the_upstream_connection(
+    hosted: Hosted, upstream: ScriptedUpstream, provider: Provider
+) -> None:
+    upstream.script(Reply(frames=hosted.endless()))
+
+    stream = provider.stream(continued("Ada shipped. "))
+    received = [await anext(stream) for _ in range(3)]
+    await stream.aclose()
+
+    assert received == ["x", "x", "x"]
+    await asyncio.wait_for(upstream.client_gone.wait(), timeout=2)
+    assert upstream.frames_sent < 50

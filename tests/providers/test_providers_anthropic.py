@@ -7,12 +7,14 @@ types it skips and the API version it names.
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import pytest
 from pydantic import SecretStr
 
 from reviewstream.models import ReviewRequest, Usage
-from reviewstream.providers import Prompt, build_provider
+from reviewstream.providers import Prompt, build_provider, prompts
 from reviewstream.providers.anthropic import AnthropicProvider
 from reviewstream.settings import Settings
 
@@ -105,3 +107,61 @@ async def test_from_settings_sends_the_configured_version(
 
     [request] = upstream.requests
     assert request.headers["anthropic-version"] == "2099-01-01"
+
+
+# --- continuing a stored text ---------------------------------------------------------------
+
+STORED = "Ada led the payments migration.\n\n"
+
+
+async def test_a_continuation_is_the_final_assistant_turn_without_trailing_whitespace(
+    upstream: ScriptedUpstream, provider: AnthropicProvider
+) -> None:
+    upstream.script(Reply(frames=anthropic_frames(["\n\nShe", " mentors", " two."])))
+
+    text, usage = await collect(provider.stream(dataclasses.replace(PROMPT, continuation=STORED)))
+
+    assert STORED + text == "Ada led the payments migration.\n\nShe mentors two."
+    assert usage == Usage(input_tokens=13, output_tokens=9)
+    [request] = upstream.requests
+    assert request.json == {
+        "model": "claude-test",
+        "system": "You write reviews.",
+        "messages": [
+            {"role": "user", "content": "Review Ada."},
+            {"role": "assistant", "content": "Ada led the payments migration."},
+        ],
+        "max_tokens": 321,
+        "stream": True,
+    }
+
+
+async def test_a_model_that_refuses_prefill_is_asked_by_instruction(
+    upstream: ScriptedUpstream, provider: AnthropicProvider
+) -> None:
+    refusal = (
+        b'{"type": "error", "error": {"type": "invalid_request_error", "message": "This model'
+        b" does not support assistant message prefill. The conversation must end with a user"
+        b' message."}}'
+    )
+    upstream.script(
+        Reply(status=400, content_type="application/json", body=refusal),
+        Reply(frames=anthropic_frames(["She", " mentors", " two."])),
+    )
+    prompt = dataclasses.replace(PROMPT, model="claude-sonnet-4-6", continuation=STORED)
+
+    text, _ = await collect(provider.stream(prompt))
+
+    assert text == "She mentors two."
+    prefilled, instructed = upstream.requests
+    assert prefilled.json["messages"][-1]["role"] == "assistant"
+    assert instructed.json == {
+        "model": "claude-sonnet-4-6",
+        "system": "You write reviews.",
+        "messages": [
+            {"role": "user", "content": "Review Ada."},
+            {"role": "user", "content": prompts.continue_instruction(STORED)},
+        ],
+        "max_tokens": 321,
+        "stream": True,
+    }

@@ -265,3 +265,113 @@ def test_build_prompt_scales_max_tokens_with_the_requested_length() -> None:
     assert short.model == "m" and short.request.employee_name == "Ada Lovelace"
     assert "Ada Lovelace" in short.user and "payments migration" in short.user
     assert "performance reviews" in short.system
+
+
+# --- continuing a stored text ---------------------------------------------------------------
+
+
+async def continue_after(stored: str, request: ReviewRequest = REQUEST) -> tuple[list[str], Usage]:
+    """The simulated provider's stream for ``request`` given ``stored`` as the continuation."""
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    prompt = build_prompt(request, "sim-default", settings, continuation=stored)
+    provider = SimulatedProvider(tokens_per_second=1_000_000, first_token_ms=0)
+    *tokens, usage = [item async for item in provider.stream(prompt)]
+    assert all(isinstance(t, str) for t in tokens)
+    assert isinstance(usage, Usage)
+    return tokens, usage  # type: ignore[return-value]
+
+
+async def test_continuing_at_every_offset_completes_the_same_review_byte_for_byte() -> None:
+    request = REQUEST.model_copy(update={"length_words": 40})
+    review, _ = await stream_text(request)
+    text = "".join(review)
+    boundaries = {sum(len(t) for t in review[:i]): i for i in range(len(review) + 1)}
+    mid_token = [c for c in range(len(text)) if c not in boundaries]
+    assert mid_token, "the review has tokens longer than one character"
+
+    for cut in range(len(text) + 1):  # 0, every boundary, every offset inside a token, the end
+        tokens, usage = await continue_after(text[:cut], request)
+
+        assert text[:cut] + "".join(tokens) == text, cut
+        assert usage.output_tokens == len(tokens)
+        if cut in boundaries:  # the very tokens the uninterrupted run yields after that point
+            assert tokens == review[boundaries[cut] :], cut
+        else:  # the rest of the token it stopped in, then the uninterrupted run's tokens
+            i = max(i for c, i in boundaries.items() if c < cut)
+            assert tokens[1:] == review[i + 1 :], cut
+
+
+async def test_continuing_a_long_review_mid_word_and_mid_paragraph() -> None:
+    review, _ = await stream_text(REQUEST)
+    text = "".join(review)
+    split_word = next(i for i, t in enumerate(review) if t[:1].isalpha() and i > 20)
+    cut = sum(len(t) for t in review[:split_word]) + 1  # inside a word, after its first letter
+    paragraph = text.index("\n\n") + 1  # between the two newlines of a paragraph break
+
+    for stored in (text[:cut], text[:paragraph], text[: len(text) // 2], text):
+        tokens, _ = await continue_after(stored)
+
+        assert stored + "".join(tokens) == text
+
+
+async def test_a_whole_review_stored_continues_with_nothing_but_usage() -> None:
+    review, _ = await stream_text(REQUEST)
+
+    tokens, usage = await continue_after("".join(review))
+
+    assert tokens == []
+    assert usage.output_tokens == 0
+
+
+@pytest.mark.parametrize(
+    ("stored", "gap"),
+    [
+        ("Notes from another model.", ["\n\n"]),
+        ("Notes from another model.\n", ["\n"]),
+        ("Notes from another model.\n\n", []),
+        ("This review covers Grace", ["\n\n"]),  # a common start is no reason to splice
+    ],
+)
+async def test_text_that_is_not_this_review_is_followed_by_a_fresh_review(
+    stored: str, gap: list[str]
+) -> None:
+    review, _ = await stream_text(REQUEST)
+
+    tokens, usage = await continue_after(stored)
+
+    assert tokens == [*gap, *review]
+    assert usage.output_tokens == len(gap) + len(review)
+
+
+async def test_a_continuation_counts_the_stored_words_as_input() -> None:
+    prompt = build_prompt(REQUEST, "sim-default", Settings(_env_file=None))  # type: ignore[call-arg]
+    review, _ = await stream_text(REQUEST)
+    stored = "".join(review[:30])
+
+    _, usage = await continue_after(stored)
+
+    prompt_words = len(prompt.system.split()) + len(prompt.user.split())
+    assert usage.input_tokens == prompt_words + len(stored.split())
+
+
+async def test_a_continuation_keeps_the_time_to_first_token() -> None:
+    review, _ = await stream_text(REQUEST)
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    prompt = build_prompt(REQUEST, "sim-default", settings, "".join(review[:40]))
+    provider = SimulatedProvider(tokens_per_second=1000, first_token_ms=150)
+
+    started = time.monotonic()
+    stream = provider.stream(prompt)
+    first = await anext(stream)
+    elapsed = time.monotonic() - started
+    await stream.aclose()
+
+    assert first == review[40]
+    assert 0.14 <= elapsed < 2
+
+
+def test_build_prompt_carries_the_continuation() -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+
+    assert build_prompt(REQUEST, "m", settings).continuation == ""
+    assert build_prompt(REQUEST, "m", settings, continuation="So far.").continuation == "So far."

@@ -80,10 +80,11 @@ def default_model(name: ProviderName, settings: Settings) -> str:
 def build_prompt(
     request: ReviewRequest, model: str, settings: Settings, continuation: str = ""
 ) -> Prompt:
-    """The prompt for ``request``.
+    """The prompt for ``request``; ``continuation``: the text already stored for the job.
 
     ``max_tokens`` is ``settings.max_output_tokens``, raised when the requested length needs
-    more, so a long review is not cut off by a limit the operator set for typical ones.
+    more, so a long review is not cut off by a limit the operator set for typical ones. A
+    continued attempt gets the same budget for its new text.
     """
     needed = request.length_words * _TOKENS_PER_WORD
     return Prompt(

@@ -3,6 +3,16 @@
 The stream is a sequence of typed events; only ``message_stop`` ends it successfully. Event
 types and delta types we do not use (``ping``, ``input_json_delta``, ``thinking_delta``, or
 ones added later) are skipped, as Anthropic's versioning policy asks clients to do.
+
+A stored text (``prompt.continuation``) is continued by prefill: it is sent as the final
+``assistant`` turn, which the model continues and the answer does not repeat. The API refuses a
+final assistant turn that ends with whitespace, so the text is sent without it, and the same
+whitespace is dropped from the start of the answer if the model writes it again (the stored
+text already ends with it). Claude 4.6 and later refuse prefill altogether (400, "This model
+does not support assistant message prefill"): on a 400 to a prefilled request the same attempt
+continues by instruction instead — an extra user turn asking for the rest of the given text,
+with a restated end of it dropped from the answer — and the provider keeps doing so for that
+model.
 """
 
 from __future__ import annotations
@@ -16,7 +26,15 @@ import httpx
 from httpx_sse import EventSource
 
 from ..models import Usage
+from . import prompts
 from .base import Prompt, require_key, secret
+from .continuation import (
+    after_restated_tail,
+    after_space,
+    drop_leading,
+    prefill_or_instruct,
+    split_trailing_space,
+)
 from .resilience import upstream_timeout
 from .sse_http import (
     describe_error,
@@ -62,6 +80,8 @@ class AnthropicProvider:
         if api_key:
             self._headers["x-api-key"] = api_key
         self._timeout = upstream_timeout(connect_timeout)
+        # Models that refused a prefilled continuation: continued by instruction from then on.
+        self._refused: set[str] = set()
 
     @classmethod
     def default_model(cls, settings: Settings) -> str:
@@ -86,14 +106,45 @@ class AnthropicProvider:
         )
 
     def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
-        """Yield the message's text deltas, then ``Usage`` if the server reported it."""
-        body = {
+        """Yield the message's text deltas, then ``Usage`` if the server reported it.
+
+        With ``prompt.continuation``, only the text after it (see the module docstring).
+        """
+        if not prompt.continuation:
+            return self._post(self._body(prompt))
+        if prompt.model in self._refused:
+            return self._instructed(prompt)
+        return prefill_or_instruct(
+            lambda: self._prefilled(prompt),
+            lambda: self._instructed(prompt),
+            refusals=(400,),
+            on_refused=lambda: self._refused.add(prompt.model),
+            name=self.name,
+        )
+
+    def _prefilled(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
+        sent, space = split_trailing_space(prompt.continuation)
+        body = self._body(prompt)
+        if sent:  # only whitespace stored: nothing to prefill, and an empty turn is refused
+            body["messages"].append({"role": "assistant", "content": sent})
+        return drop_leading(self._post(body), after_space(space))
+
+    def _instructed(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
+        body = self._body(prompt)
+        instruction = prompts.continue_instruction(prompt.continuation)
+        body["messages"].append({"role": "user", "content": instruction})
+        return drop_leading(self._post(body), after_restated_tail(prompt.continuation))
+
+    def _body(self, prompt: Prompt) -> dict[str, Any]:
+        return {
             "model": prompt.model,
             "system": prompt.system,
             "messages": [{"role": "user", "content": prompt.user}],
             "max_tokens": prompt.max_tokens,
             "stream": True,
         }
+
+    def _post(self, body: dict[str, Any]) -> AsyncGenerator[str | Usage, None]:
         return post_sse(
             self._http,
             self._url,

@@ -24,14 +24,21 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
-    """What a provider is asked to write; ``request`` lets the simulated model write offline."""
+    """What a provider is asked to write; ``request`` lets the simulated model write offline.
+
+    ``continuation`` is the text already stored for this job (all its stored tokens joined),
+    empty for a first attempt. Stored tokens never change, so a provider given a continuation
+    yields only what comes *after* it: never the stored text again, and nothing that would
+    rewrite it. How each provider gets the model to pick up there is its own business (see
+    each provider's docstring).
+    """
 
     system: str
     user: str
     model: str
     max_tokens: int
     request: ReviewRequest
-    continuation: str = ""  # the text already stored: a new attempt writes what follows it
+    continuation: str = ""
 
 
 def require_key(api_key: str | None, base_url: str, public_host: str, env_var: str) -> None:
@@ -52,6 +59,7 @@ class Provider(Protocol):
     """An async source of text deltas.
 
     ``stream`` yields ``str`` deltas as the model writes them and, last, at most one ``Usage``.
+    With a ``prompt.continuation``, the deltas are those that follow that text.
     It raises a ``ProviderError`` subclass on failure (never ends quietly on a truncated
     stream). Closing the iterator early (``aclose()``) closes the upstream connection.
     """

@@ -165,6 +165,9 @@ async def resilient_stream(
     Raises ``UpstreamTimeout`` if an attempt yields nothing within ``first_token_timeout`` or
     goes silent for ``idle_timeout`` after that. The inner stream is always closed, also
     when this generator is closed early or its task is cancelled.
+
+    A continued prompt (``prompt.continuation``) is retried as it is: a try that failed before
+    its first delta stored nothing, so the text to continue after has not changed.
     """
     attempt = 0
     while True:

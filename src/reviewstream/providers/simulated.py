@@ -4,7 +4,8 @@ It exists so the whole system (queue, store, fan-out, every delivery mode, the b
 run without a network or a bill, with realistic timing: a delay before the first token, then a
 steady rate, tokens shaped like an LLM's (a word with its leading space, punctuation and word
 pieces sometimes on their own, paragraph breaks as ``"\\n\\n"``). The text is deterministic for
-a given request, so tests and benchmark runs are repeatable.
+a given request, so tests and benchmark runs are repeatable — and so a continued attempt can
+pick up exactly where an interrupted one stopped (see :meth:`SimulatedProvider.stream`).
 """
 
 from __future__ import annotations
@@ -92,10 +93,27 @@ class SimulatedProvider:
             ) from None
 
     async def stream(self, prompt: Prompt) -> AsyncGenerator[str | Usage, None]:
-        """Yield the review's tokens on schedule, then ``Usage``."""
+        """Yield the review's tokens on schedule, then ``Usage``.
+
+        With ``prompt.continuation`` (the text already stored), it yields what the uninterrupted
+        run would have yielded after that text, so stored text + new text is the same review
+        byte for byte, on the same token boundaries. A continuation that stops inside a token
+        (stored by some other tokenizer) gets that token's remainder first.
+
+        A continuation that is *not* a beginning of this request's review (it was written by
+        another provider, or by a version of this one that wrote differently) is not spliced
+        into it: guessing where the two texts meet would silently garble the result. The
+        review is written afresh after it instead, from a new paragraph, as a model that did
+        not recognise the text would answer — the stored text stays as it is, and the join is
+        plain to see.
+
+        Pacing is the preset's, counted from this request: a continuation waits the
+        time-to-first-token before its first token, like any new request. ``Usage`` counts the
+        continuation's words as input (a model would read it) and only the new tokens as output.
+        """
         pace = self.pace_for(prompt.model)
         rng = _rng_for(prompt.request)
-        tokens = tokenize(write_review(prompt.request, rng), rng)
+        tokens = _after(tokenize(write_review(prompt.request, rng), rng), prompt.continuation)
         loop = asyncio.get_running_loop()
         # Each token is due at a fixed time from the start, so the rate holds however late
         # the event loop wakes us (no drift from summing sleeps).
@@ -103,8 +121,24 @@ class SimulatedProvider:
         for i, token in enumerate(tokens):
             await asyncio.sleep(max(0.0, start + i / pace.tokens_per_second - loop.time()))
             yield token
-        prompt_words = len(prompt.system.split()) + len(prompt.user.split())
-        yield Usage(input_tokens=prompt_words, output_tokens=len(tokens))
+        read = (prompt.system, prompt.user, prompt.continuation)
+        yield Usage(input_tokens=sum(len(text.split()) for text in read), output_tokens=len(tokens))
+
+
+def _after(review: list[str], stored: str) -> list[str]:
+    """The tokens of ``review`` that follow ``stored`` (see ``SimulatedProvider.stream``)."""
+    if not stored:
+        return review
+    if not "".join(review).startswith(stored):
+        newlines = len(stored) - len(stored.rstrip("\n"))
+        gap = "\n" * max(0, 2 - newlines)  # up to a paragraph break
+        return [gap, *review] if gap else review
+    end = 0  # characters of the review before token i
+    for i, token in enumerate(review):
+        if end + len(token) > len(stored):
+            return [token[len(stored) - end :], *review[i + 1 :]]
+        end += len(token)
+    return []  # the whole review is stored already
 
 
 def _rng_for(request: ReviewRequest) -> random.Random:
