@@ -170,7 +170,8 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
     settings: Settings, store: JobStore, redis: aioredis.Redis, upstream: ScriptedUpstream
 ) -> None:
     """Each attempt continues after the stored text until MAX_ATTEMPTS is spent."""
-    upstream.script(Reply(frames=openai_frames(["One", " two"], usage=None, done=False), cut=True))
+    for texts in (["One", " two"], [" three", " four"], [" five", " six"]):
+        upstream.script(Reply(frames=openai_frames(texts, usage=None, done=False), cut=True))
     tuned = settings.model_copy(update={"openai_base_url": upstream.url + "/v1", "max_attempts": 3})
     hub = Hub(redis, store.keys)
     await hub.start()
@@ -185,7 +186,7 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
             await hub.aclose()
     snap = await store.read(job_id, 0, 100)
     assert (snap.status, snap.attempts) == (JobStatus.FAILED, 3)
-    assert snap.tokens == ["One", " two"] * 3
+    assert snap.tokens == ["One", " two", " three", " four", " five", " six"]
     error = snap.error or ""
     assert error.startswith("gave up after 3 attempts: ")
     for attempt in (1, 2, 3):
@@ -194,4 +195,4 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
     bodies = [r.json for r in upstream.requests]
     assert len(bodies) == 3
     assert "One two" not in json.dumps(bodies[0])
-    assert "One two" in json.dumps(bodies[1]) and "One two One two" in json.dumps(bodies[2])
+    assert "One two" in json.dumps(bodies[1]) and "One two three four" in json.dumps(bodies[2])
