@@ -11,6 +11,8 @@ crashed process held keeps counting:
   in memory (no Redis round trip per stream) and, about once a second, publishes its count per
   key as an entry with a deadline and reads the others'; a dead process's entries lapse. A key
   this process holds no streams of is read when a stream is asked for, at most once a second.
+- **Watched jobs** (``REVIEWSTREAM_ABANDON_SECONDS``): each process marks the jobs it serves
+  as seen, so that a job nobody reads anywhere can be cancelled.
 - **Overall** (``REVIEWSTREAM_MAX_QUEUED_JOBS``, live workers): a job is refused with 503 when
   the queue is full or no worker has beaten within the heartbeat window
   (``REVIEWSTREAM_WORKER_HEARTBEAT_TIMEOUT_SECONDS``), rather than accepted into a queue
@@ -29,7 +31,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import scripts
@@ -245,3 +247,61 @@ class StreamCounter:
             for count, _, until in [entry.partition(":")]
             if int(until) > now_ms
         )
+
+
+class Watchers:
+    """The jobs someone follows or polls in this process, marked seen in Redis now and then.
+
+    For ``REVIEWSTREAM_ABANDON_SECONDS``: a worker cancels a running job nobody has marked for
+    that long (its lease renewal checks the mark). One pipelined write per interval for all the
+    jobs watched here, whatever the number of followers; nothing at all when the setting is 0.
+    """
+
+    def __init__(self, store: JobStore, abandon_seconds: float) -> None:
+        self._store = store
+        self.enabled = abandon_seconds > 0
+        self._interval = min(max(abandon_seconds / 4, 0.1), 5.0)
+        self._open: collections.Counter[str] = collections.Counter()
+        self._polled: set[str] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._run(), name="reviewstream-watchers")
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=2.0)
+            self._task = None
+
+    @contextlib.contextmanager
+    def watching(self, job_id: str) -> Iterator[None]:
+        """A follower of the job is open here."""
+        if not self.enabled:
+            yield
+            return
+        self._open[job_id] += 1
+        self._polled.add(job_id)  # marked at the next write even if it closes before
+        try:
+            yield
+        finally:
+            self._open[job_id] -= 1
+            if not self._open[job_id]:
+                del self._open[job_id]
+
+    def polled(self, job_id: str) -> None:
+        """Someone read the job just now (a short poll)."""
+        if self.enabled:
+            self._polled.add(job_id)
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            seen, self._polled = self._polled | self._open.keys(), set()
+            if not seen:
+                continue
+            try:
+                await self._store.seen(sorted(seen))
+            except StoreError as e:
+                log.warning("marking watched jobs failed: %s", e)

@@ -22,7 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from .admission import Admission, StreamCounter
+from .admission import Admission, StreamCounter, Watchers
 from .embedded import EmbeddedRedis
 from .hub import Hub
 from .keys import Keys
@@ -45,6 +45,7 @@ class Runtime:
     gate: Gatekeeper
     admission: Admission
     streams: StreamCounter
+    watchers: Watchers
     worker: Worker | None
 
 
@@ -147,6 +148,9 @@ async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Run
         streams = StreamCounter(store, settings.max_streams_per_key)
         await streams.start()
         stack.push_async_callback(streams.aclose)
+        watchers = Watchers(store, settings.abandon_seconds)
+        await watchers.start()
+        stack.push_async_callback(watchers.aclose)
         reaper = Reaper(store, settings)
         await reaper.start()
         stack.push_async_callback(reaper.aclose)
@@ -162,4 +166,4 @@ async def open_runtime(settings: Settings, *, worker: bool) -> AsyncIterator[Run
             await running.start()
             stack.push_async_callback(running.aclose)
         admission = Admission(store, settings)
-        yield Runtime(settings, redis, store, hub, gate, admission, streams, running)
+        yield Runtime(settings, redis, store, hub, gate, admission, streams, watchers, running)

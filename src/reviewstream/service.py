@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from .admission import Admission, StreamCounter
+from .admission import Admission, StreamCounter, Watchers
 from .errors import JobNotFound, ServerDraining
 from .follow import Follower, FollowOptions, open_follower
 from .hub import Hub
@@ -49,6 +49,7 @@ class ReviewService:
     gate: Gatekeeper
     admission: Admission
     streams: StreamCounter
+    watchers: Watchers
     worker: Worker | None = None
     followers: int = 0  # live followers in this process, for /metrics
 
@@ -61,6 +62,7 @@ class ReviewService:
             runtime.gate,
             runtime.admission,
             runtime.streams,
+            runtime.watchers,
             runtime.worker,
         )
 
@@ -94,6 +96,7 @@ class ReviewService:
         """Short poll: the stored tokens from ``offset`` on, now."""
         snapshot = await self.store.read(job_id, offset, limit or self.settings.page_size)
         _check_may_see(caller, job_id, snapshot.tenant)
+        self.watchers.polled(job_id)
         return page_of(snapshot)
 
     async def long_poll(
@@ -167,7 +170,8 @@ class ReviewService:
                     self.hub, self.store, job_id, offset, self.follow_options
                 ) as follower:
                     _check_may_see(caller, job_id, follower.tenant)
-                    yield follower
+                    with self.watchers.watching(job_id):
+                        yield follower
             finally:
                 self.followers -= 1
 
