@@ -89,7 +89,8 @@ class Settings(BaseSettings):
     # Requests.
     max_request_bytes: int = Field(default=65536, ge=1024)
     ws_max_message_bytes: int = Field(default=4096, ge=64, le=1 << 20)
-    # Open connections one process serves; beyond it uvicorn answers 503.
+    # Requests and WebSocket sessions one process serves at once (idle keep-alive connections
+    # aside: uvicorn's limit, a tenth above, bounds those); beyond it: a JSON 503, Retry-After.
     max_open_connections: int = Field(default=10000, ge=1)
     # Origins (comma-separated) allowed to call the API from a browser; empty: same origin only.
     cors_origins: str = ""

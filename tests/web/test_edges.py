@@ -5,6 +5,7 @@ size and type, out-of-range offsets in every mode, CORS preflight, no tracebacks
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import resource
@@ -116,9 +117,37 @@ async def test_connections_past_the_process_cap_get_503(settings: Settings) -> N
     s = settings.model_copy(update={"max_open_connections": 2, "sim_tokens_per_second": 5.0})
     s = s.model_copy(update={"worker_grace_seconds": 0.2})
     async with serve(create_app(s), **server_options(s)) as base:
-        async with httpx.AsyncClient(base_url=base) as c:
-            job = (await c.post("/jobs", json=REVIEW)).json()
-            url = f"/jobs/{job['id']}/events"
-            async with c.stream("GET", url), c.stream("GET", url):
-                assert (await c.get("/healthz")).status_code == 503
-            assert (await c.get("/healthz")).status_code == 200
+        async with contextlib.AsyncExitStack() as idle:
+            # Idle keep-alive connections are not counted: three of them, then two streams.
+            for _ in range(3):
+                client = await idle.enter_async_context(httpx.AsyncClient(base_url=base))
+                assert (await client.get("/healthz")).status_code == 200
+            async with httpx.AsyncClient(base_url=base) as c:
+                job = (await c.post("/jobs", json=REVIEW)).json()
+                url, job_ws = f"/jobs/{job['id']}/events", ws(base, f"/jobs/{job['id']}/ws")
+                async with c.stream("GET", url), c.stream("GET", url):
+                    refused = await c.get("/healthz")
+                    assert refused.status_code == 503
+                    assert refused.headers["content-type"] == "application/json"
+                    assert int(refused.headers["retry-after"]) >= 1
+                    body = refused.json()
+                    assert "REVIEWSTREAM_MAX_OPEN_CONNECTIONS" in body["error"]
+                    assert body["detail"] == {"limit": "REVIEWSTREAM_MAX_OPEN_CONNECTIONS"}
+                    with pytest.raises(websockets.InvalidStatus) as info:
+                        async with websockets.connect(job_ws):
+                            pass
+                    denied = info.value.response
+                    assert denied.status_code == 503 and int(denied.headers["retry-after"]) >= 1
+                    assert b"REVIEWSTREAM_MAX_OPEN_CONNECTIONS" in denied.body
+                await served_again(c)
+                # A WebSocket session counts as one.
+                async with c.stream("GET", url), websockets.connect(job_ws):
+                    assert (await c.get("/healthz")).status_code == 503
+                await served_again(c)
+
+
+async def served_again(c: httpx.AsyncClient) -> None:
+    """The streams just closed: their slots free as soon as the server sees them end."""
+    async with asyncio.timeout(5):
+        while (await c.get("/healthz")).status_code != 200:
+            await asyncio.sleep(0.05)

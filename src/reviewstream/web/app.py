@@ -21,6 +21,7 @@ from ..runtime import open_runtime
 from ..service import ReviewService
 from ..settings import Settings
 from .body_limit import BodySizeLimit
+from .connection_cap import ConnectionCap, backstop
 from .handlers import add_error_handlers
 from .routes import demo, health, jobs, long_poll, metrics, sse, ws
 
@@ -59,6 +60,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             expose_headers=["X-Job-Id", "X-Stream-Token", "Location", "Retry-After"],
             max_age=600,
         )
+    # Outermost, so that a refused request costs nothing else.
+    app.add_middleware(ConnectionCap, limit=settings.max_open_connections)
     add_error_handlers(app)
     for module in (jobs, long_poll, sse, ws, health, metrics, demo):
         app.include_router(module.router)
@@ -89,5 +92,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "ws_ping_timeout": settings.ws_ping_seconds,
         # Refused (1009) while the frame arrives, before megabytes are buffered.
         "ws_max_size": settings.ws_max_message_bytes,
-        "limit_concurrency": settings.max_open_connections,
+        # The app's ConnectionCap answers at REVIEWSTREAM_MAX_OPEN_CONNECTIONS (JSON 503); uvicorn's
+        # limit, a little above, also counts idle keep-alive connections (connection_cap.py).
+        "limit_concurrency": backstop(settings.max_open_connections),
     }
