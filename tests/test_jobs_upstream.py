@@ -72,14 +72,17 @@ async def test_review_streams_from_a_real_upstream(
 
 
 @pytest.mark.parametrize(
-    ("reply", "error"),
+    ("reply", "error", "requests"),
     [
-        (Reply(frames=openai_frames(["Half"], done=False)), "truncated"),
+        # Broken after the first token: a lost producer, continued by a second attempt, which
+        # the same broken upstream fails before anything new (so the job fails).
+        (Reply(frames=openai_frames(["Half"], done=False)), "truncated", 2),
         (
             Reply(
                 frames=[*openai_frames(["x"], done=False)[:2], sse({"error": {"message": "boom"}})]
             ),
             "boom",
+            1,
         ),  # fmt: skip
         (
             Reply(
@@ -88,18 +91,29 @@ async def test_review_streams_from_a_real_upstream(
                 content_type="application/json",
             ),
             "401",
+            1,
         ),  # fmt: skip
-        (Reply(frames=[*openai_frames(["slow"], done=False)[:2], 5.0]), "silent"),
+        # The same, and the second attempt is refused (below): the error names both attempts.
+        (Reply(frames=[*openai_frames(["slow"], done=False)[:2], 5.0]), "silent", 2),
     ],
 )
 async def test_upstream_failure_fails_the_job_with_a_clear_error(
-    api: httpx.AsyncClient, upstream: ScriptedUpstream, reply: Reply, error: str
+    api: httpx.AsyncClient, upstream: ScriptedUpstream, reply: Reply, error: str, requests: int
 ) -> None:
     upstream.script(reply)
+    if reply.frames and reply.frames[-1] == 5.0:
+        upstream.script(Reply(status=401, body=b"no", content_type="text/plain"))
     tokens, end = await run_job(api, provider="openai")
     assert end["status"] == "failed"
     assert error in end["error"]
-    assert len(upstream.requests) == 1  # none of these is retried after the first token / 401
+    # An in-band error and a 401 are never retried; a stream broken mid-way is continued once.
+    assert len(upstream.requests) == requests
+    if requests == 2:
+        assert upstream.requests[1].json["messages"][-1] == {
+            "role": "assistant",
+            "content": "".join(tokens),
+            "prefix": True,
+        }
 
 
 async def test_5xx_before_first_token_is_retried_then_succeeds(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -348,7 +349,9 @@ class Worker:
                 await self._let_go(claim, f"upstream broke mid-stream ({e})")
                 return
             log.info("job %s failed upstream: %s", job_id, e)
-            await self.store.finish(job_id, JobStatus.FAILED, error=str(e), owner=claim.owner)
+            earlier = json.loads(meta.get("causes") or "[]")
+            error = f"{e}; earlier: {'; '.join(earlier)}" if earlier else str(e)
+            await self.store.finish(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
             return
         await self.store.finish(
             job_id,
