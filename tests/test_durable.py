@@ -20,10 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
 from reviewstream.embedded import redis_server_binary
+from reviewstream.keys import Keys
+from reviewstream.models import JobStatus
 from reviewstream.settings import Settings
+from reviewstream.store import JobStore
 from reviewstream.web import create_app
 
 import followers as fl
@@ -331,3 +335,28 @@ async def test_a_redis_restart_mid_review_is_weather(settings: Settings, tmp_pat
                 await check_followers(followers, final)
                 later = await until(c, after, lambda p: p["done"], 30)
                 assert later["status"] == "done", later
+
+
+async def test_a_job_nobody_follows_is_cancelled_and_a_followed_one_is_not(
+    settings: Settings, redis: aioredis.Redis
+) -> None:
+    abandon = 1.0
+    local = tuned(settings, abandon_seconds=abandon, sim_tokens_per_second=25, lease_seconds=0.6)
+    store = JobStore(redis, Keys(local.key_prefix), retention_seconds=60)
+    async with serve(create_app(local)) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            lonely = await create(c)
+            followed = await create(c)
+            sse = asyncio.create_task(fl.sse(c, followed))
+            # Read once, then never again (watched from Redis, behind the API's back).
+            r = await c.get(f"/jobs/{lonely}/long-poll", params={"timeout": 0.1})
+            assert r.status_code == 200
+            read_at = time.monotonic()
+            while not (snap := await store.read(lonely, 0, 0)).status.terminal:
+                assert time.monotonic() - read_at < 10, snap
+                await asyncio.sleep(0.02)
+            took = time.monotonic() - read_at
+            assert snap.status is JobStatus.CANCELLED and "abandoned" in (snap.error or "")
+            assert abandon <= took <= abandon + local.lease_seconds + 1.0
+            result = await sse
+            assert result.ends[0]["status"] == "done"
