@@ -10,16 +10,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from reviewstream.client import (
     ClientError,
     ConnectionLost,
     End,
+    IntegrityError,
     Mode,
     ReviewstreamClient,
     TokenBatch,
@@ -80,6 +83,8 @@ async def test_every_mode_yields_the_stored_text(client: ReviewstreamClient, mod
     assert end.usage is not None and end.usage["output_tokens"] == len(tokens)
     assert tokens == await stored_text(client, job.id)
     assert NAME in "".join(tokens)
+    # The end carries the digest the client checked the text against.
+    assert end.sha256 == hashlib.sha256("".join(tokens).encode()).hexdigest()
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -108,6 +113,33 @@ def test_cursor_trims_what_the_client_has(
     assert cursor.offset == max(have, batch_offset + len(tokens))
     if got:
         assert got.offset == have and len(got.ts) == len(got.tokens)
+
+
+def test_cursor_proves_the_text_followed_from_the_start() -> None:
+    cursor = _Cursor("job", 0)
+    cursor.take(TokenBatch(0, ["Grüße", " aus"]))
+    cursor.take(TokenBatch(1, [" aus", " Wien"]))  # an overlap after a resume: hashed once
+    right = hashlib.sha256("Grüße aus Wien".encode()).hexdigest()
+    cursor.check(End("done", 3, sha256=right))
+    with pytest.raises(IntegrityError, match=f"the server's is {'0' * 64}"):
+        cursor.check(End("done", 3, sha256="0" * 64))
+    # Followed from the middle, or an end beyond what was delivered: nothing to prove.
+    _Cursor("job", 5).check(End("done", 5, sha256="0" * 64))
+    cursor.check(End("done", 9, sha256="0" * 64))
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_follow_raises_when_the_text_does_not_match_its_digest(
+    client: ReviewstreamClient, redis_server: str, mode: Mode
+) -> None:
+    job = await client.create(NAME, POINTS, length_words=50)
+    await stored_text(client, job.id)
+    redis = aioredis.Redis.from_url(redis_server, decode_responses=True)
+    [chunks] = [key async for key in redis.scan_iter(f"*{{{job.id}}}:chunks")]
+    await redis.lset(chunks, 3, "tampered")  # storage that no longer matches the end's digest
+    await redis.aclose()
+    with pytest.raises(IntegrityError, match=f"job {job.id}: the text received has SHA-256"):
+        await collect(client, job.id, mode, poll_interval=0.02)
 
 
 def test_cursor_refuses_a_gap() -> None:

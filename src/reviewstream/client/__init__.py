@@ -18,7 +18,8 @@ cannot fix (404, 422, a 4xxx WebSocket close) raises ``ClientError`` at once.
 The exception tree::
 
     ClientError              the API refused (``status`` = HTTP status, ``message`` = its `error`)
-    └── ConnectionLost       no answer after the retries (``status`` is None)
+    ├── ConnectionLost       no answer after the retries (``status`` is None)
+    └── IntegrityError       the text followed from offset 0 does not match the end's ``sha256``
 
 ``websockets`` is needed only for ``mode="websocket"`` and is imported there, lazily.
 """
@@ -30,6 +31,7 @@ from ._client import (
     ClientError,
     ConnectionLost,
     End,
+    IntegrityError,
     Job,
     Mode,
     Page,
@@ -41,6 +43,7 @@ __all__ = [
     "ClientError",
     "ConnectionLost",
     "End",
+    "IntegrityError",
     "Job",
     "MODES",
     "Mode",

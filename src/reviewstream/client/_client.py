@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import random
 from collections.abc import AsyncGenerator, Callable
@@ -20,6 +21,7 @@ __all__ = [
     "ClientError",
     "ConnectionLost",
     "End",
+    "IntegrityError",
     "Job",
     "MODES",
     "Mode",
@@ -49,6 +51,15 @@ class ConnectionLost(ClientError):
         super().__init__(None, message)
 
 
+class IntegrityError(ClientError):
+    """The text received does not hash to the ``sha256`` the job's end carries."""
+
+    def __init__(self, job_id: str, expected: str, got: str) -> None:
+        super().__init__(
+            None, f"job {job_id}: the text received has SHA-256 {got}, the server's is {expected}"
+        )
+
+
 class _Retry(Exception):
     """A failure that reconnecting from the current offset may fix."""
 
@@ -75,6 +86,8 @@ class Page:
     done: bool
     error: str | None = None
     usage: dict[str, Any] | None = None
+    attempts: int = 0
+    sha256: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Page:
@@ -90,6 +103,8 @@ class Page:
             done=bool(data["done"]),
             error=data.get("error"),
             usage=data.get("usage"),
+            attempts=int(data.get("attempts") or 0),
+            sha256=data.get("sha256"),
         )
 
 
@@ -114,12 +129,14 @@ class TokenBatch:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """The end of a job: its final status, token count, error (if failed) and usage."""
+    """The end of a job: its final status, token count, error (if failed), usage, and the
+    SHA-256 of its whole text."""
 
     status: str
     next_offset: int
     error: str | None = None
     usage: dict[str, Any] | None = None
+    sha256: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> End:
@@ -129,6 +146,7 @@ class End:
             next_offset=int(data["next_offset"]),
             error=data.get("error"),
             usage=data.get("usage"),
+            sha256=data.get("sha256"),
         )
 
 
@@ -156,12 +174,24 @@ def _transient_status(status: int) -> bool:
 
 
 class _Cursor:
-    """The offset delivered so far; trims what the client has, refuses gaps."""
+    """The offset delivered so far; trims what the client has, refuses gaps.
+
+    Followed from offset 0, it hashes the text delivered, so the end's ``sha256`` can prove it.
+    """
 
     def __init__(self, job_id: str, offset: int) -> None:
         self.job_id = job_id
         self.offset = offset
         self.progressed = False
+        self._digest = hashlib.sha256() if offset == 0 else None
+
+    def check(self, end: End) -> None:
+        """``IntegrityError`` unless the text delivered hashes to the end's ``sha256``."""
+        if self._digest is None or end.sha256 is None or end.next_offset != self.offset:
+            return
+        got = self._digest.hexdigest()
+        if got != end.sha256:
+            raise IntegrityError(self.job_id, end.sha256, got)
 
     def take(self, batch: TokenBatch) -> TokenBatch | None:
         """The part of ``batch`` the caller has not seen yet; ``_Retry`` on a gap."""
@@ -173,6 +203,9 @@ class _Cursor:
         fresh = TokenBatch(self.offset, batch.tokens[skip:], batch.ts[skip:])
         self.offset = fresh.next_offset
         self.progressed = True
+        if self._digest is not None:
+            for token in fresh.tokens:
+                self._digest.update(token.encode())
         return fresh
 
 
@@ -285,6 +318,9 @@ class ReviewstreamClient:
     ) -> AsyncGenerator[TokenBatch | End, None]:
         """Yield the job's tokens from ``offset`` as ``TokenBatch``es, then one ``End``.
 
+        Followed from offset 0, the text received is checked against the end's ``sha256``
+        (``IntegrityError`` if it differs).
+
         Every token is yielded exactly once and in order, across reconnects: a dropped
         connection, a 5xx or 429 answer, or a stream cut before its end resumes from the last
         delivered offset after a backoff. ``ConnectionLost`` after ``max_retries`` failures in a
@@ -309,9 +345,11 @@ class ReviewstreamClient:
                 # aclosing: when our caller stops early, the connection closes now, not at GC.
                 async with contextlib.aclosing(connect(cursor)) as items:
                     async for item in items:
-                        yield item
                         if isinstance(item, End):
+                            cursor.check(item)
+                            yield item
                             return
+                        yield item
                 raise _Retry("the stream ended before the job's end")
             except (_Retry, httpx.TransportError, OSError) as e:
                 failures = 0 if cursor.progressed else failures + 1
@@ -428,7 +466,7 @@ async def _page_items(cursor: _Cursor, page: Page) -> AsyncGenerator[TokenBatch 
     if page.tokens and (fresh := cursor.take(TokenBatch(page.offset, page.tokens, page.ts))):
         yield fresh
     if page.done:
-        yield End(page.status, page.next_offset, page.error, page.usage)
+        yield End(page.status, page.next_offset, page.error, page.usage, page.sha256)
 
 
 def _sse_item(event: ServerSentEvent) -> TokenBatch | End | None:
