@@ -5,6 +5,8 @@ from N, so there is no gap between "read history" and "listen". The follower the
 ``Batch``es in offset order, each token exactly once, and last one ``JobEnd``. It takes tokens
 from the feed's shared buffer while it keeps up and reads the list in pages when it does not
 (joining late, a slow client, a notification lost to a reconnect). An offset past the end waits.
+A waiting follower leaves its offset on the feed and costs nothing else: the hub checks a quiet
+job once for all its waiters (``hub``), and wakes them only when they missed something.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ class Follower:
                     return self._advance(end)
                 self._epoch = -1  # the end says there is more than we saw: read the list
                 continue
-            await feed.changed(version)
+            await feed.changed(version, self.offset)
 
     def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:
         if isinstance(item, Batch):
