@@ -1,20 +1,25 @@
-"""Follower: the branches where the feed's buffer is not enough and the list must be read.
+"""Follower: the branches where the feed's buffer is not enough and the list must be read, and
+the hub's check of quiet feeds, which brings what a lost notification never told.
 
 Against real Redis with a real JobStore and Hub. Tokens are either appended by the store (which
 announces them) or pushed onto the list behind the hub's back, which is what a notification lost
-to a reconnect leaves: tokens on the list that no follower was told about. The hub's own resync
-is set far off, so that only the branch under test can bring those tokens.
+to a reconnect leaves: tokens on the list that no follower was told about. The hub's own check
+is set far off, except in the tests of that check, so that only the branch under test can bring
+those tokens. The check's cost is counted with ``INFO commandstats``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as aioredis
 
+from reviewstream.errors import JobNotFound
 from reviewstream.follow import Follower, FollowOptions, open_follower
 from reviewstream.hub import Feed, Hub
 from reviewstream.keys import Keys
@@ -44,17 +49,42 @@ async def job_id(store: JobStore) -> str:
 
 @contextlib.asynccontextmanager
 async def following(
-    store: JobStore, job_id: str, *, buffer_tokens: int = 1024, page_size: int = 256
+    store: JobStore,
+    job_id: str,
+    *,
+    buffer_tokens: int = 1024,
+    page_size: int = 256,
+    resync_seconds: float = 3600,
 ) -> AsyncIterator[tuple[Follower, Feed]]:
     """A follower of ``job_id`` from offset 0 on a hub of its own, and the feed it reads."""
-    hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=3600)
+    async with crowd(store, job_id, 1, buffer_tokens, page_size, resync_seconds) as (
+        [follower],
+        feed,
+    ):
+        yield follower, feed
+
+
+@contextlib.asynccontextmanager
+async def crowd(
+    store: JobStore,
+    job_id: str,
+    n: int,
+    buffer_tokens: int = 1024,
+    page_size: int = 256,
+    resync_seconds: float = 3600,
+) -> AsyncIterator[tuple[list[Follower], Feed]]:
+    """``n`` followers of ``job_id`` from offset 0 on a hub of their own, and their feed."""
+    hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds)
     await hub.start()
     try:
-        async with (
-            open_follower(hub, store, job_id, 0, FollowOptions(page_size)) as follower,
-            hub.join(job_id) as feed,
-        ):
-            yield follower, feed
+        async with contextlib.AsyncExitStack() as stack:
+            options = FollowOptions(page_size)
+            followers = [
+                await stack.enter_async_context(open_follower(hub, store, job_id, 0, options))
+                for _ in range(n)
+            ]
+            feed = await stack.enter_async_context(hub.join(job_id))
+            yield followers, feed
     finally:
         await hub.aclose()
 
@@ -132,3 +162,118 @@ async def test_an_end_past_what_the_follower_got_reads_the_rest_first(
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
         assert follower.finished
+
+
+# -- the hub's check of quiet feeds -----------------------------------------------------------
+
+QUICK = 0.1  # resync_seconds: every sweep of the hub (once a second) checks a quiet feed
+
+
+async def commands(redis: aioredis.Redis) -> collections.Counter[str]:
+    """Calls per Redis command so far (the counting itself left out)."""
+    info = await redis.info("commandstats")
+    return collections.Counter(
+        {k.removeprefix("cmdstat_"): v["calls"] for k, v in info.items() if k != "cmdstat_info"}
+    )
+
+
+async def waiting(feed: Feed, offset: int, waits: list[asyncio.Task[object]]) -> None:
+    """Until every follower waits on the feed (none has anything to deliver)."""
+    async with asyncio.timeout(5):
+        while feed.waiting_from != offset:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+    assert not any(w.done() for w in waits)
+
+
+async def test_idle_followers_cost_one_check_per_feed_not_a_read_each(
+    store: JobStore, job_id: str
+) -> None:
+    """20 or 200 idle followers: the same few commands (status and count), nobody woken."""
+    costs = {}
+    for n in (20, 200):
+        async with crowd(store, job_id, n, resync_seconds=QUICK) as (followers, feed):
+            waits: list[asyncio.Task[object]] = [asyncio.create_task(f.next()) for f in followers]
+            await waiting(feed, 0, waits)
+            version, before = feed.version, await commands(store.redis)
+            await asyncio.sleep(3.2)  # three sweeps or four
+            costs[n] = await commands(store.redis) - before
+            assert feed.version == version and not any(w.done() for w in waits)
+            for w in waits:
+                w.cancel()
+    for n, cost in costs.items():
+        assert set(cost) == {"hget", "llen"}, (n, cost)
+        assert 3 <= cost["hget"] == cost["llen"] <= 4, (n, cost)
+
+
+async def test_a_lost_notification_reaches_idle_followers_with_one_read(
+    store: JobStore, job_id: str
+) -> None:
+    async with crowd(store, job_id, 50, resync_seconds=QUICK) as (followers, feed):
+        assert await store.append(job_id, OWNER, ["one"])
+        for f in followers:
+            assert await next_batch(f) == (0, ["one"])
+        waits: list[asyncio.Task[object]] = [asyncio.create_task(f.next()) for f in followers]
+        await waiting(feed, 1, waits)
+        before = await commands(store.redis)
+        await unannounced(store, job_id, " two", " three")
+        started = time.monotonic()
+        got = await asyncio.wait_for(asyncio.gather(*waits), 3)
+        assert time.monotonic() - started < 2.5  # the next sweep or the one after
+        assert all(isinstance(b, Batch) and (b.offset, b.tokens) == (1, [" two", " three"])
+                   for b in got)  # fmt: skip
+        cost = await commands(store.redis) - before
+        assert cost["lrange"] == 2, cost  # one read of the missing range, for all 50
+        # Back on the feed afterwards, once each.
+        assert await store.append(job_id, OWNER, [" four"])
+        for f in followers:
+            assert await next_batch(f) == (3, [" four"])
+
+
+async def test_an_end_whose_notice_was_lost_reaches_idle_followers(
+    store: JobStore, job_id: str
+) -> None:
+    async with crowd(store, job_id, 20, resync_seconds=QUICK) as (followers, feed):
+        assert await store.append(job_id, OWNER, ["one"])
+        for f in followers:
+            assert await next_batch(f) == (0, ["one"])
+        waits: list[asyncio.Task[object]] = [asyncio.create_task(f.next()) for f in followers]
+        await waiting(feed, 1, waits)
+        before = await commands(store.redis)
+        # Ended behind the hub's back: the status written, no notice published.
+        meta = store.keys.meta(job_id)
+        await store.redis.hset(meta, mapping={"status": "done", "count": 1})
+        ends = await asyncio.wait_for(asyncio.gather(*waits), 3)
+        assert all(isinstance(e, JobEnd) and (e.status, e.next_offset) == (JobStatus.DONE, 1)
+                   for e in ends)  # fmt: skip
+        assert (await commands(store.redis) - before)["multi"] == 1  # one read for all 20
+
+
+async def test_a_gap_wider_than_the_buffer_makes_followers_read_the_list(
+    store: JobStore, job_id: str
+) -> None:
+    async with following(store, job_id, buffer_tokens=4, page_size=3, resync_seconds=QUICK) as (
+        follower,
+        feed,
+    ):
+        assert await store.append(job_id, OWNER, ["t0"])
+        assert await next_batch(follower) == (0, ["t0"])
+        tokens = [f" t{i}" for i in range(1, 11)]
+        await unannounced(store, job_id, *tokens)
+        got = []
+        while follower.offset < 11:
+            offset, batch = await asyncio.wait_for(next_batch(follower), 3)
+            assert offset == len(got) + 1
+            got += batch
+        assert got == tokens
+
+
+async def test_a_job_gone_from_redis_is_not_found_for_its_idle_followers(
+    store: JobStore, job_id: str
+) -> None:
+    async with following(store, job_id, resync_seconds=QUICK) as (follower, feed):
+        waits: list[asyncio.Task[object]] = [asyncio.create_task(follower.next())]
+        await waiting(feed, 0, waits)
+        await store.redis.delete(store.keys.meta(job_id), store.keys.chunks(job_id))
+        with pytest.raises(JobNotFound):
+            await asyncio.wait_for(waits[0], 3)

@@ -62,7 +62,7 @@ async def test_coalescing_wakes_followers_once_per_window_with_one_timer() -> No
     for i in range(5):  # five notifications inside one window
         feed.push(Batch(i, [str(i)], [float(i)]))
     assert feed.version == version  # nobody woken yet
-    await asyncio.wait_for(feed.changed(version), 1)
+    await asyncio.wait_for(feed.changed(version, 0), 1)
     assert 0.04 <= time.monotonic() - started < 0.5
     assert feed.version == version + 1  # one wake-up for the five
     got = feed.tokens_from(0, 10)
@@ -82,6 +82,59 @@ def test_without_a_window_every_notification_wakes_followers() -> None:
     feed.push(Batch(0, ["a"], [1.0]))
     feed.push(Batch(1, ["b"], [2.0]))
     assert feed.version == version + 2
+
+
+def test_a_notification_already_held_is_old_news_and_a_partial_one_adds_its_rest() -> None:
+    """What a check fetched may be notified afterwards: held once, nobody woken twice."""
+    feed = feed_with(Batch(0, ["a", "b", "c"], [1.0, 2.0, 3.0]))
+    version = feed.version
+    feed.push(Batch(1, ["b", "c"], [2.0, 3.0]))
+    assert feed.version == version and feed.next_offset == 3
+    got = feed.tokens_from(0, 10)
+    assert got is not None and got.tokens == ["a", "b", "c"]
+    feed.push(Batch(2, ["c", "d"], [3.0, 4.0]))  # overlaps the buffer's end: keep "d" only
+    got = feed.tokens_from(0, 10)
+    assert got is not None and (got.tokens, got.ts) == (["a", "b", "c", "d"], [1.0, 2.0, 3.0, 4.0])
+    assert feed.version == version + 1
+
+
+def test_an_end_heard_twice_wakes_followers_once() -> None:
+    feed = feed_with(Batch(0, ["a"], [1.0]))
+    version = feed.version
+    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
+    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
+    assert feed.version == version + 1 and feed.end is not None
+
+
+async def test_waiters_leave_their_lowest_offset_until_the_next_wake_up() -> None:
+    """The hub's check of a quiet feed compares the job's count with this offset."""
+    feed = feed_with()
+    feed.refs = 3
+    assert feed.waiting_from is None and not feed.due(time.monotonic() + 60, 5)
+    version = feed.version
+    waiters = [asyncio.create_task(feed.changed(version, offset)) for offset in (7, 4, 9)]
+    await asyncio.sleep(0)
+    assert feed.waiting_from == 4
+    assert feed.due(time.monotonic() + 60, 5) and not feed.due(time.monotonic(), 5)
+    feed.push(Batch(0, ["a"], [1.0]))  # a wake-up: every waiter goes
+    await asyncio.wait_for(asyncio.gather(*waiters), 1)
+    assert feed.waiting_from is None and not feed.due(time.monotonic() + 60, 5)
+    # A feed that has the end, or is not subscribed, is never checked.
+    waiter = asyncio.create_task(feed.changed(feed.version, 1))
+    await asyncio.sleep(0)
+    assert feed.due(time.monotonic() + 60, 5)
+    feed.disconnected()
+    await asyncio.wait_for(waiter, 1)
+    waiter = asyncio.create_task(feed.changed(feed.version, 1))
+    await asyncio.sleep(0)
+    assert not feed.due(time.monotonic() + 60, 5)
+    feed.resubscribed()
+    await asyncio.wait_for(waiter, 1)
+    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
+    waiter = asyncio.create_task(feed.changed(feed.version, 1))
+    await asyncio.sleep(0)
+    assert feed.waiting_from == 1 and not feed.due(time.monotonic() + 60, 5)
+    waiter.cancel()
 
 
 async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redis) -> None:

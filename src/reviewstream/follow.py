@@ -2,11 +2,13 @@
 
 ``open_follower`` joins the job's feed on the hub (subscribed and confirmed), then reads the list
 from N, so there is no gap between "read history" and "listen". The follower then yields
-``Batch``es in offset order, each token exactly once, and last one ``JobEnd``; a
-``JobNotice`` heard while following (an attempt lost, a new one begun) comes once the follower
-has every token stored before it. It takes tokens
-from the feed's shared buffer while it keeps up and reads the list in pages when it does not
-(joining late, a slow client, a notification lost to a reconnect). An offset past the end waits.
+``Batch``es in offset order, each token exactly once, and last one ``JobEnd``; a ``JobNotice``
+heard while following (an attempt lost, a new one begun) comes once the follower has every token
+stored before it. It takes tokens from the feed's shared buffer while it keeps up and reads the
+list in pages when it does not (joining late, a slow client, a notification lost to a
+reconnect). An offset past the end waits.
+A waiting follower leaves its offset on the feed and costs nothing else: the hub checks a quiet
+job once for all its waiters (``hub``), and wakes them only when they missed something.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Follower:
                 self._notices = feed.notices
                 if self.offset >= feed.notice.offset:
                     return feed.notice
-            await feed.changed(version)
+            await feed.changed(version, self.offset)
 
     def _advance(self, item: Batch | JobEnd) -> Batch | JobEnd:
         if isinstance(item, Batch):

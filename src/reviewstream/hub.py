@@ -10,6 +10,17 @@ follower that falls behind the buffer reads the missing range from the list in p
 A feed's buffer is only trusted while its subscription is unbroken: every subscribe confirmation
 (the first, or one after redis-py or the hub reconnected) starts a new ``epoch``, empties the
 buffer and wakes the followers, who then re-read the list from their own offsets.
+
+Quiet feeds are checked, not re-read per follower. A waiting follower leaves its offset on the
+feed (the feed keeps only the lowest since its last wake-up): not the highest offset the feed
+has seen, because one follower's list read can run past what another was told. Once a second
+the hub takes every feed with waiters that had no news for ``resync_seconds`` and reads each
+job's status and token count, all of them in one pipeline (``JobStore.progress``: two commands
+a job), on a task of its own so that routing notifications never waits for it. Only when that
+read shows what a waiter was never told (more tokens than its offset, or an end) does the hub
+read the missing range once and hand it to the feed like a notification; a job gone from
+Redis, or a gap wider than the buffer, starts a new epoch instead. N idle followers of a job
+thus cost its check, not N list reads, and nobody is woken when nothing changed.
 """
 
 from __future__ import annotations
@@ -26,12 +37,16 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from .errors import StoreError
+from .errors import JobNotFound, StoreError
 from .keys import Keys
 from .models import Batch, JobEnd, JobNotice
 from .notices import parse_notice
+from .store import JobStore
 
 log = logging.getLogger(__name__)
+
+# Quiet jobs checked per pipeline: one round trip each, short enough not to hold Redis up.
+CHECK_BATCH = 500
 
 
 class Feed:
@@ -51,8 +66,10 @@ class Feed:
         self.notice: JobNotice | None = None  # the latest change of producer heard here
         self.notices = 0  # how many were heard
         self.version = 0
-        self.changed_at = time.monotonic()
+        self.news_at = time.monotonic()  # the last wake-up, notification or check by the hub
         self._changed = asyncio.Event()
+        # The lowest offset a follower waits at since the last wake-up (None: nobody waits).
+        self._waiting_from: int | None = None
         self._batches: collections.deque[Batch] = collections.deque()
         self._buffered = 0
         self._max_tokens = max_tokens
@@ -78,10 +95,18 @@ class Feed:
         self._wake()
 
     def push(self, batch: Batch) -> None:
-        if self._batches and self._batches[-1].next_offset != batch.offset:
-            # Not contiguous with what we hold: drop it all, followers read the list instead.
-            self._batches.clear()
-            self._buffered = 0
+        self.news_at = time.monotonic()
+        if self._batches:
+            held = self._batches[-1].next_offset
+            if batch.next_offset <= held:
+                return  # old news: a check fetched it before its notification arrived
+            if batch.offset < held:  # partly held: keep the rest
+                skip = held - batch.offset
+                batch = Batch(held, batch.tokens[skip:], batch.ts[skip:])
+            elif batch.offset != held:
+                # Not contiguous with what we hold: drop it all, followers read the list instead.
+                self._batches.clear()
+                self._buffered = 0
         self._batches.append(batch)
         self._buffered += len(batch.tokens)
         while self._buffered > self._max_tokens and len(self._batches) > 1:
@@ -98,6 +123,8 @@ class Feed:
         self._wake()
 
     def finish(self, end: JobEnd) -> None:
+        if self.end is not None:
+            return  # heard twice (a check found it before its notice arrived): one wake-up
         self.end = end
         self.ended.set()
         self._wake()
@@ -107,16 +134,27 @@ class Feed:
         self._wake()
 
     def resync(self) -> None:
-        """Quiet for long: have followers re-read the list once, in case a message was lost."""
+        """Have every follower re-read the list from its own offset (a new epoch)."""
         self.epoch += 1
         self._wake()
+
+    @property
+    def waiting_from(self) -> int | None:
+        """The lowest offset a follower waits at, if any waits (reset by every wake-up)."""
+        return self._waiting_from
+
+    @property
+    def next_offset(self) -> int | None:
+        """Where the buffer ends (None when empty)."""
+        return self._batches[-1].next_offset if self._batches else None
 
     def _wake(self) -> None:
         if self._flush is not None:  # anything else that wakes followers delivers tokens too
             self._flush.cancel()
             self._flush = None
-        self.changed_at = time.monotonic()
+        self.news_at = time.monotonic()
         self.version += 1
+        self._waiting_from = None  # every waiter wakes; those that wait again say where
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -162,14 +200,26 @@ class Feed:
                 break
         return Batch(offset, tokens, ts)
 
-    async def changed(self, version: int) -> None:
-        """Wait until the feed changes after ``version``.
+    async def changed(self, version: int, offset: int) -> None:
+        """Wait, at ``offset``, until the feed changes after ``version``.
 
-        No timer per waiter: the hub wakes quiet feeds itself (``resync``), so a delivery costs
-        a follower no timer of its own.
+        No timer per waiter: the hub checks quiet feeds itself against the lowest offset waited
+        at, so a delivery costs a follower no timer of its own and an idle one costs nothing.
         """
         if self.version == version:
+            if self._waiting_from is None or offset < self._waiting_from:
+                self._waiting_from = offset
             await self._changed.wait()
+
+    def due(self, now: float, quiet_seconds: float) -> bool:
+        """Worth a check by the hub: followers wait, and no news came for ``quiet_seconds``."""
+        return (
+            self.refs > 0
+            and self.end is None
+            and self._waiting_from is not None
+            and self.confirmed.is_set()
+            and now - self.news_at >= quiet_seconds
+        )
 
 
 class Hub:
@@ -178,7 +228,8 @@ class Hub:
     ``join(job_id)`` subscribes (once per job per process) and returns only after Redis
     confirmed the subscription, so a follower that reads the list afterwards misses nothing.
     A feed nobody holds lingers ``linger_seconds`` before it is unsubscribed, so that a long
-    poller's next request, or a client reconnecting, finds it still warm.
+    poller's next request, or a client reconnecting, finds it still warm. Feeds whose followers
+    wait with no news for ``resync_seconds`` are checked against the list (module docstring).
     """
 
     def __init__(
@@ -194,6 +245,8 @@ class Hub:
     ) -> None:
         self._redis = redis
         self._keys = keys
+        # Reads only (the checks of quiet jobs), on the same client; it never ends a job.
+        self._store = JobStore(redis, keys, retention_seconds=0)
         self._buffer_tokens = buffer_tokens
         self._subscribe_timeout = subscribe_timeout
         self._linger_seconds = linger_seconds
@@ -208,6 +261,7 @@ class Hub:
         self._pubsub: Any = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._checking: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.draining = False
 
@@ -215,10 +269,11 @@ class Hub:
         self._task = asyncio.create_task(self._run(), name="reviewstream-hub")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.wait([self._task], timeout=2.0)
-            self._task = None
+        for task in (self._task, self._checking):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task], timeout=2.0)
+        self._task = self._checking = None
         await self._close_pubsub()
 
     def drain(self) -> None:
@@ -320,10 +375,15 @@ class Hub:
                 await self._sweep(now)
 
     async def _sweep(self, now: float) -> None:
-        """Once a second: resync quiet feeds, unsubscribe feeds nobody held for a while."""
-        for feed in self._feeds.values():
-            if feed.refs and feed.end is None and now - feed.changed_at >= self._resync_seconds:
-                feed.resync()
+        """Once a second: check quiet feeds, unsubscribe feeds nobody held for a while."""
+        if self._checking is None or self._checking.done():
+            due = [feed for feed in self._feeds.values() if feed.due(now, self._resync_seconds)]
+            if due:
+                for feed in due:
+                    feed.news_at = now  # checked: not due again for another resync_seconds
+                self._checking = asyncio.create_task(
+                    self._check(due), name="reviewstream-hub-check"
+                )
         idle = [
             channel
             for channel, feed in self._feeds.items()
@@ -332,6 +392,56 @@ class Hub:
         for channel in idle:
             del self._feeds[channel]
             await self._unsubscribe(channel)
+
+    async def _check(self, feeds: list[Feed]) -> None:
+        """Compare quiet feeds with the jobs' status and count; repair only what was missed.
+
+        Runs beside the hub's task, so notifications keep being routed meanwhile: a feed that
+        changed while its job was read is skipped (its followers woke and look for themselves).
+        """
+        try:
+            for start in range(0, len(feeds), CHECK_BATCH):
+                await self._check_batch(feeds[start : start + CHECK_BATCH])
+        except StoreError as e:
+            log.warning("checking quiet jobs failed: %s", e)
+        except Exception:  # the next sweep starts a new check; say why this one stopped
+            log.exception("checking quiet jobs failed")
+
+    async def _check_batch(self, feeds: list[Feed]) -> None:
+        seen = [(feed, feed.version, feed.epoch, feed.waiting_from) for feed in feeds]
+        progress = await self._store.progress([self._job_id(feed) for feed in feeds])
+        for (feed, version, epoch, waiting_from), (status, count) in zip(
+            seen, progress, strict=True
+        ):
+            if waiting_from is None or feed.version != version or feed.epoch != epoch:
+                continue
+            if status is None:
+                feed.resync()  # gone from Redis: followers read the list and learn so
+            elif count > waiting_from or status.terminal:
+                await self._catch_up(feed, version, epoch, min(waiting_from, count), count)
+
+    async def _catch_up(
+        self, feed: Feed, version: int, epoch: int, offset: int, count: int
+    ) -> None:
+        """Read what the feed's waiters missed, once, and hand it to the feed."""
+        if count - offset > self._buffer_tokens:
+            feed.resync()  # too much for the buffer: followers read the list in pages
+            return
+        try:
+            snap = await self._store.read(self._job_id(feed), offset, count - offset)
+        except JobNotFound:
+            feed.resync()
+            return
+        if feed.version != version or feed.epoch != epoch:
+            return  # news came meanwhile; the next check looks again if needed
+        log.info("%s: missed news read from the list (up to offset %d)", feed.channel, count)
+        if snap.tokens:
+            feed.push(Batch(snap.offset, snap.tokens, snap.ts))
+        if snap.done:
+            feed.finish(snap.end())
+
+    def _job_id(self, feed: Feed) -> str:
+        return self._keys.job_id_of_channel(feed.channel)
 
     def _route(self, message: dict[str, Any]) -> None:
         kind, channel = message["type"], message["channel"]

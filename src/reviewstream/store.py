@@ -327,6 +327,23 @@ class JobStore:
             meta = await self.meta(job_id)
             raise JobFinished(job_id, meta["status"])
 
+    async def progress(self, job_ids: Sequence[str]) -> list[tuple[JobStatus | None, int]]:
+        """Each job's status (None: unknown or expired) and token count, in one round trip.
+
+        The hub's check of quiet jobs: two commands a job, however many follow it. Not atomic,
+        but the status is read before the count, so with an ended status the count is final.
+        """
+        with redis_errors("read job progress"):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(self.keys.meta(job_id), "status")
+                    pipe.llen(self.keys.chunks(job_id))
+                replies = await pipe.execute()
+        return [
+            (JobStatus(status) if status is not None else None, int(count))
+            for status, count in zip(replies[::2], replies[1::2], strict=True)
+        ]
+
     # -- queue and leases ---------------------------------------------------------------------
 
     async def ensure_group(self) -> None:
