@@ -196,3 +196,44 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
     assert len(bodies) == 3
     assert "One two" not in json.dumps(bodies[0])
     assert "One two" in json.dumps(bodies[1]) and "One two three four" in json.dumps(bodies[2])
+
+
+async def test_on_producer_loss_restart_writes_again_after_the_stored_tokens(
+    settings: Settings, store: JobStore, redis: aioredis.Redis, in_process_worker: Worker
+) -> None:
+    """``restart``: the next attempt starts from the prompt, announced with ``reset``."""
+    restart = settings.model_copy(update={"on_producer_loss": "restart"})
+    slow = Worker(
+        store,
+        in_process_worker.hub,
+        restart.model_copy(update={"sim_tokens_per_second": 10}),
+        in_process_worker.http,
+        grace_seconds=0.1,
+    )
+    await slow.start()
+    job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(store.keys.channel(job_id))
+    await wait_for(store, job_id, lambda s: len(s.tokens) >= 3, 10)
+    await slow.aclose()
+    before = (await store.read(job_id, 0, 100_000)).tokens
+    again = Worker(store, in_process_worker.hub, restart, in_process_worker.http)
+    await again.start()
+    try:
+        await wait_for(store, job_id, lambda s: s.status.terminal, 20)
+    finally:
+        await again.aclose()
+    snap = await store.read(job_id, 0, 100_000)
+    assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
+    rewritten = snap.tokens[len(before) :]
+    assert snap.tokens[: len(before)] == before
+    assert rewritten[: len(before)] == before  # the same review, from its first word
+    notices = []  # everything the job published, read back in order
+    while (
+        msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+    ) is not None:
+        if "status" in (data := json.loads(msg["data"])):
+            notices.append(data["status"])
+    reset = {"status": "running", "attempt": 2, "offset": len(before), "reset": True}
+    assert notices[-1] == reset
+    await pubsub.aclose()
