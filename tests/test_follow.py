@@ -43,14 +43,19 @@ async def job_id(store: JobStore) -> str:
 
 @contextlib.asynccontextmanager
 async def following(
-    store: JobStore, job_id: str, *, buffer_tokens: int = 1024, page_size: int = 256
+    store: JobStore,
+    job_id: str,
+    *,
+    buffer_tokens: int = 1024,
+    page_size: int = 256,
+    offset: int = 0,
 ) -> AsyncIterator[tuple[Follower, Feed]]:
-    """A follower of ``job_id`` from offset 0 on a hub of its own, and the feed it reads."""
+    """A follower of ``job_id`` from ``offset`` on a hub of its own, and the feed it reads."""
     hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=3600)
     await hub.start()
     try:
         async with (
-            open_follower(hub, store, job_id, 0, FollowOptions(page_size)) as follower,
+            open_follower(hub, store, job_id, offset, FollowOptions(page_size)) as follower,
             hub.join(job_id) as feed,
         ):
             yield follower, feed
@@ -128,6 +133,21 @@ async def test_an_end_past_what_the_follower_got_reads_the_rest_first(
         await asyncio.wait_for(feed.ended.wait(), 2)
         assert feed.end is not None and feed.end.next_offset == 3
         assert await next_batch(follower) == (1, [" two", " three"])
+        end = await next_end(follower)
+        assert end.status is JobStatus.DONE and end.next_offset == 3
+        assert follower.finished
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+async def test_a_job_ended_before_the_follower_came_ends_right_after_its_last_tokens(
+    store: JobStore, job_id: str, offset: int
+) -> None:
+    # Its end was announced to nobody here: the list read that brings the last tokens must
+    # bring the end too (the hub's resync, far off here, is not what ends a replay).
+    assert await store.append(job_id, OWNER, ["one", " two", " three"])
+    assert await store.finish(job_id, JobStatus.DONE, owner=OWNER)
+    async with following(store, job_id, offset=offset) as (follower, _):
+        assert await next_batch(follower) == (offset, ["one", " two", " three"][offset:])
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
         assert follower.finished
