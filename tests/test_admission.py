@@ -100,6 +100,7 @@ async def test_no_worker_means_not_ready_and_no_new_jobs(settings: Settings) -> 
     async with api(keyed(settings), run_worker=False) as c:
         r = await c.get("/readyz")
         assert r.status_code == 503 and "no worker" in r.json()["error"]
+        assert r.json()["detail"] is None  # the one error shape (ErrorBody), as documented
         r = await c.post("/jobs", json=REVIEW, headers=ALICE)
         assert r.status_code == 503 and r.headers["Retry-After"]
         assert "no worker" in r.json()["error"]

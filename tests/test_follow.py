@@ -55,9 +55,10 @@ async def following(
     buffer_tokens: int = 1024,
     page_size: int = 256,
     resync_seconds: float = 3600,
+    offset: int = 0,
 ) -> AsyncIterator[tuple[Follower, Feed]]:
-    """A follower of ``job_id`` from offset 0 on a hub of its own, and the feed it reads."""
-    async with crowd(store, job_id, 1, buffer_tokens, page_size, resync_seconds) as (
+    """A follower of ``job_id`` from ``offset`` on a hub of its own, and the feed it reads."""
+    async with crowd(store, job_id, 1, buffer_tokens, page_size, resync_seconds, offset) as (
         [follower],
         feed,
     ):
@@ -72,15 +73,16 @@ async def crowd(
     buffer_tokens: int = 1024,
     page_size: int = 256,
     resync_seconds: float = 3600,
+    offset: int = 0,
 ) -> AsyncIterator[tuple[list[Follower], Feed]]:
-    """``n`` followers of ``job_id`` from offset 0 on a hub of their own, and their feed."""
+    """``n`` followers of ``job_id`` from ``offset`` on a hub of their own, and their feed."""
     hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds)
     await hub.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             options = FollowOptions(page_size)
             followers = [
-                await stack.enter_async_context(open_follower(hub, store, job_id, 0, options))
+                await stack.enter_async_context(open_follower(hub, store, job_id, offset, options))
                 for _ in range(n)
             ]
             feed = await stack.enter_async_context(hub.join(job_id))
@@ -277,3 +279,18 @@ async def test_a_job_gone_from_redis_is_not_found_for_its_idle_followers(
         await store.redis.delete(store.keys.meta(job_id), store.keys.chunks(job_id))
         with pytest.raises(JobNotFound):
             await asyncio.wait_for(waits[0], 3)
+
+
+@pytest.mark.parametrize("offset", [0, 1])
+async def test_a_job_ended_before_the_follower_came_ends_right_after_its_last_tokens(
+    store: JobStore, job_id: str, offset: int
+) -> None:
+    # Its end was announced to nobody here: the list read that brings the last tokens must
+    # bring the end too (the hub's resync, far off here, is not what ends a replay).
+    assert await store.append(job_id, OWNER, ["one", " two", " three"])
+    assert await store.finish(job_id, JobStatus.DONE, owner=OWNER)
+    async with following(store, job_id, offset=offset) as (follower, _):
+        assert await next_batch(follower) == (offset, ["one", " two", " three"][offset:])
+        end = await next_end(follower)
+        assert end.status is JobStatus.DONE and end.next_offset == 3
+        assert follower.finished

@@ -42,6 +42,9 @@ class Follower:
         self._epoch = -1  # the feed epoch our last list read was made in; -1: never read
         self._pending: Batch | JobEnd | None = None
         self._notices = feed.notices  # notices heard before we came are not ours to tell
+        # The end of a job that had ended when a list read brought its last tokens: its end was
+        # announced before, and nothing will announce it again.
+        self._read_end: JobEnd | None = None
         self.finished = False
 
     @property
@@ -81,6 +84,8 @@ class Follower:
             # More may be stored beyond this page: read again before trusting the feed.
             if len(snap.tokens) < self._options.page_size:
                 self._epoch = epoch
+            if snap.done:
+                self._read_end = snap.end()
             return Batch(snap.offset, snap.tokens, snap.ts)
         self._epoch = epoch
         if snap.done or (snap.status.terminal and self.offset >= snap.count):
@@ -95,6 +100,8 @@ class Follower:
         if self._pending is not None:
             item, self._pending = self._pending, None
             return self._advance(item)
+        if self._read_end is not None:
+            return self._advance(self._read_end)
         feed, options = self._feed, self._options
         while True:
             if feed.draining:

@@ -131,11 +131,46 @@ async def test_non_json_body_is_422(client: httpx.AsyncClient) -> None:
     assert r.status_code == 422
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b'{"employee_name": "\xff"}', b"[" * 5000],
+    ids=["not UTF-8", "nested too deep"],
+)
+async def test_a_body_that_cannot_be_decoded_is_422_not_400(
+    client: httpx.AsyncClient, body: bytes
+) -> None:
+    # FastAPI answers 400 "error parsing the body" for these, a status the document lacks.
+    r = await client.post("/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+    assert r.json()["error"].startswith("invalid request: body is not readable JSON")
+
+
 async def test_oversized_request_is_413(client: httpx.AsyncClient) -> None:
     body = {**REVIEW, "employee_review_points": "x" * 70_000}
     r = await client.post("/jobs", json=body)
     assert r.status_code == 413
     assert "larger than" in r.json()["error"]
+
+
+async def test_an_oversized_body_without_content_length_is_413(client: httpx.AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:  # chunked: the size shows only while reading
+        yield b'{"employee_name": "Ada", "employee_review_points": "'
+        for _ in range(70):
+            yield b"x" * 1000
+        yield b'"}'
+
+    r = await client.post("/jobs", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    assert r.json() == {"error": "request body larger than 65536 bytes", "detail": None}
+
+
+async def test_the_routers_own_refusals_are_json_error_bodies(client: httpx.AsyncClient) -> None:
+    r = await client.request("TRACE", "/jobs")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    assert r.json() == {"error": "Method Not Allowed: TRACE /jobs", "detail": None}
+    r = await client.get("/no/such/path")
+    assert r.status_code == 404
+    assert r.json() == {"error": "Not Found: GET /no/such/path", "detail": None}
 
 
 async def test_unknown_simulated_model_is_422(client: httpx.AsyncClient) -> None:

@@ -50,6 +50,25 @@ async def test_sse_bad_last_event_id_or_offset_is_422(
     assert r.status_code == 404
 
 
+async def test_the_document_declares_sse_errors_as_json_and_each_event(
+    server: tuple[str, httpx.AsyncClient],
+) -> None:
+    _, c = server
+    spec = (await c.get("/openapi.json")).json()
+    error_body = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, method in (("/jobs/{job_id}/events", "get"), ("/generate", "post")):
+        answers = spec["paths"][path][method]["responses"]
+        stream = answers.pop("200")["content"]
+        assert list(stream) == ["text/event-stream"]
+        event = stream["text/event-stream"]["schema"]
+        assert event["properties"]["event"]["enum"] == ["token", "end", "error"]
+        assert {"401", "404" if method == "get" else "413", "422", "429", "503"} <= set(answers)
+        for answer in answers.values():  # errors are answered as JSON, never as a stream
+            assert answer["content"] == {"application/json": {"schema": error_body}}
+    r = await c.get("/jobs/unknown-job/events")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+
+
 async def test_generate_streams_a_new_job_as_sse(server: tuple[str, httpx.AsyncClient]) -> None:
     _, c = server
     tokens: list[str] = []

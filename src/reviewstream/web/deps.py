@@ -106,3 +106,16 @@ CREATE_ERRORS: dict[int | str, dict[str, object]] = {
     422: _error("Invalid body, or a provider or model this deployment cannot run."),
     429: _error("A per-key limit: active jobs or jobs per minute (Retry-After)."),
 }
+
+
+def json_errors(errors: dict[int | str, dict[str, object]]) -> dict[int | str, dict[str, object]]:
+    """``errors`` for a route whose own answer is not JSON (an event stream).
+
+    FastAPI documents a ``model`` in the route's media type, which would declare the JSON error
+    bodies as ``text/event-stream``; these name the JSON and the one schema explicitly instead.
+    """
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+    return {
+        status: {"description": answer["description"], "content": content}
+        for status, answer in errors.items()
+    }

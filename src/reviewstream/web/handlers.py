@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ..errors import (
     Forbidden,
@@ -50,6 +51,19 @@ def add_error_handlers(app: FastAPI) -> None:
         errors = exc.errors()
         where = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return error_response(422, f"invalid request: {where}", jsonable_errors(errors))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Starlette's and FastAPI's own refusals, in our shape rather than {"detail": ...}.
+        if exc.status_code == 400 and exc.__cause__ is not None:
+            # FastAPI's "error parsing the body": JSON it could not decode (not UTF-8, nested
+            # too deep). An invalid body like any malformed JSON, so the documented 422.
+            cause = str(exc.__cause__)[:200]
+            return error_response(422, f"invalid request: body is not readable JSON ({cause})")
+        message = str(exc.detail)
+        if exc.status_code in (404, 405):  # the router's: name what was asked for
+            message = f"{message}: {request.method} {request.url.path[:200]}"
+        return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
     @app.exception_handler(JobNotFound)
     async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:

@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from ...errors import StoreError
+from ...models import ErrorBody
 from ..deps import Service
 
 router = APIRouter(tags=["health"])
@@ -20,7 +21,10 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Redis is unreachable, or no worker."}})
+@router.get(
+    "/readyz",
+    responses={503: {"model": ErrorBody, "description": "Redis is unreachable, or no worker."}},
+)
 async def readyz(service: Service) -> JSONResponse:
     """Ready to take a job: Redis answers and some worker's heartbeat is fresh."""
     window_ms = int(service.settings.worker_heartbeat_timeout_seconds * 1000)
@@ -36,5 +40,8 @@ async def readyz(service: Service) -> JSONResponse:
 
 def _unavailable(error: str) -> JSONResponse:
     return JSONResponse(
-        {"status": "unavailable", "error": error}, status_code=503, headers={"Retry-After": "1"}
+        # The error shape of every other answer, with the status a probe may look at.
+        {"status": "unavailable", "error": error, "detail": None},
+        status_code=503,
+        headers={"Retry-After": "1"},
     )

@@ -14,14 +14,37 @@ from ...follow import Follower
 from ...models import ReviewRequest
 from ...tenancy import Principal
 from ...wire import sse_error_event, sse_event, sse_preamble
-from ..deps import CREATE_ERRORS, JOB_ERRORS, MAX_OFFSET, Caller, JobId, Service
+from ..deps import CREATE_ERRORS, JOB_ERRORS, MAX_OFFSET, Caller, JobId, Service, json_errors
 from ..event_stream import EventStreamResponse
 
 router = APIRouter(tags=["delivery"])
 log = logging.getLogger(__name__)
 
+# One event of the stream (a comment and the `retry` hint open it; they carry no data). An Open
+# API 3.1 `schema` of an event stream describes each event, as schemathesis reads it.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["token", "end", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "token: {offset, tokens, ts}; end: the end record; error: {error}.",
+        },
+        "id": {
+            "type": "string",
+            "pattern": "^[0-9]+$",
+            "description": "The offset after a token event.",
+        },
+        "retry": {"type": "integer"},
+    },
+}
 _SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}}, "description": "The event stream."}
+    200: {
+        "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
+        "description": "The event stream.",
+    }
 }
 LastEventId = Annotated[
     int | None,
@@ -75,7 +98,7 @@ async def stream_response(
 @router.get(
     "/jobs/{job_id}/events",
     response_class=EventStreamResponse,
-    responses={**_SSE, **JOB_ERRORS},
+    responses={**_SSE, **json_errors(JOB_ERRORS)},
 )
 async def job_events(
     job_id: JobId,
@@ -92,7 +115,7 @@ async def job_events(
 @router.post(
     "/generate",
     response_class=EventStreamResponse,
-    responses={**_SSE, **CREATE_ERRORS},
+    responses={**_SSE, **json_errors(CREATE_ERRORS)},
 )
 async def generate(
     body: ReviewRequest, request: Request, service: Service, caller: Caller
