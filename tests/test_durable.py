@@ -33,7 +33,7 @@ from reviewstream.web import create_app
 import followers as fl
 from conftest import free_port, serve
 from live import REVIEW, tuned
-from procs import Process, environment, start, stop_all
+from procs import Process, environment, start, stop_all, wait_ready
 
 PACE = "40"  # tokens per second: a review of ~100 tokens takes a few seconds
 
@@ -360,3 +360,35 @@ async def test_a_job_nobody_follows_is_cancelled_and_a_followed_one_is_not(
             assert abandon <= took <= abandon + local.lease_seconds + 1.0
             result = await sse
             assert result.ends[0]["status"] == "done"
+
+
+async def test_serve_sigterm_hands_its_jobs_over_and_exits_within_the_graceful_timeout(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """``serve`` with its in-process worker: drained streams, the job handed over, a prompt exit."""
+    grace = 1.0
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    async with workers(settings, tmp_path) as w:
+        env = environment(str(settings.redis_url), {"sim_tokens_per_second": "20"})
+        args = ["serve", "--port", str(port), "--graceful-timeout", str(grace)]
+        server = await start("serve", args, env, tmp_path)
+        w.started.append(server)  # stopped and its log shown with the workers
+        await wait_ready(base, server)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            job_id = await create(c)
+            sse = asyncio.create_task(fl.sse(c, job_id))
+            await until(c, job_id, lambda p: len(p["tokens"]) >= 5, 30)
+            server.proc.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            await server.proc.wait()
+            exit_seconds = time.monotonic() - sent
+            # Its SSE stream ended at once, without an end (EventSource resumes elsewhere).
+            assert (await asyncio.wait_for(sse, 1)).ends == []
+        assert exit_seconds <= grace + 1.0, f"exited {exit_seconds:.2f} s after SIGTERM"
+        async with api(settings) as (_, c):
+            handed = await page(c, job_id)
+            assert (handed["status"], handed["attempts"]) == ("queued", 1)
+            await w.start()
+            final = await until(c, job_id, lambda p: p["done"], 30)
+            assert (final["status"], final["attempts"]) == ("done", 2)
