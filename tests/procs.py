@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 STARTUP_SECONDS = 30.0  # three interpreters importing at once on a busy 2-core machine
@@ -87,3 +88,29 @@ async def stop_all(processes: list[Process]) -> None:
     for p in processes:  # shown by pytest only when the test failed
         print(f"----- {p.name} (exit {p.proc.returncode}) -----")
         print(p.log.read_text(errors="replace")[-20_000:])
+
+
+async def wait_log(p: Process, text: str, within: float = STARTUP_SECONDS) -> None:
+    """Until ``text`` appears in the process's log (e.g. a worker saying it runs)."""
+    deadline = time.monotonic() + within
+    while text not in p.log.read_text(errors="replace"):
+        if p.proc.returncode is not None:
+            raise AssertionError(f"{p.name} exited with {p.proc.returncode} before {text!r}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{p.name} did not log {text!r} within {within:g} s")
+        await asyncio.sleep(0.05)
+
+
+def exit_seconds(p: Process, since: float, within: float = 30.0) -> float:
+    """Seconds from ``since`` (monotonic) until the process has exited, watched from a thread at
+    10 ms steps (blocking: call with ``asyncio.to_thread``), so that a busy test event loop
+    does not add its own delay to the figure."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(p.proc.pid).status() == psutil.STATUS_ZOMBIE:
+                break
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.01)
+    return time.monotonic() - since
