@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import shutil
 import socket
 import subprocess
@@ -114,6 +115,10 @@ async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     cfg = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
     )
+    # uvicorn's logging config stops its records at the "uvicorn" logger, out of caplog's sight:
+    # let them reach the root too, so a test can see the server log "Exception in ASGI
+    # application" (still printed on stderr as before).
+    logging.getLogger("uvicorn").propagate = True
     server = uvicorn.Server(cfg)
     task = asyncio.create_task(server.serve())
     try:

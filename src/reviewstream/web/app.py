@@ -24,6 +24,7 @@ from .body_limit import BodySizeLimit
 from .connection_cap import ConnectionCap, backstop
 from .handlers import add_error_handlers
 from .routes import demo, health, jobs, long_poll, metrics, sse, ws
+from .server_close import ServerCloseIsDisconnect
 
 
 class State(TypedDict):
@@ -50,6 +51,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         summary="Performance reviews written by an LLM, delivered while they are written.",
         lifespan=lifespan,
     )
+    # A WebSocket send into a socket uvicorn closed by itself (1009, 1011) is a disconnect.
+    app.add_middleware(ServerCloseIsDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
     if settings.cors_origin_list:
         app.add_middleware(

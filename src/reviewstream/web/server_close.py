@@ -1,0 +1,64 @@
+"""A send on a WebSocket the server closed by itself is a disconnect, not an application error.
+
+uvicorn closes a WebSocket on its own when a frame is larger than ``ws_max_size`` (1009, as
+the frame's header arrives) or a keepalive ping goes unanswered (1011). It marks the socket
+closed at once, but learns that the connection is gone only when the transport says so, a loop
+turn later at the soonest (later still while its write buffer drains). In between it answers
+the application's ``websocket.send`` or ``websocket.close`` with ``RuntimeError("Unexpected
+ASGI message …, after sending 'websocket.close'")`` instead of the ``OSError`` the ASGI spec
+asks for on a closed connection, and which it raises itself once the connection is lost.
+Starlette turns an ``OSError`` into ``WebSocketDisconnect``; a ``RuntimeError`` goes up as a
+crash of the application, logged with its traceback.
+
+The WebSocket route sends in the handler's task while a reader task watches the client
+(``alongside``). The reader hears of such a close from the disconnect event the server queues,
+and then cancels the sending; but the sender, woken by a token in the same loop turn, can run
+first and send into that window. After a keepalive timeout nothing is queued at all. No
+ordering of the two tasks closes the window, so the answer is put right where it enters the
+app: a send refused with ``RuntimeError`` on a socket this app accepted and has not closed
+can only mean that the server closed it, and becomes ``ServerClosedSocket``, an ``OSError``.
+Anything else (a send before the accept, or after the app's own close) still goes up as the
+bug it is. The close code the client gets is the server's (1009, 1011).
+
+One wrapper per WebSocket session, on its send path: a frame and two flag checks per message,
+against the framing and the write every message costs anyway. HTTP requests and streams pass
+untouched.
+"""
+
+from __future__ import annotations
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+class ServerClosedSocket(OSError):
+    """The server had already closed this WebSocket by itself when the app sent to it."""
+
+
+class ServerCloseIsDisconnect:
+    """Pure ASGI: a WebSocket send refused because the server closed the socket is an OSError."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        accepted = closed_by_app = False
+
+        async def send_or_disconnect(message: Message) -> None:
+            nonlocal accepted, closed_by_app
+            kind = message["type"]
+            into_open_socket = accepted and not closed_by_app
+            if kind == "websocket.accept":
+                accepted = True
+            elif kind == "websocket.close":
+                closed_by_app = True
+            try:
+                await send(message)
+            except RuntimeError as e:
+                if into_open_socket and kind in ("websocket.send", "websocket.close"):
+                    raise ServerClosedSocket(f"the server had closed the WebSocket: {e}") from e
+                raise
+
+        await self.app(scope, receive, send_or_disconnect)
