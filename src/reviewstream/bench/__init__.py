@@ -18,6 +18,13 @@ Modules, one purpose each:
 - ``machine``: what the benchmark ran on.
 - ``report``: the table, ``results.json`` and the chart.
 - ``cli``: the command line and the orchestration.
+
+Side by side with a peer (``--peer durable-streams``), the same loads on another server:
+
+- ``peer_server``: the Durable Streams reference server, installed from npm on request.
+- ``peer_followers``: long-poll and SSE followers speaking the Durable Streams protocol.
+- ``peer_runner``: one run of one load against the peer, with the benchmark as its producer.
+- ``side_by_side``: each load on reviewstream then on the peer; ratios, targets, the table.
 """
 
 from __future__ import annotations

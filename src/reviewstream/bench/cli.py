@@ -4,6 +4,11 @@ Progress goes to stderr, the table to stdout; ``results.json`` and ``chart.png``
 ``--output``. The exit status is 1 when the headline runs (one follower per mode) had any error:
 lost or duplicated tokens included. Errors at higher fan-out are findings, reported, not
 failures of the command.
+
+``--peer durable-streams`` runs the side-by-side comparison instead (``side_by_side``):
+``side_by_side.json`` and ``side_by_side.txt`` go to ``--output``; the exit status is 2 when the
+peer cannot be installed or run (what is missing is said in one line), 1 when the smallest load
+had errors on either side.
 """
 
 from __future__ import annotations
@@ -12,11 +17,12 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..wire import MODES
+from . import peer_server, side_by_side
 from .plan import BenchOptions
 from .report import CHART_NAME, chart, table, write_json
 from .server import raise_open_files_limit
@@ -60,6 +66,12 @@ def _modes(text: str) -> tuple[str, ...]:
 
 
 DEFAULTS = BenchOptions(output=Path("out"))
+# What --peer changes (anything given explicitly, or by --quick, still wins): issue 12's loads.
+PEER_DEFAULTS: dict[str, Any] = {
+    "modes": side_by_side.MODES,
+    "followers": (1, 100, 250, 500),
+    "repeat": 1,
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -149,11 +161,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help=f"idle connections per kind for --memory (default {d.memory_connections})",
     )
+    peer = parser.add_argument_group(
+        "side by side with a peer",
+        "--peer runs each load on reviewstream and then on the peer, instead of the plan above; "
+        f"defaults then: modes {','.join(PEER_DEFAULTS['modes'])}, followers "
+        f"{','.join(map(str, PEER_DEFAULTS['followers']))}, 1 run each",
+    )
+    peer.add_argument(
+        "--peer",
+        choices=[peer_server.NAME],
+        help="the Durable Streams reference server (npm, installed on first use; needs Node.js)",
+    )
+    peer.add_argument(
+        "--peer-dir",
+        type=Path,
+        help=f"where the peer is installed (default {peer_server.default_peer_dir()})",
+    )
+    peer.add_argument(
+        "--peer-version",
+        help=f"the peer package's version (default {peer_server.DEFAULT_VERSION})",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> BenchOptions:
-    """Defaults, then ``--quick``'s, then what was given explicitly."""
+    """Defaults, then ``--peer``'s, then ``--quick``'s, then what was given explicitly."""
     values: dict[str, Any] = {"output": args.output, "url": args.url, "quick": args.quick}
+    peer = getattr(args, "peer", None)
+    if peer:
+        values.update(PEER_DEFAULTS)
+        values.update(
+            peer=peer,
+            peer_dir=args.peer_dir or peer_server.default_peer_dir(),
+            peer_version=args.peer_version or peer_server.DEFAULT_VERSION,
+        )
     if args.quick:
         values.update(QUICK)
     for name in (
@@ -165,7 +205,15 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         if value is not None:
             values[name] = value
     values["memory"] = bool(args.memory)
-    if args.quick:
+    if peer:
+        other = [m for m in values["modes"] if m not in side_by_side.MODES]
+        if other:
+            raise SystemExit(
+                f"--peer {peer} compares {' and '.join(side_by_side.MODES)} only, not {other[0]}"
+            )
+        if values["memory"]:
+            raise SystemExit("--memory is not part of the side-by-side run (--peer)")
+    if args.quick and not peer:
         # The quick plan sweeps nothing: its fan-out rows are the headline's own runs.
         values.setdefault("fanout_rate", values.get("rate", DEFAULTS.rate))
         values.setdefault("fanout_poll_interval", values["poll_intervals"][0])
@@ -183,13 +231,13 @@ def headline_errors(results: dict[str, Any]) -> int:
     return sum(int(e.get("errors") or 0) for e in entries)
 
 
-def _run_loop(options: BenchOptions) -> dict[str, Any]:
+def _run_loop(main: Coroutine[Any, Any, T]) -> T:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.run(run_suite(options))
+        return asyncio.run(main)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(run_suite(options))
+        return runner.run(main)
 
 
 EXTRA_MISSING = (
@@ -213,14 +261,17 @@ def run(args: argparse.Namespace) -> int:
         print(EXTRA_MISSING, file=sys.stderr)
         return 2
     options = options_from_args(args)
+    if options.peer:
+        return run_peer(options)
     for noisy in ("httpx", "httpcore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     options.output.mkdir(parents=True, exist_ok=True)
     limit = raise_open_files_limit()
     stderr_progress(f"reviewstream bench: output to {options.output}/ (open-files limit {limit})")
-    results = _run_loop(options)
-    if sys.argv[1:2] == ["bench"]:
-        results["config"]["command"] = " ".join(["reviewstream", *sys.argv[1:]])
+    results = _run_loop(run_suite(options))
+    command = _command()
+    if command:
+        results["config"]["command"] = command
     write_json(results, options.output / "results.json")
     chart(results, options.output / CHART_NAME)
     print(table(results), flush=True)
@@ -228,5 +279,64 @@ def run(args: argparse.Namespace) -> int:
     errors = headline_errors(results)
     if errors:
         stderr_progress(f"the headline runs had {errors} errors")
+        return 1
+    return 0
+
+
+def _command() -> str | None:
+    return " ".join(["reviewstream", *sys.argv[1:]]) if sys.argv[1:2] == ["bench"] else None
+
+
+def run_peer(options: BenchOptions) -> int:
+    """``--peer``: each load on reviewstream and on the peer; exit 2 when the peer cannot run,
+    1 when the 1-follower loads (the smallest) had errors on either side."""
+    assert options.peer_dir is not None and options.peer_version is not None
+    missing = peer_server.missing_tools(options.peer_dir, options.peer_version)
+    if missing:
+        print(peer_server.missing_message(missing, options.peer_version), file=sys.stderr)
+        return 2
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    options.output.mkdir(parents=True, exist_ok=True)
+    limit = raise_open_files_limit()
+    stderr_progress(
+        f"reviewstream bench --peer {options.peer}: output to {options.output}/ "
+        f"(open-files limit {limit})"
+    )
+
+    async def main() -> dict[str, Any] | None:
+        assert options.peer_dir is not None and options.peer_version is not None
+        try:
+            install = await peer_server.ensure_installed(
+                options.peer_dir, options.peer_version, stderr_progress
+            )
+        except peer_server.PeerUnavailable as e:
+            print(e, file=sys.stderr)
+            return None
+        return await side_by_side.run_side_by_side(options, install, stderr_progress)
+
+    results = _run_loop(main())
+    if results is None:
+        return 2
+    command = _command()
+    if command:
+        results["config"]["command"] = command
+    text = side_by_side.table(results)
+    write_json(results, options.output / side_by_side.RESULTS_NAME)
+    (options.output / side_by_side.TABLE_NAME).write_text(text + "\n")
+    print(text, flush=True)
+    stderr_progress(
+        f"wrote {options.output / side_by_side.RESULTS_NAME} and "
+        f"{options.output / side_by_side.TABLE_NAME}"
+    )
+    smallest = min(options.followers)
+    errors = sum(
+        int(row[side]["errors"] or 0)
+        for row in results["loads"]
+        if row["followers"] == smallest
+        for side in ("reviewstream", "peer")
+    )
+    if errors:
+        stderr_progress(f"the {smallest}-follower loads had {errors} errors")
         return 1
     return 0

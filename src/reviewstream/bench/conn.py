@@ -59,12 +59,17 @@ def _consume(future: asyncio.Future[Any]) -> None:
 
 @dataclass(eq=False)
 class Response:
-    """One HTTP response as it arrives; ``on_body`` (when set) receives the body in pieces."""
+    """One HTTP response as it arrives; ``on_body`` (when set) receives the body in pieces.
+
+    ``headers`` resolves to the status once the head is in; ``fields`` then holds the header
+    fields by lower-case name (a repeated field keeps its last value).
+    """
 
     on_body: BodyCallback | None
     headers: asyncio.Future[int]
     done: asyncio.Future[None]
     status: int = 0
+    fields: dict[bytes, bytes] = field(default_factory=dict)
     body: bytearray = field(default_factory=bytearray)
     complete_time: float = 0.0
 
@@ -156,6 +161,11 @@ class HttpConnection(asyncio.Protocol):
                 future.set_exception(error)
 
     # -- httptools callbacks ------------------------------------------------------------------
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        response = self._response
+        if response is not None:
+            response.fields[name.lower()] = value
 
     def on_headers_complete(self) -> None:
         response = self._response

@@ -14,11 +14,11 @@ import contextlib
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .conn import Endpoint, HttpConnection, WebSocketConnection
+from .conn import Endpoint, HttpConnection, Response, WebSocketConnection
 
 LONG_POLL_HOLD_SECONDS = 20
 
@@ -154,7 +154,7 @@ class FollowOptions:
 Follow = Callable[[Endpoint, Trace, FollowOptions], Awaitable[None]]
 
 
-class _Poller:
+class Poller:
     """Sequential GETs over one keep-alive connection, reconnecting when the server closed it
     while idle (uvicorn closes idle keep-alive connections after a few seconds)."""
 
@@ -165,6 +165,11 @@ class _Poller:
         self._closed: list[HttpConnection] = []
 
     async def get(self, target: str) -> tuple[int, bytes, float]:
+        response = await self.fetch(target)
+        return response.status, bytes(response.body), response.complete_time
+
+    async def fetch(self, target: str) -> Response:
+        """``GET target``: the whole response, its header fields included."""
         for attempt in (1, 2):
             if self._conn is None or not self._conn.is_open:
                 self._retire()
@@ -179,7 +184,7 @@ class _Poller:
                 if attempt == 2 or self._conn.bytes_in:
                     raise
                 continue  # closed while idle, before answering: reconnect once
-            return response.status, bytes(response.body), response.complete_time
+            return response
         raise AssertionError("unreachable")
 
     def _retire(self) -> None:
@@ -208,7 +213,7 @@ def _on_page(trace: Trace, page: dict[str, Any], now: float) -> bool:
 
 async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
     """Poll ``GET /jobs/{id}?offset=N`` every ``poll_interval`` seconds (random phase)."""
-    poller = _Poller(endpoint, trace)
+    poller = Poller(endpoint, trace)
     loop = asyncio.get_running_loop()
     interval = options.poll_interval
     rng = random.Random(options.seed)
@@ -231,7 +236,7 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
 
 async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
     """Ask ``GET /jobs/{id}/long-poll?offset=N`` again as soon as each answer arrives."""
-    poller = _Poller(endpoint, trace)
+    poller = Poller(endpoint, trace)
     hold = options.long_poll_hold
     try:
         while True:
@@ -246,8 +251,12 @@ async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOpti
         poller.close()
 
 
-class _SseReader:
-    """Splits a streamed body into SSE events and hands token and end events to the trace."""
+class SseReader:
+    """Splits a streamed body into SSE events; a subclass says what each event means.
+
+    Every live follower that reads SSE (reviewstream's, the peers') parses with this, so a
+    comparison between them measures the servers, not two parsers.
+    """
 
     def __init__(self, trace: Trace, ended: asyncio.Future[None]) -> None:
         self.trace = trace
@@ -263,11 +272,11 @@ class _SseReader:
                 cut, sep = lf, 2
             if cut < 0:
                 break
-            self._event(buffer[:cut], now)
+            self._block(buffer[:cut], now)
             buffer = buffer[cut + sep :]
         self._buffer = buffer
 
-    def _event(self, block: bytes, now: float) -> None:
+    def _block(self, block: bytes, now: float) -> None:
         event, data = "message", []
         for raw in block.split(b"\n"):
             line = raw.rstrip(b"\r")
@@ -279,6 +288,17 @@ class _SseReader:
                 event = value.decode()
             elif name == b"data":
                 data.append(value)
+        self.on_event(event, data, now)
+
+    def on_event(self, event: str, data: list[bytes], now: float) -> None:
+        """One complete event: its name and its ``data`` lines (without the field name)."""
+        raise NotImplementedError
+
+
+class _SseReader(SseReader):
+    """reviewstream's events: ``token`` and ``end`` go to the trace."""
+
+    def on_event(self, event: str, data: list[bytes], now: float) -> None:
         if event == "token":
             message = json.loads(b"\n".join(data))
             self.trace.on_tokens(message["offset"], message["tokens"], message["ts"], now)
@@ -322,10 +342,10 @@ async def follow_sse(endpoint: Endpoint, trace: Trace, options: FollowOptions) -
             with contextlib.suppress(TimeoutError, ConnectionError):
                 await asyncio.wait_for(asyncio.shield(response.done), 1.0)
     finally:
-        _hang_up(conn, trace, ended)
+        hang_up(conn, trace, ended)
 
 
-def _hang_up(
+def hang_up(
     conn: HttpConnection | WebSocketConnection, trace: Trace, ended: asyncio.Future[None]
 ) -> None:
     """Close a streaming follower's connection and count its bytes."""
@@ -368,7 +388,7 @@ async def follow_websocket(endpoint: Endpoint, trace: Trace, options: FollowOpti
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(conn.closed), 1.0)
     finally:
-        _hang_up(conn, trace, ended)
+        hang_up(conn, trace, ended)
 
 
 FOLLOWERS: dict[str, Follow] = {
@@ -379,10 +399,17 @@ FOLLOWERS: dict[str, Follow] = {
 }
 
 
-async def follow(mode: str, endpoint: Endpoint, trace: Trace, options: FollowOptions) -> None:
-    """Run the ``mode`` follower; any failure is recorded in the trace, not raised."""
+async def follow(
+    mode: str,
+    endpoint: Endpoint,
+    trace: Trace,
+    options: FollowOptions,
+    followers: Mapping[str, Follow] = FOLLOWERS,
+) -> None:
+    """Run the ``mode`` follower of ``followers`` (reviewstream's by default); any failure is
+    recorded in the trace, not raised."""
     try:
-        await FOLLOWERS[mode](endpoint, trace, options)
+        await followers[mode](endpoint, trace, options)
     except asyncio.CancelledError:
         trace.fail("cancelled at the run's deadline")
         raise

@@ -91,9 +91,13 @@ class BenchOptions:
     worker_concurrency: int = 256
     memory: bool = False
     memory_connections: int = 2000
+    # --peer: run each load on reviewstream and on this peer instead of the plan (side_by_side).
+    peer: str | None = None
+    peer_dir: Path | None = None
+    peer_version: str | None = None
 
 
-def _load(n: int, per_job: int) -> tuple[int, int]:
+def split_load(n: int, per_job: int) -> tuple[int, int]:
     """(jobs, followers per job) for ``n`` followers per mode."""
     per = max(1, min(n, per_job))
     return max(1, n // per), per
@@ -110,7 +114,7 @@ def build_plan(o: BenchOptions) -> list[Scenario]:
     def make(
         group: str, kind: Kind, server: ServerConfig, modes: Iterable[str], n: int, poll: float
     ) -> Scenario:
-        jobs, per = _load(n, o.per_job)
+        jobs, per = split_load(n, o.per_job)
         if kind == "baseline":
             per = 0  # the same jobs, nobody following
         return Scenario(group, kind, server, tuple(modes), jobs, per, poll, words)

@@ -40,7 +40,8 @@ def write_json(results: dict[str, Any], path: Path) -> None:
     path.write_text(json.dumps(_clean(results), indent=1) + "\n")
 
 
-def _f(value: Any, digits: int = 1) -> str:
+def fmt(value: Any, digits: int = 1) -> str:
+    """A figure for a table: thousands separated, ``-`` for none."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, int):
@@ -48,7 +49,8 @@ def _f(value: Any, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _grid(header: list[str], rows: list[list[str]]) -> str:
+def grid(header: list[str], rows: list[list[str]]) -> str:
+    """A text table: the first column left-aligned, the others right-aligned."""
     widths = [
         max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
     ]
@@ -75,11 +77,11 @@ _MODE_HEADER = [
 def _mode_row(name: str, m: dict[str, Any]) -> list[str]:
     lat = m["latency_ms"]
     return [
-        name, _f(lat["p50"], 2), _f(lat["p95"], 2), _f(lat["p99"], 2), _f(lat["max"], 1),
-        _f(m.get("ttft_ms"), 0), _f(m.get("e2e_ms"), 0), _f(m.get("requests_per_job"), 1),
-        _f(m["bytes_per_job"] / 1024 if m.get("bytes_per_job") is not None else None, 1),
-        _f(m.get("cpu_s_per_1k_tokens"), 3), _f(m.get("redis_cmds_per_token"), 2),
-        _f(m.get("errors"), 0),
+        name, fmt(lat["p50"], 2), fmt(lat["p95"], 2), fmt(lat["p99"], 2), fmt(lat["max"], 1),
+        fmt(m.get("ttft_ms"), 0), fmt(m.get("e2e_ms"), 0), fmt(m.get("requests_per_job"), 1),
+        fmt(m["bytes_per_job"] / 1024 if m.get("bytes_per_job") is not None else None, 1),
+        fmt(m.get("cpu_s_per_1k_tokens"), 3), fmt(m.get("redis_cmds_per_token"), 2),
+        fmt(m.get("errors"), 0),
     ]  # fmt: skip
 
 
@@ -93,29 +95,29 @@ def table(results: dict[str, Any]) -> str:
             f"short poll every {config['poll_intervals'][0]:g} s "
             f"(medians of {config['repeat']} runs; CPU and Redis net of producing the job)"
         )
-        parts.append(_grid(_MODE_HEADER, [_mode_row(k, v) for k, v in results["modes"].items()]))
+        parts.append(grid(_MODE_HEADER, [_mode_row(k, v) for k, v in results["modes"].items()]))
     if results["together"]:
         parts.append("\nAll modes following the same job at once:")
-        parts.append(_grid(_MODE_HEADER, [_mode_row(k, v) for k, v in results["together"].items()]))
+        parts.append(grid(_MODE_HEADER, [_mode_row(k, v) for k, v in results["together"].items()]))
     if len(results["short_poll_intervals"]) > 1:
         parts.append("\nShort poll by interval:")
         rows = [
             [f"every {r['poll_interval']:g} s", *_mode_row("", r)[1:]]
             for r in results["short_poll_intervals"]
         ]
-        parts.append(_grid(["interval", *_MODE_HEADER[1:]], rows))
+        parts.append(grid(["interval", *_MODE_HEADER[1:]], rows))
     fan_rows = []
     for mode, rows in results["fanout"].items():
         for r in rows:
             fan_rows.append(
                 [
-                    mode, _f(r["followers"], 0), _f(r["latency_ms"]["p50"], 2),
-                    _f(r["latency_ms"]["p99"], 1), _f(r["latency_ms"]["max"], 0),
-                    _f((r.get("latency_live_ms") or {}).get("p99"), 1),
-                    _f(r.get("e2e_ms"), 0), _f(r.get("requests_per_job"), 1),
-                    _f(r.get("cpu_s_per_1k_tokens"), 3), _f(r.get("redis_cmds_per_token"), 2),
-                    _f(r.get("server_cpu_pct"), 0), _f(r.get("client_cpu_pct"), 0),
-                    _f(r.get("errors"), 0),
+                    mode, fmt(r["followers"], 0), fmt(r["latency_ms"]["p50"], 2),
+                    fmt(r["latency_ms"]["p99"], 1), fmt(r["latency_ms"]["max"], 0),
+                    fmt((r.get("latency_live_ms") or {}).get("p99"), 1),
+                    fmt(r.get("e2e_ms"), 0), fmt(r.get("requests_per_job"), 1),
+                    fmt(r.get("cpu_s_per_1k_tokens"), 3), fmt(r.get("redis_cmds_per_token"), 2),
+                    fmt(r.get("server_cpu_pct"), 0), fmt(r.get("client_cpu_pct"), 0),
+                    fmt(r.get("errors"), 0),
                 ]
             )  # fmt: skip
     if any(r["followers"] > 1 for rows in results["fanout"].values() for r in rows):
@@ -128,7 +130,7 @@ def table(results: dict[str, Any]) -> str:
             "mode", "followers", "p50 ms", "p99 ms", "max ms", "live p99", "E2E ms", "req/job",
             "CPU s/1k tok", "Redis cmd/tok", "server CPU%", "client CPU%", "errors",
         ]  # fmt: skip
-        parts.append(_grid(header, fan_rows))
+        parts.append(grid(header, fan_rows))
         verdicts = []
         for mode, v in results["breakdown"].items():
             where = f"breaks at {v['followers']} ({v['reason']})" if v["followers"] else "holds"
@@ -151,31 +153,32 @@ def table(results: dict[str, Any]) -> str:
         rows = [
             [
                 r["mode"],
-                _f(r["coalesce_ms"], 0),
-                _f(r["rate"], 0),
-                _f(r["followers"], 0),
-                _f(r["latency_ms"]["p50"], 2),
-                _f(r["latency_ms"]["p99"], 1),
-                _f(r.get("requests_per_job"), 1),
-                _f(r.get("messages_per_job"), 1),
-                _f(r.get("cpu_s_per_1k_tokens"), 3),
-                _f(r.get("errors"), 0),
+                fmt(r["coalesce_ms"], 0),
+                fmt(r["rate"], 0),
+                fmt(r["followers"], 0),
+                fmt(r["latency_ms"]["p50"], 2),
+                fmt(r["latency_ms"]["p99"], 1),
+                fmt(r.get("requests_per_job"), 1),
+                fmt(r.get("messages_per_job"), 1),
+                fmt(r.get("cpu_s_per_1k_tokens"), 3),
+                fmt(r.get("errors"), 0),
             ]  # fmt: skip
             for r in results["coalesce"]
         ]
-        parts.append(_grid(header, rows))
+        parts.append(grid(header, rows))
     producing = results.get("producing")
     if producing and producing.get("redis_commands_per_appended_token") is not None:
         by_name = producing.get("redis_commands_per_appended_token_by_name") or {}
         top = ", ".join(
             f"{k} {v:.2f}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
         )
-        per_token = _f(producing["redis_commands_per_appended_token"], 2)
+        per_token = fmt(producing["redis_commands_per_appended_token"], 2)
         # One job's figure carries the job's fixed costs (create, claim, finish); the largest
         # baseline shows the cost per token when many jobs stream at once.
         most = max(results.get("baselines") or [producing], key=lambda b: b["jobs"])
         cpu = [
-            f"{_f(b.get('server_cpu_s_per_1k_appended'), 3)} with {_f(b['jobs'], 0)} job(s) at once"
+            f"{fmt(b.get('server_cpu_s_per_1k_appended'), 3)} "
+            f"with {fmt(b['jobs'], 0)} job(s) at once"
             for b in ([producing, most] if most["jobs"] > producing["jobs"] else [producing])
         ]
         parts.append(
@@ -187,14 +190,14 @@ def table(results: dict[str, Any]) -> str:
         rows = [
             [
                 kind,
-                _f(m["connections"], 0),
-                _f(m["kb_per_connection"], 1),
-                _f(m["rss_before_mb"], 0),
-                _f(m["rss_after_mb"], 0),
-                _f(m["connect_ms_p50"], 1),
-                _f(m["connect_ms_p99"], 1),
-                _f(m["server_cpu_ms_per_connect"], 2),
-                _f(m["errors"], 0),
+                fmt(m["connections"], 0),
+                fmt(m["kb_per_connection"], 1),
+                fmt(m["rss_before_mb"], 0),
+                fmt(m["rss_after_mb"], 0),
+                fmt(m["connect_ms_p50"], 1),
+                fmt(m["connect_ms_p99"], 1),
+                fmt(m["server_cpu_ms_per_connect"], 2),
+                fmt(m["errors"], 0),
             ]  # fmt: skip
             for kind, m in results["memory"].items()
         ]
@@ -210,7 +213,7 @@ def table(results: dict[str, Any]) -> str:
             "CPU ms/connect",
             "errors",
         ]
-        parts.append(_grid(header, rows))
+        parts.append(grid(header, rows))
     machine = results["machine"]
     redis_version = machine["redis_server"] or "unknown (remote)"
     parts.append(

@@ -110,7 +110,8 @@ async def _create_job(client: httpx.AsyncClient, body: dict[str, Any]) -> JobHan
     return JobHandle(str(response.json()["id"]), posted_at)
 
 
-async def _reference(client: httpx.AsyncClient, job_id: str) -> tuple[list[str], bool]:
+async def stored_tokens(client: httpx.AsyncClient, job_id: str) -> tuple[list[str], bool]:
+    """A job's stored tokens, and whether it ended well."""
     response = await client.get(f"/jobs/{job_id}", params={"offset": 0, "limit": 10000})
     response.raise_for_status()
     page = response.json()
@@ -168,7 +169,7 @@ async def run_scenario(
             elif scenario.kind == "baseline":
                 await _poll_until_done(client, jobs, deadline)
             else:
-                await _wait_followers(tasks, traces, deadline, started, progress)
+                await wait_followers(tasks, traces, deadline, started, progress)
             after = await sample(system)
             duration = time.monotonic() - started
         finally:
@@ -181,7 +182,7 @@ async def run_scenario(
             by_job.setdefault(trace.job.id, []).append(trace)
         for job in jobs:
             try:
-                tokens, done = await _reference(client, job.id)
+                tokens, done = await stored_tokens(client, job.id)
             except (httpx.HTTPError, ValueError, KeyError) as e:
                 errors.append(f"reading job {job.id} back failed: {e}")
                 for trace in by_job.get(job.id, []):
@@ -195,13 +196,14 @@ async def run_scenario(
     return RunResult(scenario, traces, duration, appended, before, after, errors)
 
 
-async def _wait_followers(
+async def wait_followers(
     tasks: list[asyncio.Task[None]],
     traces: list[Trace],
     deadline: float,
     started: float,
     progress: Progress | None,
 ) -> None:
+    """Wait for the followers until ``deadline`` seconds after ``started``, reporting progress."""
     pending = set(tasks)
     tick = 5.0
     while pending:

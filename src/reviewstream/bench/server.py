@@ -97,19 +97,22 @@ def _log_file(path: Path) -> BinaryIO:
     return open(path, "ab")
 
 
-def _keep(log: Path, to: Path) -> None:
+def copy_log(log: Path, to: Path) -> None:
+    """Copy a child's log to where the results go (quietly: a missing log is no error)."""
     with contextlib.suppress(OSError):
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, to)
 
 
-def _tail(path: Path | None, chars: int = 800) -> str:
+def log_tail(path: Path | None, chars: int = 800) -> str:
+    """The end of a child's log, to explain why it died."""
     return path.read_text(errors="replace")[-chars:] if path is not None and path.exists() else ""
 
 
-async def _start(
+async def start_process(
     argv: list[str], env: dict[str, str], cwd: str, log_path: Path
 ) -> asyncio.subprocess.Process:
+    """Start a child that dies with the benchmark, its output appended to ``log_path``."""
     with _log_file(log_path) as out:
         return await asyncio.create_subprocess_exec(
             *argv,
@@ -122,7 +125,8 @@ async def _start(
         )
 
 
-async def _stop(process: asyncio.subprocess.Process, grace: float) -> None:
+async def stop_process(process: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
     if process.returncode is None:
         with contextlib.suppress(ProcessLookupError):
             process.terminate()
@@ -155,7 +159,7 @@ class RedisProcess:
             "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
             "--dir", str(self.workdir), "--loglevel", "warning",
         ]  # fmt: skip
-        self.process = await _start(
+        self.process = await start_process(
             argv, dict(os.environ), str(self.workdir), self.workdir / "redis.log"
         )
         self.client = aioredis.Redis.from_url(self.url, decode_responses=True)
@@ -189,7 +193,7 @@ class RedisProcess:
             await self.client.aclose()
             self.client = None
         if self.process is not None:
-            await _stop(self.process, 5)
+            await stop_process(self.process, 5)
             self.process = None
 
 
@@ -269,7 +273,7 @@ async def wait_healthy(
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             if process is not None and process.returncode is not None:
-                raise RuntimeError(f"server exited with {process.returncode}: {_tail(log_path)}")
+                raise RuntimeError(f"server exited with {process.returncode}: {log_tail(log_path)}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(base_url + "/healthz")).status_code == 200:
                     return
@@ -302,16 +306,16 @@ async def started_system(
             "--graceful-timeout", f"{graceful_seconds:g}",
         ]  # fmt: skip
         env = _env(config, redis.url, worker_concurrency, extra_env or {})
-        server = await _start(argv, env, str(workdir), log_path)
+        server = await start_process(argv, env, str(workdir), log_path)
         base_url = f"http://127.0.0.1:{port}"
         await wait_healthy(base_url, server, 60, log_path)
         yield System(base_url, server.pid, redis, config, log_path)
     finally:
         if server is not None:
-            await _stop(server, graceful_seconds + 5)
+            await stop_process(server, graceful_seconds + 5)
         await redis.aclose()
         if keep_log is not None:
-            _keep(workdir / "server.log", keep_log)
+            copy_log(workdir / "server.log", keep_log)
         shutil.rmtree(workdir, ignore_errors=True)
 
 

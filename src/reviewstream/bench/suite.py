@@ -104,7 +104,7 @@ async def _run_group(
 async def run_suite(options: BenchOptions, progress: Progress = stderr_progress) -> dict[str, Any]:
     """Run the plan of ``options``; returns the results document (see ``report``)."""
     started = time.monotonic()
-    machine = describe(None if options.url else await _redis_version())
+    machine = describe(None if options.url else await redis_version())
     plan = build_plan(options)
     if options.url:
         # No CPU or Redis figures to net out, and no restart to change the coalescing window:
@@ -142,7 +142,8 @@ async def run_suite(options: BenchOptions, progress: Progress = stderr_progress)
     return results
 
 
-async def _redis_version() -> str | None:
+async def redis_version() -> str | None:
+    """The version of the redis-server the benchmark starts."""
     proc = await asyncio.create_subprocess_exec(
         redis_server_binary(), "--version", stdout=asyncio.subprocess.PIPE
     )
