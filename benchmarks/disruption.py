@@ -43,9 +43,11 @@ import contextlib
 import ctypes
 import json
 import os
+import platform
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -1015,6 +1017,25 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, list) else int(value)
 
 
+def machine() -> dict[str, Any]:
+    """Where and on what the figures were taken."""
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "-C", str(SRC), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    return {
+        "commit": commit,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "cpus": os.cpu_count(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "redis_server": redis_server_binary(),
+    }
+
+
 async def main_async(args: argparse.Namespace) -> int:
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
@@ -1053,6 +1074,7 @@ async def main_async(args: argparse.Namespace) -> int:
         payload = {
             "command": " ".join(sys.argv),
             "seconds": round(took, 1),
+            "machine": machine(),
             "settings": {
                 "pace": PACE,
                 "first_token_ms": FIRST_TOKEN_MS,
