@@ -1051,6 +1051,9 @@ async def main_async(args: argparse.Namespace) -> int:
         for name in names:
             results[name], _ = await run_scenario(name, args.runs, root)
             failed = failed or any(r["defects"] for r in results[name])
+    except BaseException:  # interrupted, or the benchmark broke: keep the logs
+        failed = True
+        raise
     finally:
         if failed or args.keep_logs:
             say(f"logs kept in {root}")
@@ -1106,7 +1109,11 @@ def main() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         return await main_async(args)
 
-    sys.exit(asyncio.run(guarded()))
+    try:
+        sys.exit(asyncio.run(guarded()))
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        say("interrupted: every process started was stopped")
+        sys.exit(130)
 
 
 if __name__ == "__main__":
