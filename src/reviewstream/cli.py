@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
+import sys
 from collections.abc import Callable
 from types import FrameType
 
@@ -77,8 +79,18 @@ async def run_worker(settings: Settings) -> None:
 
 
 def worker(args: argparse.Namespace) -> int:
+    """Run workers until SIGTERM/SIGINT, then exit the process at once.
+
+    Once ``run_worker`` returns, every job is handed over and every connection closed; the
+    interpreter's teardown (freeing every imported module's objects) only adds time: 0.3-1.4 s
+    on a busy 2-core machine, which pushed the exit past ``--graceful-timeout`` + 1 s. So the
+    process ends without it, as ``serve`` does (uvicorn re-raises the SIGTERM it handled).
+    """
     asyncio.run(run_worker(with_grace(Settings(), args.graceful_timeout)))
-    return 0
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def parser() -> argparse.ArgumentParser:
