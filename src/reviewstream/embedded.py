@@ -170,15 +170,10 @@ class WorkerProcess:
         self._process: asyncio.subprocess.Process | None = None
         self._stopping = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self.restarts = 0
 
     @property
     def running(self) -> int:
         return 0  # its jobs run in the child
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
 
     async def start(self) -> None:
         process = await self._spawn()
@@ -300,6 +295,5 @@ class WorkerProcess:
                     log.error("the restarted worker process failed (%s): retrying", e)
                     await self._stop(replacement)
                     continue
-                self.restarts += 1
                 log.warning("worker process %d restarted", replacement.pid)
                 break
