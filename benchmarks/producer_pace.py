@@ -48,6 +48,7 @@ from reviewstream.bench.plan import ServerConfig
 from reviewstream.bench.runner import job_body, parse_end
 from reviewstream.bench.server import (
     System,
+    children_of,
     cpu_seconds,
     raise_open_files_limit,
     started_system,
@@ -93,22 +94,6 @@ class Run:
     @property
     def gaps_ms(self) -> list[float]:
         return sorted((b - a) * 1000 for t in self.times for a, b in zip(t, t[1:], strict=False))
-
-
-def _children(pid: int) -> list[int]:
-    """Child processes of ``pid`` (the worker process under ``process``), from /proc."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"worker" in cmdline:
-            found.append(int(entry.name))
-    return found
 
 
 def _cpu(pids: list[int]) -> float | None:
@@ -160,7 +145,7 @@ async def one_run(system: System, args: argparse.Namespace, modes: tuple[str, ..
     expected = args.first_token_ms / 1000 + args.length_words * 1.4 / args.rate
     deadline = 15 * expected + 30  # a starved producer is slow, not lost: measure it
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    workers = _children(system.server_pid) if system.server_pid else []
+    workers = children_of(system.server_pid) if system.server_pid else []
     async with (
         httpx.AsyncClient(base_url=system.base_url, timeout=30, limits=limits) as client,
         Ends(system) as ends,
