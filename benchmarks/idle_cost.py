@@ -30,8 +30,8 @@ from reviewstream.bench.plan import ServerConfig
 from reviewstream.bench.runner import job_body
 from reviewstream.bench.server import (
     System,
-    cpu_seconds,
     raise_open_files_limit,
+    server_cpu_seconds,
     started_system,
 )
 from reviewstream.bench.stats import quantile
@@ -105,14 +105,14 @@ async def measure(system: System, endpoint: Endpoint, seconds: float) -> Window:
     window = Window()
     stop = asyncio.Event()
     before = await system.redis.commandstats()
-    cpu_before = cpu_seconds(system.server_pid)
+    cpu_before = server_cpu_seconds(system.server_pid)
     started = time.monotonic()
     sampler = asyncio.create_task(sample_healthz(endpoint, window, stop))
     await asyncio.sleep(seconds)
     stop.set()
     await sampler
     window.seconds = time.monotonic() - started
-    cpu_after = cpu_seconds(system.server_pid)
+    cpu_after = server_cpu_seconds(system.server_pid)
     after = await system.redis.commandstats()
     window.commands = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k)}
     if cpu_before is not None and cpu_after is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import socket
 import subprocess
@@ -29,6 +30,12 @@ from reviewstream.web import create_app
 
 if TYPE_CHECKING:
     from upstreams import ScriptedUpstream
+
+# Apps served inside the test process (``create_app``) run their worker on the test's event
+# loop: a worker process per app would add an interpreter start to every test. Processes the
+# tests start (``procs.environment``, test_embedded.py) drop every REVIEWSTREAM_ variable and
+# run the default placement; tests/test_runtime.py runs each placement on purpose.
+os.environ["REVIEWSTREAM_SERVE_WORKERS"] = "inline"
 
 
 def free_port() -> int:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
@@ -362,15 +363,19 @@ async def test_a_job_nobody_follows_is_cancelled_and_a_followed_one_is_not(
             assert result.ends[0]["status"] == "done"
 
 
+@pytest.mark.parametrize("workers_in", ["process", "thread", "inline"])
 async def test_serve_sigterm_hands_its_jobs_over_and_exits_within_the_graceful_timeout(
-    settings: Settings, tmp_path: Path
+    settings: Settings, tmp_path: Path, workers_in: str
 ) -> None:
-    """``serve`` with its in-process worker: drained streams, the job handed over, a prompt exit."""
+    """``serve`` with its workers (wherever it runs them): drained streams, the job handed over,
+    a prompt exit."""
     grace = 1.0
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     async with workers(settings, tmp_path) as w:
-        env = environment(str(settings.redis_url), {"sim_tokens_per_second": "20"})
+        env = environment(
+            str(settings.redis_url), {"sim_tokens_per_second": "20", "serve_workers": workers_in}
+        )
         args = ["serve", "--port", str(port), "--graceful-timeout", str(grace)]
         server = await start("serve", args, env, tmp_path)
         w.started.append(server)  # stopped and its log shown with the workers

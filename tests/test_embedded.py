@@ -1,5 +1,6 @@
-"""The zero-config default: `reviewstream serve` with no Redis URL runs a private redis-server,
-serves jobs with it, and never leaves it behind — not even when killed with SIGKILL."""
+"""The zero-config default: `reviewstream serve` with no Redis URL runs a private redis-server and
+its workers in a child process on it, serves jobs with them, and never leaves either behind —
+not even when killed with SIGKILL."""
 
 from __future__ import annotations
 
@@ -52,6 +53,12 @@ def embedded_redis(proc: subprocess.Popen[bytes]) -> psutil.Process:
     return child
 
 
+def worker_process(proc: subprocess.Popen[bytes]) -> psutil.Process:
+    """The ``reviewstream worker`` child that ``serve`` runs its jobs in (the default)."""
+    [child] = [c for c in psutil.Process(proc.pid).children() if "worker" in c.cmdline()]
+    return child
+
+
 def socket_path(redis_server: psutil.Process) -> Path:
     """redis-server sets its process title to ``redis-server unixsocket:/path``."""
     title = " ".join(redis_server.cmdline())
@@ -72,6 +79,7 @@ def test_serves_a_job_end_to_end_with_embedded_redis(
     proc, base = served
     child = embedded_redis(proc)
     assert socket_path(child).exists()
+    assert worker_process(proc).is_running()
     with httpx.Client(base_url=base, timeout=10) as c:
         job = c.post("/jobs", json={"employee_name": "Ada", "employee_review_points": "Shipped"})
         assert job.status_code == 202
@@ -86,21 +94,26 @@ def test_serves_a_job_end_to_end_with_embedded_redis(
     assert page["status"] == "done" and "Ada" in text
 
 
-def test_embedded_redis_stops_with_sigterm(served: tuple[subprocess.Popen[bytes], str]) -> None:
-    proc, _ = served
-    child = embedded_redis(proc)
-    socket_dir = socket_path(child).parent
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(20)
-    assert gone(child, 5)
-    assert not socket_dir.exists()
-
-
-def test_embedded_redis_dies_with_a_killed_parent(
+def test_embedded_redis_and_worker_process_stop_with_sigterm(
     served: tuple[subprocess.Popen[bytes], str],
 ) -> None:
     proc, _ = served
     child = embedded_redis(proc)
+    worker = worker_process(proc)
+    socket_dir = socket_path(child).parent
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(20)
+    assert gone(worker, 0) and gone(child, 5)  # the worker went first: serve waited for it
+    assert not socket_dir.exists()
+
+
+def test_embedded_redis_and_worker_process_die_with_a_killed_parent(
+    served: tuple[subprocess.Popen[bytes], str],
+) -> None:
+    proc, _ = served
+    child = embedded_redis(proc)
+    worker = worker_process(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert gone(child, 5)
+    assert gone(worker, 10)

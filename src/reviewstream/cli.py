@@ -62,6 +62,7 @@ def with_grace(settings: Settings, graceful_timeout: float | None) -> Settings:
 
 async def run_worker(settings: Settings) -> None:
     from .runtime import open_runtime
+    from .worker import Worker
 
     if settings.redis_url is None:
         raise SystemExit("reviewstream worker needs REVIEWSTREAM_REDIS_URL (a shared Redis)")
@@ -70,7 +71,7 @@ async def run_worker(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with open_runtime(settings, worker=True) as runtime:
-        assert runtime.worker is not None
+        assert isinstance(runtime.worker, Worker)  # inline: this process is the worker
         name = runtime.worker.name
         log.info("worker %s running (concurrency %d)", name, settings.worker_concurrency)
         await stop.wait()

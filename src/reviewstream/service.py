@@ -22,7 +22,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .store import JobStore, Snapshot, new_job_id
 from .tenancy import Gatekeeper, Principal
-from .worker import Worker
+from .worker import Producers
 
 
 def page_of(snapshot: Snapshot) -> JobPage:
@@ -50,7 +50,7 @@ class ReviewService:
     admission: Admission
     streams: StreamCounter
     watchers: Watchers
-    worker: Worker | None = None
+    worker: Producers | None = None
     followers: int = 0  # live followers in this process, for /metrics
 
     @classmethod
@@ -178,7 +178,8 @@ class ReviewService:
     def drain(self) -> None:
         """A shutdown began: live streams end, held polls answer; clients resume elsewhere.
 
-        The in-process worker stops claiming, and its grace period starts now.
+        The workers this process runs (inline, in a thread or in a child process) stop
+        claiming, and their grace period starts now.
         """
         self.hub.drain()
         if self.worker is not None:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["simulated", "openai", "anthropic"]
 OpenAIContinuation = Literal["auto", "prefill", "prefix", "instruction"]
+WorkersIn = Literal["process", "thread", "inline"]
 
 
 class Settings(BaseSettings):
@@ -60,6 +61,9 @@ class Settings(BaseSettings):
     reap_interval_seconds: float = Field(default=1.0, gt=0)
     # On shutdown, running jobs get this long to finish before they are handed over (requeued).
     worker_grace_seconds: float = Field(default=10.0, ge=0)
+    # Where `reviewstream serve` runs its workers (unless --api-only): a child process it starts
+    # and supervises, a thread with its own event loop, or the API's own event loop.
+    serve_workers: WorkersIn = "process"
 
     # Durable jobs. A job whose producer is lost (lease lapsed, worker shut down, Redis trouble)
     # goes back to the queue for another attempt, up to max_attempts in all; on_producer_loss:

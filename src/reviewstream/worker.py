@@ -26,6 +26,7 @@ import os
 import socket
 import time
 import uuid
+from typing import Protocol
 
 import httpx
 
@@ -80,6 +81,19 @@ async def let_go(
             only_if_lease_lapsed=only_if_lease_lapsed,
         )
     return outcome
+
+
+class Producers(Protocol):
+    """What the API holds of the workers ``serve`` runs, wherever they run (``runtime``)."""
+
+    @property
+    def running(self) -> int:
+        """Jobs running in this process (0 when the workers run in a child process)."""
+        ...
+
+    def begin_shutdown(self) -> None:
+        """Stop claiming now and start the grace period; safe from the API's event loop."""
+        ...
 
 
 class Worker:

@@ -76,6 +76,29 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid``, from /proc (``serve``'s worker process, by default)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def server_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of the server: process ``pid`` and its children, so that producing counts
+    wherever ``serve`` runs its workers (``REVIEWSTREAM_SERVE_WORKERS``)."""
+    own = cpu_seconds(pid)
+    if own is None:
+        return None
+    return own + sum(cpu_seconds(child) or 0.0 for child in children_of(pid))
+
+
 def rss_bytes(pid: int) -> int | None:
     """Resident set size of process ``pid``, from /proc."""
     try:
@@ -228,7 +251,7 @@ async def sample(system: System) -> Sample:
     commands = await system.redis.commandstats() if system.redis is not None else {}
     return Sample(
         at=time.monotonic(),
-        server_cpu=cpu_seconds(system.server_pid) if system.server_pid else None,
+        server_cpu=server_cpu_seconds(system.server_pid) if system.server_pid else None,
         redis_cpu=cpu_seconds(system.redis.pid) if system.redis and system.redis.pid else None,
         client_cpu=client_cpu_seconds(),
         commands=commands,

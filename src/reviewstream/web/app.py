@@ -1,7 +1,8 @@
 """The application factory and its lifespan.
 
 ``create_app(settings)`` builds a FastAPI app whose lifespan opens the process's runtime
-(``reviewstream.runtime``: Redis, store, hub and, unless API-only, an in-process worker) and
+(``reviewstream.runtime``: Redis, store, hub and, unless API-only, the workers, where
+``REVIEWSTREAM_SERVE_WORKERS`` says: a child process, a thread, or this event loop) and
 yields a ``ReviewService`` over it as typed state; routes reach it through
 ``request.state.service``. Nothing is created at import time.
 """
@@ -32,12 +33,15 @@ class State(TypedDict):
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
-    """Build the API. ``run_worker=False`` serves the API only (workers run elsewhere)."""
+    """Build the API. ``run_worker=False`` serves the API only (workers run elsewhere); else
+    its lifespan runs the workers where ``settings.serve_workers`` says."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        async with open_runtime(settings, worker=run_worker) as runtime:
+        async with open_runtime(
+            settings, worker=run_worker, workers_in=settings.serve_workers
+        ) as runtime:
             service = ReviewService.on(runtime)
             app.state.drain = service.drain  # for begin_shutdown
             try:
