@@ -4,10 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from ...models import JobPage
-from ..deps import JOB_ERRORS, Caller, JobId, Limit, Offset, PrivateJSONResponse, Service
+from ..deps import (
+    JOB_ERRORS,
+    PRIVATE_HEADERS,
+    Caller,
+    JobId,
+    Limit,
+    Offset,
+    PrivateJSONResponse,
+    Service,
+)
 
 router = APIRouter(tags=["delivery"])
 
@@ -33,6 +42,7 @@ async def long_poll(
             description="Seconds to hold the request (capped by the server's maximum).",
         ),
     ] = 20.0,
-) -> JobPage:
+) -> Response:
     """Long poll: answers on the next token(s), the end, or after `timeout` with none."""
-    return await service.long_poll(job_id, offset, limit, hold_seconds, caller)
+    body = await service.long_poll(job_id, offset, limit, hold_seconds, caller)
+    return Response(body, headers=PRIVATE_HEADERS, media_type="application/json")
