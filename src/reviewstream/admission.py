@@ -165,9 +165,21 @@ class StreamCounter:
     @contextlib.asynccontextmanager
     async def hold(self, principal: Principal) -> AsyncIterator[None]:
         """Count one open stream of the principal's tenant, or raise ``QuotaExceeded``."""
-        if not self.limit or principal.open:
+        counted = await self.take(principal)
+        try:
             yield
-            return
+        finally:
+            if counted:
+                self.give_back(principal)
+
+    async def take(self, principal: Principal) -> bool:
+        """``hold`` without its generator frame (a long poll takes one per request).
+
+        Counts one open stream, or raises ``QuotaExceeded``; False when nothing is counted (no
+        limit, or open mode). What it counted, ``give_back`` releases.
+        """
+        if not self.limit or principal.open:
+            return False
         tenant = principal.tenant
         others = await self._others_of(tenant)
         if self._local[tenant] + others >= self.limit:
@@ -177,10 +189,10 @@ class StreamCounter:
                 retry_after=self._interval,
             )
         self._local[tenant] += 1
-        try:
-            yield
-        finally:
-            self._local[tenant] -= 1
+        return True
+
+    def give_back(self, principal: Principal) -> None:
+        self._local[principal.tenant] -= 1
 
     async def _others_of(self, tenant: str) -> int:
         """The other processes' open streams of ``tenant``, read at most ``interval`` ago."""
@@ -278,14 +290,21 @@ class Watchers:
     @contextlib.contextmanager
     def watching(self, job_id: str) -> Iterator[None]:
         """A follower of the job is open here."""
-        if not self.enabled:
-            yield
-            return
-        self._open[job_id] += 1
-        self._polled.add(job_id)  # marked at the next write even if it closes before
+        self.opened(job_id)
         try:
             yield
         finally:
+            self.closed(job_id)
+
+    def opened(self, job_id: str) -> None:
+        """``watching`` without its generator frame: a follower of the job opened here."""
+        if self.enabled:
+            self._open[job_id] += 1
+            self._polled.add(job_id)  # marked at the next write even if it closes before
+
+    def closed(self, job_id: str) -> None:
+        """That follower closed."""
+        if self.enabled:
             self._open[job_id] -= 1
             if not self._open[job_id]:
                 del self._open[job_id]

@@ -72,6 +72,9 @@ class Feed:
         self._waiting_from: int | None = None
         self._batches: collections.deque[Batch] = collections.deque()
         self._buffered = 0
+        # Ranges of the buffer handed out since it last changed, by (offset, limit): followers
+        # at the same offset get the same batch object, and so share its encodings.
+        self._ranges: dict[tuple[int, int], Batch] = {}
         self._max_tokens = max_tokens
         # Coalescing window: tokens wake the followers at most once per window, all of them
         # with one timer (this one), so each follower sends what gathered in one message.
@@ -84,6 +87,7 @@ class Feed:
         """A (new) subscription is live: older notifications may have been missed."""
         self.epoch += 1
         self._batches.clear()
+        self._ranges.clear()
         self._buffered = 0
         self.confirmed.set()
         self._wake()
@@ -91,6 +95,7 @@ class Feed:
     def disconnected(self) -> None:
         self.confirmed.clear()
         self._batches.clear()
+        self._ranges.clear()
         self._buffered = 0
         self._wake()
 
@@ -108,6 +113,7 @@ class Feed:
                 self._batches.clear()
                 self._buffered = 0
         self._batches.append(batch)
+        self._ranges.clear()
         self._buffered += len(batch.tokens)
         while self._buffered > self._max_tokens and len(self._batches) > 1:
             self._buffered -= len(self._batches.popleft().tokens)
@@ -176,7 +182,8 @@ class Feed:
         """Buffered tokens from ``offset`` on; empty if none yet; None if ``offset`` fell out.
 
         Followers are mostly caught up, so the search starts from the newest batch; a follower
-        that is exactly one batch behind gets that very batch object (shared encodings).
+        that is exactly one batch behind gets that very batch object, and followers further
+        behind at the same offset get one merged batch between them (shared encodings).
         """
         batches = self._batches
         if not batches or offset >= batches[-1].next_offset:
@@ -189,6 +196,9 @@ class Feed:
         newest = batches[i]
         if i == len(batches) - 1 and newest.offset == offset and len(newest.tokens) <= limit:
             return newest
+        merged = self._ranges.get((offset, limit))
+        if merged is not None:
+            return merged
         tokens: list[str] = []
         ts: list[float] = []
         for batch in itertools.islice(batches, i, None):
@@ -198,7 +208,8 @@ class Feed:
             ts += batch.ts[skip : skip + len(take)]
             if len(tokens) >= limit:
                 break
-        return Batch(offset, tokens, ts)
+        merged = self._ranges[offset, limit] = Batch(offset, tokens, ts)
+        return merged
 
     async def changed(self, version: int, offset: int) -> None:
         """Wait, at ``offset``, until the feed changes after ``version``.
@@ -302,11 +313,12 @@ class Hub:
         try:
             if created and self._connected.is_set():
                 await self._subscribe(feed)
-            try:
-                async with asyncio.timeout(self._subscribe_timeout):
-                    await feed.confirmed.wait()
-            except TimeoutError as e:
-                raise StoreError("Redis did not confirm the subscription in time") from e
+            if not feed.confirmed.is_set():  # a warm feed costs its joiners no timer
+                try:
+                    async with asyncio.timeout(self._subscribe_timeout):
+                        await feed.confirmed.wait()
+                except TimeoutError as e:
+                    raise StoreError("Redis did not confirm the subscription in time") from e
             yield feed
         finally:
             feed.refs -= 1

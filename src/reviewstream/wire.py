@@ -7,7 +7,9 @@ Tokens: ``{"offset": N, "tokens": [...], "next_offset": M, "ts": [...]}`` (WebSo
 "status"``); clients that ignore unknown events keep working. ``ts`` is each token's server
 append time. A batch's encodings are cached on it (``Batch.encoded``), so a process encodes each
 notification once per dialect however many followers it has. The short and long poll answer with
-``models.JobPage`` through FastAPI.
+``models.JobPage`` as JSON (``page_json``, the bytes FastAPI's JSON answer would send); a long
+poll's answer with a batch is cached on the batch too, so the caught-up pollers one notification
+wakes at the same offset share one encoding (``long_poll_answer``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Literal
 
 from sse_starlette import ServerSentEvent
 
-from .models import Batch, JobEnd, JobNotice
+from .models import Batch, JobEnd, JobNotice, JobPage, JobStatus
 
 Mode = Literal["short_poll", "long_poll", "sse", "websocket"]
 MODES: tuple[Mode, ...] = ("short_poll", "long_poll", "sse", "websocket")  # by how they wait
@@ -66,6 +68,45 @@ def end_message(end: JobEnd) -> dict[str, Any]:
 
 def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+
+
+# -- polls ----------------------------------------------------------------------------------
+
+
+def page_json(page: JobPage) -> bytes:
+    """A poll's answer: the bytes FastAPI's ``JSONResponse`` would send for ``page``."""
+    content = page.model_dump(mode="json")
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode()
+
+
+def long_poll_answer(job_id: str, batch: Batch, end: JobEnd | None, attempts: int) -> bytes:
+    """The long poll's answer carrying ``batch``, encoded once per batch.
+
+    ``end``: the job's end, when ``batch`` brings its last tokens. Every caught-up poller that one
+    notification wakes gets the same batch object, and so the same bytes. The cache holds one
+    answer: what else goes into it (attempts, the end) only ever changes once per batch.
+    """
+    cached: tuple[str, int, JobEnd | None, bytes] | None = batch.encoded.get("long_poll")
+    if cached is not None and cached[0] == job_id and cached[1] == attempts and cached[2] is end:
+        return cached[3]
+    page = JobPage(
+        id=job_id,
+        status=end.status if end is not None else JobStatus.RUNNING,
+        offset=batch.offset,
+        next_offset=batch.next_offset,
+        tokens=batch.tokens,
+        ts=batch.ts,
+        done=end is not None,
+        error=end.error if end is not None else None,
+        usage=end.usage if end is not None else None,
+        attempts=attempts,
+        sha256=end.sha256 if end is not None else None,
+    )
+    body = page_json(page)
+    batch.encoded["long_poll"] = (job_id, attempts, end, body)
+    return body
 
 
 # -- SSE ------------------------------------------------------------------------------------

@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     add_error_handlers(app)
     for module in (jobs, long_poll, sse, ws, health, metrics, demo):
         app.include_router(module.router)
+    # Plain long polls skip the framework's matching and dependencies (routes/long_poll.py).
+    app.router.routes.insert(0, long_poll.PlainLongPoll())
     return app
 
 

@@ -47,10 +47,16 @@ async def get_caller(
     return service.gate.principal(bearer.credentials if bearer else None, token)
 
 
+def bearer_of(authorization: str | None) -> str | None:
+    """The credentials of an ``Authorization: Bearer`` header, as ``HTTPBearer`` reads them."""
+    scheme, _, credentials = (authorization or "").partition(" ")
+    credentials = credentials.strip()
+    return credentials if credentials and scheme.lower() == "bearer" else None
+
+
 def caller_of(connection: HTTPConnection, service: ReviewService) -> Principal:
     """The caller of a WebSocket handshake (FastAPI's security classes answer HTTP only)."""
-    scheme, _, credentials = connection.headers.get("authorization", "").partition(" ")
-    bearer = credentials.strip() if scheme.lower() == "bearer" else None
+    bearer = bearer_of(connection.headers.get("authorization"))
     return service.gate.principal(bearer, connection.query_params.get("token"))
 
 
