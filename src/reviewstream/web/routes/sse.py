@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 from collections.abc import AsyncGenerator
 from typing import Annotated, Any
@@ -69,8 +69,8 @@ async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, Non
     """
     try:
         yield sse_preamble(retry_ms)
-        async for item in follower:
-            yield sse_event(item)
+        while not follower.finished:  # not `async for`: one async generator less per stream
+            yield sse_event(await follower.next())
     except ServerDraining:
         return
     except ReviewstreamError as e:
@@ -81,17 +81,14 @@ async def events(follower: Follower, retry_ms: int) -> AsyncGenerator[bytes, Non
 async def stream_response(
     service: Service, job_id: str, offset: int, caller: Principal
 ) -> EventStreamResponse:
-    # The follower opens here, before the response starts, so an unknown job is a plain 404.
-    stack = contextlib.AsyncExitStack()
-    try:
-        follower = await stack.enter_async_context(service.follow(job_id, offset, caller))
-    except BaseException:
-        await stack.aclose()
-        raise
+    # The follower opens here, before the response starts, so an unknown job is a plain 404. The
+    # response leaves it when it ends (held directly: an AsyncExitStack per stream costs ~1 KB).
+    following = service.follow(job_id, offset, caller)
+    follower = await following.__aenter__()
     return EventStreamResponse(
         events(follower, service.settings.sse_retry_ms),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
-        on_close=stack.aclose,
+        on_close=functools.partial(following.__aexit__, None, None, None),
     )
 
 
