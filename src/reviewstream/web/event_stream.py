@@ -13,7 +13,8 @@ and the events simply end. Events are encoded by the caller (sse-starlette's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
+from contextlib import AbstractAsyncContextManager
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -44,7 +45,7 @@ class EventStreamResponse(Response):
         events: AsyncGenerator[bytes, None],
         *,
         heartbeat_seconds: float,
-        on_close: Callable[[], Awaitable[object]] | None = None,
+        closing: AbstractAsyncContextManager[object] | None = None,
         status_code: int = 200,  # FastAPI's OpenAPI reads the default from here
     ) -> None:
         self.events = events
@@ -52,7 +53,7 @@ class EventStreamResponse(Response):
         self.status_code = status_code
         self.background = None
         self.raw_headers = list(_HEADERS)  # a list of its own: routes may add headers
-        self.on_close = on_close  # runs when the response ends, however it ends
+        self.closing = closing  # left when the response ends, however it ends
         self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -75,8 +76,8 @@ class EventStreamResponse(Response):
             try:
                 await self.events.aclose()
             finally:
-                if self.on_close is not None:
-                    await self.on_close()
+                if self.closing is not None:
+                    await self.closing.__aexit__(None, None, None)
 
     async def _listen(self, receive: Receive, send: Send) -> None:
         """Heartbeats while the client stays; returns (ending the stream) when it leaves."""

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from ...errors import (
     Forbidden,
@@ -150,9 +152,20 @@ async def job_socket(websocket: WebSocket) -> None:
         await _close(websocket, CloseCode.UNAVAILABLE, str(e))
 
 
-# A plain Starlette route: FastAPI's would add two AsyncExitStacks and its dependency solving to
-# every open socket (~3 KB, benchmarks/README.md), for nothing this handler uses.
-router.add_websocket_route("/jobs/{job_id}/ws", job_socket)
+class _Socket:
+    """The route's ASGI app, a plain one: what every open socket holds for its life is counted.
+
+    FastAPI's route would add two AsyncExitStacks and its dependency solving, and Starlette's
+    ``websocket_session`` a layer of exception handlers that the app's own ExceptionMiddleware
+    already is, to each socket (~4 KB in all, benchmarks/README.md), for nothing this handler
+    uses.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await job_socket(WebSocket(scope, receive=receive, send=send))
+
+
+router.routes.append(WebSocketRoute("/jobs/{job_id}/ws", _Socket(), name="job_socket"))
 
 
 async def _close(websocket: WebSocket, code: CloseCode, reason: str) -> None:
