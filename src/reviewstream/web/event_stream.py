@@ -13,8 +13,9 @@ and the events simply end. Events are encoded by the caller (sse-starlette's
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -35,6 +36,14 @@ _HEADERS = (
 )
 
 
+class Events(Protocol):
+    """Encoded events, then the end of the stream; ``aclose`` when the response ends early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
 class EventStreamResponse(Response):
     """``text/event-stream`` from an async generator of encoded events."""
 
@@ -42,7 +51,7 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        events: AsyncGenerator[bytes, None],
+        events: Events,
         *,
         heartbeat_seconds: float,
         closing: AbstractAsyncContextManager[object] | None = None,
