@@ -196,7 +196,7 @@ class EventsRoute(APIRoute):
     """``GET /jobs/{job_id}/events``, answered without FastAPI's request handling when it adds
     nothing: an open stream holds whatever its request built for as long as it lasts, and
     FastAPI's adds a Request, two AsyncExitStacks and a layer of exception handlers to each
-    (~4.7 KB of ~30; benchmarks/README.md, "Idle memory per connection").
+    (~5.6 KB of ~31; benchmarks/README.md, "Idle memory per connection").
 
     A request whose parameters are plain (a valid job id; at most one decimal Last-Event-ID,
     ``offset`` and ``token``; no Authorization, or one ``Bearer <key>``) is answered with the
