@@ -7,7 +7,10 @@ when the watcher ends first, the block is cancelled — quietly if the watcher r
 watcher's exception if it raised. Any other cancellation of the task goes on up unchanged.
 
 Per stream this costs one task, where a task group around two tasks (or sse-starlette's four)
-costs several: it matters with thousands of open streams per process.
+costs several: it matters with thousands of open streams per process. The task runs the watcher
+itself (a done callback, not a wrapping coroutine, notices its end) and the object has slots:
+every open stream holds one for its whole life (benchmarks/README.md, "Idle memory per
+connection").
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any
 
 
 class alongside:  # lower case: read as a function, ``async with alongside(watch):``
+    __slots__ = ("_block_done", "_cut_short", "_error", "_host", "_task", "_watch")
+
     def __init__(self, watch: Coroutine[Any, Any, None]) -> None:
         self._watch = watch
         self._host: asyncio.Task[Any] | None = None
@@ -31,15 +36,13 @@ class alongside:  # lower case: read as a function, ``async with alongside(watch
         self._host = asyncio.current_task()
         if self._host is None:
             raise RuntimeError("alongside() needs a running task")
-        self._task = asyncio.create_task(self._run())
+        self._task = asyncio.create_task(self._watch)
+        self._task.add_done_callback(self._watcher_done)
 
-    async def _run(self) -> None:
-        try:
-            await self._watch
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            self._error = e
+    def _watcher_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self._error = task.exception()
         # The watcher ended first: end the block, unless it is already ending by itself.
         if not self._block_done:
             assert self._host is not None

@@ -13,8 +13,9 @@ and the events simply end. Events are encoded by the caller (sse-starlette's
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol
 
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
@@ -24,6 +25,23 @@ from .deps import PRIVATE_HEADERS
 
 _HEARTBEAT: Message = {"type": "http.response.body", "body": b": ping\r\n\r\n", "more_body": True}
 _LAST: Message = {"type": "http.response.body", "body": b"", "more_body": False}
+# Every stream's headers, encoded once: Response.init_headers would encode them per response.
+# No Content-Length (there is no body attribute); proxies must not buffer or cache it.
+_HEADERS = (
+    *(
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in {**PRIVATE_HEADERS, "X-Accel-Buffering": "no"}.items()
+    ),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
+
+
+class Events(Protocol):
+    """Encoded events, then the end of the stream; ``aclose`` when the response ends early."""
+
+    def __aiter__(self) -> AsyncIterator[bytes]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class EventStreamResponse(Response):
@@ -33,40 +51,42 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        events: AsyncGenerator[bytes, None],
+        events: Events,
         *,
         heartbeat_seconds: float,
-        on_close: Callable[[], Awaitable[None]] | None = None,
+        closing: AbstractAsyncContextManager[object] | None = None,
         status_code: int = 200,  # FastAPI's OpenAPI reads the default from here
     ) -> None:
         self.events = events
         self.heartbeat_seconds = heartbeat_seconds
         self.status_code = status_code
         self.background = None
-        # No Content-Length (there is no body attribute); proxies must not buffer or cache it.
-        self.init_headers({**PRIVATE_HEADERS, "X-Accel-Buffering": "no"})
-        self.on_close = on_close  # runs when the response ends, however it ends
+        self.raw_headers = list(_HEADERS)  # a list of its own: routes may add headers
+        self.closing = closing  # left when the response ends, however it ends
         self.client_left = False
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # One frame for the whole stream (no helper coroutine): every open stream holds its frames.
         try:
-            async with contextlib.aclosing(self.events) as events:
-                await self._stream(receive, send, events)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            async with alongside(self._listen(receive, send)):
+                async for event in self.events:
+                    await send({"type": "http.response.body", "body": event, "more_body": True})
+            # The listener has stopped: no heartbeat after the last message.
+            if not self.client_left:
+                await send(_LAST)
         finally:
-            if self.on_close is not None:
-                await self.on_close()
-
-    async def _stream(
-        self, receive: Receive, send: Send, events: AsyncGenerator[bytes, None]
-    ) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        async with alongside(self._listen(receive, send)):
-            async for event in events:
-                await send({"type": "http.response.body", "body": event, "more_body": True})
-        if not self.client_left:  # the listener has stopped: no heartbeat after the last message
-            await send(_LAST)
+            try:
+                await self.events.aclose()
+            finally:
+                if self.closing is not None:
+                    await self.closing.__aexit__(None, None, None)
 
     async def _listen(self, receive: Receive, send: Send) -> None:
         """Heartbeats while the client stays; returns (ending the stream) when it leaves."""
