@@ -58,9 +58,10 @@ class Follower:
         return self._feed.attempts
 
     @property
-    def feed_end(self) -> JobEnd | None:
-        """The job's end, if this process has heard it announced."""
-        return self._feed.end
+    def known_end(self) -> JobEnd | None:
+        """The job's end, if known here: announced on the feed, or read with its last tokens
+        (a job that had ended before this follower came)."""
+        return self._feed.end or self._read_end
 
     async def start(self) -> None:
         """Read the list once, unless the feed already holds everything from our offset.

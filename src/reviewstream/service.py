@@ -225,7 +225,7 @@ class ReviewService:
             )
         if limit is not None and len(item.tokens) > limit:
             item = Batch(item.offset, item.tokens[:limit], item.ts[:limit])
-        end = follower.feed_end
+        end = follower.known_end
         done = end is not None and item.next_offset >= end.next_offset
         return long_poll_answer(job_id, item, end if done else None, attempts)
 

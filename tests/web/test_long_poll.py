@@ -45,6 +45,24 @@ async def test_long_poll_timeout_is_200_with_no_tokens_and_capped(settings: Sett
         assert r.status_code == 422 and "timeout" in r.json()["error"]
 
 
+async def test_a_long_poll_of_an_ended_job_says_so_with_its_last_tokens(
+    settings: Settings,
+) -> None:
+    """No feed has heard this job end (a fresh server): the list read brings tokens and end."""
+    async with serve(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        while not (done := (await c.get(f"/jobs/{job_id}", params={"limit": 10000})).json())[
+            "done"
+        ]:
+            await asyncio.sleep(0.02)
+    async with serve(create_app(settings, run_worker=False)) as base:
+        async with httpx.AsyncClient(base_url=base) as c:
+            r = await c.get(f"/jobs/{job_id}/long-poll", params={"offset": 0, "timeout": 5})
+    page = r.json()
+    assert page["tokens"] == done["tokens"] and page["next_offset"] == done["next_offset"]
+    assert (page["status"], page["done"], page["sha256"]) == ("done", True, done["sha256"])
+
+
 async def test_pollers_at_one_offset_receive_the_same_bytes(settings: Settings) -> None:
     slow = tuned(settings, sim_tokens_per_second=2, sim_first_token_ms=10)
     limits = httpx.Limits(max_connections=20)
