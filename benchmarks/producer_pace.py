@@ -45,7 +45,7 @@ import httpx
 from reviewstream.bench.conn import Endpoint
 from reviewstream.bench.followers import FollowOptions, JobHandle, Trace, follow
 from reviewstream.bench.plan import ServerConfig
-from reviewstream.bench.runner import job_body, parse_end
+from reviewstream.bench.runner import EndWatcher, job_body
 from reviewstream.bench.server import (
     System,
     children_of,
@@ -101,36 +101,6 @@ def _cpu(pids: list[int]) -> float | None:
     return sum(v for v in values if v is not None) if pids else None
 
 
-class Ends:
-    """Every job's end, heard on a pattern subscription of the bench's own Redis client."""
-
-    def __init__(self, system: System) -> None:
-        assert system.redis is not None and system.redis.client is not None
-        self._pubsub: Any = system.redis.client.pubsub()
-        self._keys = Keys()
-        self.ended: set[str] = set()
-
-    async def __aenter__(self) -> Ends:
-        await self._pubsub.psubscribe(self._keys.channel("*"))
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self._pubsub.aclose()
-
-    async def wait_for(self, job_ids: set[str], seconds: float) -> bool:
-        deadline = time.monotonic() + seconds
-        while not job_ids <= self.ended:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=left)
-            if message is None or message.get("type") != "pmessage":
-                continue
-            if parse_end(str(message["data"])):
-                self.ended.add(self._keys.job_id_of_channel(str(message["channel"])))
-        return True
-
-
 async def one_run(system: System, args: argparse.Namespace, modes: tuple[str, ...]) -> Run:
     """Create ``args.jobs`` jobs, follow each with ``args.per_job`` followers per mode (none
     when ``modes`` is empty), wait for every end, then read each job's append times."""
@@ -148,7 +118,7 @@ async def one_run(system: System, args: argparse.Namespace, modes: tuple[str, ..
     workers = children_of(system.server_pid) if system.server_pid else []
     async with (
         httpx.AsyncClient(base_url=system.base_url, timeout=30, limits=limits) as client,
-        Ends(system) as ends,
+        EndWatcher(system) as ends,
     ):
         cpu_before = cpu_seconds(system.server_pid) if system.server_pid else None
         worker_before = _cpu(workers)

@@ -72,8 +72,8 @@ def deadline_seconds(scenario: Scenario) -> float:
     return 2 * expected + 15 + scenario.jobs * scenario.per_job * len(scenario.modes) / 200
 
 
-class _EndWatcher:
-    """Hears every job's end on a pattern subscription (baseline runs)."""
+class EndWatcher:
+    """Hears every job's end on a pattern subscription (baseline runs, producer pace)."""
 
     def __init__(self, system: System) -> None:
         assert system.redis is not None and system.redis.client is not None
@@ -81,7 +81,7 @@ class _EndWatcher:
         self._keys = Keys()
         self.ended: set[str] = set()
 
-    async def __aenter__(self) -> _EndWatcher:
+    async def __aenter__(self) -> EndWatcher:
         await self._pubsub.psubscribe(self._keys.channel("*"))
         return self
 
@@ -136,7 +136,7 @@ async def run_scenario(
     ):
         watcher = None
         if scenario.kind == "baseline" and system.redis is not None:
-            watcher = await stack.enter_async_context(_EndWatcher(system))
+            watcher = await stack.enter_async_context(EndWatcher(system))
         semaphore = asyncio.Semaphore(16)
 
         async def start(index: int) -> JobHandle | None:
