@@ -92,8 +92,12 @@ async def follow_switching(mode: str, base: str, job_id: str, pids: list[int]) -
 
 def api_processes(serve: Process) -> set[int]:
     """The API processes the supervisor spawned (multiprocessing's spawn children)."""
-    children = psutil.Process(serve.proc.pid).children()
-    return {c.pid for c in children if "spawn_main" in " ".join(c.cmdline())}
+    spawned = set()
+    for child in psutil.Process(serve.proc.pid).children():
+        with contextlib.suppress(psutil.NoSuchProcess):  # a zombie included: it has exited
+            if "spawn_main" in " ".join(child.cmdline()):
+                spawned.add(child.pid)
+    return spawned
 
 
 def descendants(serve: Process) -> list[psutil.Process]:
@@ -207,25 +211,52 @@ async def test_a_sigkilled_parent_leaves_no_process_behind(tmp_path: Path) -> No
         assert not left, [p.cmdline() for p in left]
 
 
+async def running_per_process(base: str, pids: set[int]) -> dict[int, int]:
+    """Jobs each of the API processes ``pids`` runs (its ``/metrics``, over fresh connections)."""
+    running: dict[int, int] = {}
+    for _ in range(200):
+        async with httpx.AsyncClient(base_url=base, timeout=20) as fresh:
+            text = (await fresh.get("/metrics")).text
+        match = PID.search(text)
+        gauge = re.search(r"^reviewstream_worker_running_jobs (\d+)$", text, re.MULTILINE)
+        assert match is not None and gauge is not None
+        running[int(match.group(1))] = int(gauge.group(1))
+        if set(running) >= pids:
+            return {pid: running[pid] for pid in pids}
+    raise AssertionError(f"not every process answered: {running}")
+
+
 async def test_thread_workers_split_the_concurrency_over_the_processes(
     redis_url: str, tmp_path: Path
 ) -> None:
-    env = environment(
-        redis_url,
-        {"serve_workers": "thread", "worker_concurrency": "3", "sim_tokens_per_second": "5"},
-    )
+    """3 jobs at once over 2 processes (2 + 1), and still so once a killed one is replaced."""
+    settings = {"serve_workers": "thread", "worker_concurrency": "3", "lease_seconds": "1"}
+    env = environment(redis_url, {**settings, "sim_tokens_per_second": "5"})
     async with (
-        served(tmp_path, env) as (base, _),
+        served(tmp_path, env) as (base, serve),
         httpx.AsyncClient(base_url=base, timeout=20) as c,
     ):
         slow = {**REVIEW, "length_words": 1500}
-        jobs = [(await c.post("/jobs", json=slow)).json()["id"] for _ in range(5)]
+        for _ in range(6):
+            assert (await c.post("/jobs", json=slow)).status_code == 202
 
-        async def statuses() -> list[str]:
-            return [(await c.get(f"/jobs/{j}", params={"limit": 1})).json()["status"] for j in jobs]
+        async def shares() -> list[int]:
+            """Each process's running jobs, once they add up to 3 (and a second later)."""
+            pids = api_processes(serve)
+            deadline = time.monotonic() + 15
+            while sum((await running_per_process(base, pids)).values()) < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # a fourth would have started by now, were there room
+            return sorted((await running_per_process(base, pids)).values())
 
-        deadline = time.monotonic() + 10
-        while (await statuses()).count("running") < 3 and time.monotonic() < deadline:
+        assert await shares() == [1, 2]
+        # uvicorn's supervisor replaces a dead API process; the new one takes the dead one's
+        # share (its slot), and the dead one's jobs are requeued once their leases lapse.
+        before = api_processes(serve)
+        psutil.Process(min(before)).kill()
+        deadline = time.monotonic() + 20
+        while len(api_processes(serve) - before) < 1 and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-        await asyncio.sleep(1.0)  # a fourth would have started by now, were there room
-        assert sorted(await statuses()) == ["queued"] * 2 + ["running"] * 3
+        assert len(api_processes(serve) - before) == 1
+        assert await shares() == [1, 2]
