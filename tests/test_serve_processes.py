@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import random
 import re
 import signal
 import time
@@ -24,21 +25,21 @@ from procs import Process, environment, exit_seconds, start, stop_all, wait_read
 
 REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Substitution"}
 PID = re.compile(r'^reviewstream_process_info\{pid="(\d+)"\} 1$', re.MULTILINE)
-STEP = 6  # tokens per connection: a follower reconnects every STEP tokens
+STEPS = (1, 10)  # tokens per connection, at random: a follower reconnects that often
 
 
 @contextlib.asynccontextmanager
 async def served(
-    logs: Path, env: dict[str, str], *args: str, worker: bool = False
+    logs: Path, env: dict[str, str], *args: str, workers: int = 0
 ) -> AsyncIterator[tuple[str, Process]]:
-    """``serve --processes 2 ARGS`` (and a standalone ``reviewstream worker``), ready."""
+    """``serve --processes 2 ARGS`` (and ``workers`` standalone ``reviewstream worker``), ready."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     serve = ["serve", "--processes", "2", "--port", str(port), "--log-level", "warning", *args]
     processes = [await start("serve", serve, env, logs)]
     try:
-        if worker:
-            processes.append(await start("worker", ["worker"], env, logs))
+        for n in range(workers):
+            processes.append(await start(f"worker-{n}", ["worker"], env, logs))
         await wait_ready(base, processes[0])
         yield base, processes[0]
     finally:
@@ -70,12 +71,14 @@ async def client_on_another_process(
     raise AssertionError(f"no connection reached a process other than {avoid}")
 
 
-async def follow_switching(mode: str, base: str, job_id: str, pids: list[int]) -> fl.Result:
-    """Follow the job ``STEP`` tokens per fresh connection; the HTTP modes switch process on
-    every reconnection (each serving pid goes to ``pids``), SSE resumes by Last-Event-ID."""
+async def follow_switching(
+    mode: str, base: str, job_id: str, pids: list[int], rng: random.Random
+) -> fl.Result:
+    """Follow the job a few tokens per fresh connection; the HTTP modes switch process on every
+    reconnection (each serving pid goes to ``pids``), SSE resumes by Last-Event-ID."""
     result, pid = fl.Result(), None
     while not result.ends:
-        stop = result.offset + STEP
+        stop = result.offset + rng.randint(*STEPS)
         if mode == "websocket":  # a fresh connection each time: the kernel picks the process
             await fl.websocket(base, job_id, result.offset, stop_after=stop, result=result)
             continue
@@ -124,8 +127,11 @@ async def gone(processes: list[psutil.Process], deadline: float) -> list[psutil.
 async def test_two_api_processes_serve_every_mode_to_followers_switching_process(
     redis_url: str, tmp_path: Path
 ) -> None:
+    """``--api-only --processes 2`` and two standalone workers on one Redis: random
+    disconnects and resumes, each on the other API process, lose and duplicate nothing."""
+    rng = random.Random(20261202)
     env = environment(redis_url, {"sim_tokens_per_second": "60"})
-    async with served(tmp_path, env, "--api-only", worker=True) as (base, serve):
+    async with served(tmp_path, env, "--api-only", workers=2) as (base, serve):
         spawned = api_processes(serve)
         assert len(spawned) == 2
         async with httpx.AsyncClient(base_url=base, timeout=20) as c:
@@ -136,19 +142,23 @@ async def test_two_api_processes_serve_every_mode_to_followers_switching_process
                 if len(seen) == 2:
                     break
             assert seen == spawned  # two distinct API processes really answer
-            job = (await c.post("/jobs", json={**REVIEW, "length_words": 80})).json()
-            modes = [mode for mode in fl.MODES for _ in range(2)]
-            pids: list[list[int]] = [[] for _ in modes]  # each follower's serving processes
-            runs = [
-                follow_switching(m, base, job["id"], p) for m, p in zip(modes, pids, strict=True)
-            ]
-            results = await asyncio.gather(*runs)
-            page = (await c.get(f"/jobs/{job['id']}", params={"offset": 0})).json()
-        assert page["status"] == "done"
-        text = "".join(page["tokens"])
-        assert len(page["tokens"]) > 4 * STEP  # every follower reconnected several times
-        sha = hashlib.sha256(text.encode()).hexdigest()
-        for mode, result, served_by in zip(modes, results, pids, strict=True):
+            body = {**REVIEW, "length_words": 80}
+            jobs = [(await c.post("/jobs", json=body)).json()["id"] for _ in range(2)]
+            runs = [(mode, job) for job in jobs for mode in fl.MODES for _ in range(2)]
+            pids: list[list[int]] = [[] for _ in runs]  # each follower's serving processes
+            results = await asyncio.gather(
+                *(
+                    follow_switching(mode, base, job, served_by, rng)
+                    for (mode, job), served_by in zip(runs, pids, strict=True)
+                )
+            )
+            pages = {j: (await c.get(f"/jobs/{j}", params={"offset": 0})).json() for j in jobs}
+        for page in pages.values():
+            assert page["status"] == "done"
+            assert len(page["tokens"]) > 8 * STEPS[1]  # every follower reconnected many times
+        for (mode, job), result, served_by in zip(runs, results, pids, strict=True):
+            text = "".join(pages[job]["tokens"])
+            sha = hashlib.sha256(text.encode()).hexdigest()
             assert result.text == text, mode  # every token, once, in order
             assert len(result.ends) == 1 and result.ends[0]["sha256"] == sha, mode
             if mode != "websocket":  # it switched process on every reconnection
