@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO
 
 import uvicorn
@@ -95,7 +96,6 @@ class ApiProcess:
     """The app factory each API process calls (``uvicorn.Config(..., factory=True)``)."""
 
     settings: Settings
-    processes: int
     parent: int
     slots: str | None = None  # thread or inline workers: the file their shares are claimed in
     _held: IO[bytes] | None = field(default=None, repr=False, compare=False)
@@ -107,8 +107,9 @@ class ApiProcess:
         logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
         settings, run_worker = self.settings, self.slots is not None
         if self.slots is not None:
-            slot, self._held = claim_slot(self.slots, self.processes)
-            share = worker_share(settings.worker_concurrency, self.processes, slot)
+            processes = settings.processes
+            slot, self._held = claim_slot(self.slots, processes)
+            share = worker_share(settings.worker_concurrency, processes, slot)
             log.info("API process %d runs %d of the workers' concurrency", os.getpid(), share)
             run_worker = share > 0
             if run_worker:
@@ -123,8 +124,7 @@ def slot_file() -> Iterator[str]:
     """A private file the API processes claim their worker shares in."""
     directory = tempfile.mkdtemp(prefix="reviewstream-serve-")
     path = os.path.join(directory, "slots")
-    with open(path, "wb"):
-        pass
+    Path(path).touch()
     try:
         yield path
     finally:
@@ -173,7 +173,7 @@ async def _parent(settings: Settings, listen: Listen, *, run_workers: bool) -> i
             workers = await stack.enter_async_context(worker_process(url, settings))
         elif run_workers:
             slots = stack.enter_context(slot_file())
-        factory = ApiProcess(settings, settings.processes, os.getpid(), slots)
+        factory = ApiProcess(settings, os.getpid(), slots)
         config = uvicorn.Config(
             factory,
             factory=True,
