@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     # Where `reviewstream serve` runs its workers (unless --api-only): a child process it starts
     # and supervises, a thread with its own event loop, or the API's own event loop.
     serve_workers: WorkersIn = "process"
+    # API processes `reviewstream serve` runs on its one port (`--processes N`): uvicorn's own
+    # supervisor; the embedded Redis and the worker process are the parent's, shared by all.
+    processes: int = Field(default=1, ge=1)
 
     # Durable jobs. A job whose producer is lost (lease lapsed, worker shut down, Redis trouble)
     # goes back to the queue for another attempt, up to max_attempts in all; on_producer_loss:
