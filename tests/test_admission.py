@@ -121,7 +121,7 @@ async def test_a_queued_job_nobody_starts_fails_after_the_timeout(
             await asyncio.sleep(0.05)
     assert page["status"] == "failed" and "no worker started the job" in page["error"]
     assert await redis.ttl(Keys().meta(job["id"])) > 0  # expires like every ended job
-    assert await redis.xlen(Keys().queue) == 0
+    assert await redis.xlen(Keys().queue(0)) == 0
 
 
 async def test_queue_full_is_503_with_retry_after(settings: Settings) -> None:
