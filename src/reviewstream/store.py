@@ -805,6 +805,22 @@ class JobStore:
             found += [_entry(each, entry_id, fields) for entry_id, fields in entries if fields]
         return found
 
+    async def retire(self, entry: QueueEntry, lease_ms: int) -> None:
+        """Drop an entry nobody is to claim now (a reaper's, past the queued timeout).
+
+        Should a claim of it have been cut between its two steps (the job runs the attempt
+        after the one the entry names, maybe without a lease), that attempt gets its lease
+        first, as the claim would have given it: it lapses if nobody runs the attempt.
+        """
+        with redis_errors("read job"):
+            status, attempts = await self.redis.hmget(
+                self.keys.meta(entry.job_id), "status", "attempts"
+            )
+        lease = None
+        if status == JobStatus.RUNNING.value and int(attempts or 0) == entry.attempt + 1:
+            lease = Lease(entry.job_id, entry.attempt + 1, entry.shard)
+        await self.settle(entry, lease, lease_ms)
+
     async def drop_entry(self, entry: QueueEntry) -> None:
         queue = self.keys.queue(entry.shard)
         with redis_errors("drop queue entry"):

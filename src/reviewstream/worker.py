@@ -508,5 +508,5 @@ class Reaper:
                     log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
             except JobNotFound:
                 pass
-            await self._store.drop_entry(entry)
+            await self._store.retire(entry, int(self._settings.lease_seconds * 1000))
         return failed
