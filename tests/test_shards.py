@@ -11,10 +11,12 @@ import asyncio
 import contextlib
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -44,6 +46,7 @@ from reviewstream.worker import Reaper, Worker
 
 import followers as fl
 from conftest import free_port, serve
+from procs import environment, start, stop_all
 from slots import SlotCheck
 
 REQUEST = ReviewRequest(employee_name="Barbara Liskov", employee_review_points="Substitution.")
@@ -141,6 +144,47 @@ async def test_jobs_spread_over_the_shards_and_workers_read_every_one(
     async with running(store, tuned):
         for job_id in ids:
             await until(store, job_id, lambda s: s.status is JobStatus.DONE, 20)
+    assert await store.queue_length() == 0 and await store.lapsed_leases() == []
+
+
+async def test_jobs_on_every_shard_outlive_a_killed_worker_process(
+    settings: Settings, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """``reviewstream worker`` processes on three shards: one is SIGKILLed mid-stream, another
+    continues each of its jobs after the stored text."""
+    keys = Keys(settings.key_prefix, 3)
+    store = JobStore(redis, keys, retention_seconds=60)
+    env = environment(
+        str(settings.redis_url),
+        {
+            "queue_shards": "3",
+            "sim_tokens_per_second": "30",
+            "lease_seconds": "1.0",
+            "reap_interval_seconds": "0.1",
+            "claim_idle_seconds": "1.0",
+        },
+    )
+    ids = ids_on_every_shard(keys)
+    for job_id in ids:
+        await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
+    started = [await start("worker-1", ["worker"], env, tmp_path)]
+    try:
+        for job_id in ids:
+            await until(store, job_id, lambda s: len(s.tokens) >= 3, 30)
+        started[0].proc.send_signal(signal.SIGKILL)
+        await started[0].proc.wait()
+        before = {j: (await store.read(j, 0, 100_000)).tokens for j in ids}
+        started.append(await start("worker-2", ["worker"], env, tmp_path))
+        for job_id in ids:
+            await until(store, job_id, lambda s: s.status.terminal, 60)
+    finally:
+        await stop_all(started)
+    for job_id in ids:
+        snap = await store.read(job_id, 0, 100_000)
+        assert (snap.status, snap.attempts) == (JobStatus.DONE, 2), snap
+        assert snap.tokens[: len(before[job_id])] == before[job_id]
+        assert snap.sha256 == text_digest(snap.tokens)
+        assert "Barbara Liskov" in "".join(snap.tokens)
     assert await store.queue_length() == 0 and await store.lapsed_leases() == []
 
 

@@ -488,7 +488,8 @@ class Reaper:
         return acted
 
     async def reap_queued(self) -> list[str]:
-        """Fail every job queued longer than the timeout; returns their ids."""
+        """Fail every job queued longer than the timeout; returns their ids. Every entry past
+        it is dropped (an attempt whose claim was cut before its lease gets it first)."""
         timeout = self._settings.queued_timeout_seconds
         cutoff_ms = int((time.time() - timeout) * 1000)
         failed = []
