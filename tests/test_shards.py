@@ -213,13 +213,13 @@ async def test_a_job_whose_entry_was_never_added_expires(store: JobStore) -> Non
 async def test_a_claimed_job_no_longer_expires(store: JobStore) -> None:
     await store.ensure_group()
     job_id = await store.create(
-        REQUEST, provider="simulated", model="sim-default", unclaimed_ttl_seconds=0.3
+        REQUEST, provider="simulated", model="sim-default", unclaimed_ttl_seconds=1.0
     )
-    assert 0 < await store.redis.pttl(store.keys.meta(job_id)) <= 300
+    assert 0 < await store.redis.pttl(store.keys.meta(job_id)) <= 1000
     [entry] = await store.next_entries("w", 1, 100, shard=store.keys.shard_of(job_id))
     assert await store.claim(entry, "w", 5000) is not None
     assert await store.redis.pttl(store.keys.meta(job_id)) == -1
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(1.05)
     assert (await store.read(job_id, 0, 1)).status is JobStatus.RUNNING
 
 
@@ -265,7 +265,7 @@ async def test_a_claim_cut_after_its_job_side_is_completed_by_the_next_claim(
     assert await causes(store, job_id) == [f"attempt 1: {LOST}"]
     # Taken over after claim_idle, given its lease, which lapsed and was reaped; then the run.
     s = tuned
-    assert took < s.claim_idle_seconds + s.lease_seconds + 4 * s.reap_interval_seconds + 3.0
+    assert took < s.claim_idle_seconds + s.lease_seconds + 4 * s.reap_interval_seconds + 5.0
     assert await store.queue_length() == 0 and await store.lapsed_leases() == []
 
 
@@ -515,17 +515,17 @@ async def test_every_script_and_transaction_touches_one_slot(
     async with serve(create_app(s), **server_options(s)) as base:
         headers = {"Authorization": "Bearer key-alice"}
         async with httpx.AsyncClient(base_url=base, timeout=30, headers=headers) as c:
-            jobs = []
-            for _ in range(6):
+            placed: dict[int, str] = {}  # a job on each shard (ids are random)
+            while len(placed) < keys.queue_shards:
                 r = await c.post("/jobs", json=REVIEW)
                 assert r.status_code == 202, r.text
-                jobs.append(r.json()["id"])
-            assert {keys.shard_of(j) for j in jobs} == set(keys.shards)  # a.s.: 1 - 3 (2/3)^6
-            r = await c.delete(f"/jobs/{jobs[0]}")
+                placed.setdefault(keys.shard_of(r.json()["id"]), r.json()["id"])
+            r = await c.post("/jobs", json=REVIEW)
+            r = await c.delete(f"/jobs/{r.json()['id']}")
             assert r.status_code in (204, 409), r.text  # 409: it had ended already
             modes = ("short_poll", "long_poll", "sse")  # the WebSocket would need a token
             results = await asyncio.gather(
-                *(fl.follow(mode, c, base, j) for mode in modes for j in jobs[1:])
+                *(fl.follow(mode, c, base, j) for mode in modes for j in placed.values())
             )
             assert all(len(res.ends) == 1 for res in results)
     assert slot_check.scripts.keys() >= script_shas(store, admission), "a script was not run"
