@@ -278,7 +278,7 @@ async def open_runtime(
         url = await stack.enter_async_context(redis_url(settings))
         redis = redis_client(url, settings)
         stack.push_async_callback(redis.aclose)
-        keys = Keys(settings.key_prefix)
+        keys = Keys(settings.key_prefix, settings.queue_shards)
         store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
         await store.ensure_group()
         hub = hub_for(redis, keys, settings)
