@@ -112,6 +112,11 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         await embedded.aclose()
 
 
+def job_store(redis: aioredis.Redis, keys: Keys, settings: Settings) -> JobStore:
+    """The store every process builds on ``redis`` (one place for its settings)."""
+    return JobStore(redis, keys, retention_seconds=settings.retention_seconds)
+
+
 def hub_for(redis: aioredis.Redis, keys: Keys, settings: Settings) -> Hub:
     return Hub(
         redis,
@@ -159,7 +164,7 @@ async def running_worker(
             hub = hub_for(redis, keys, settings)
             await hub.start()
             stack.push_async_callback(hub.aclose)
-        store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
+        store = job_store(redis, keys, settings)
         worker = Worker(store, hub, settings, http)
         await worker.start()
         stack.push_async_callback(worker.aclose)
@@ -279,7 +284,7 @@ async def open_runtime(
         redis = redis_client(url, settings)
         stack.push_async_callback(redis.aclose)
         keys = Keys(settings.key_prefix, settings.queue_shards)
-        store = JobStore(redis, keys, retention_seconds=settings.retention_seconds)
+        store = job_store(redis, keys, settings)
         await store.ensure_group()
         hub = hub_for(redis, keys, settings)
         await hub.start()

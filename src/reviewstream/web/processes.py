@@ -44,9 +44,8 @@ from uvicorn.supervisors import Multiprocess
 
 from ..embedded import WorkerProcess, die_with_parent
 from ..keys import Keys
-from ..runtime import redis_client, redis_url
+from ..runtime import job_store, redis_client, redis_url
 from ..settings import Settings
-from ..store import JobStore
 from .app import begin_shutdown, create_app, server_options
 
 log = logging.getLogger(__name__)
@@ -137,9 +136,7 @@ async def worker_process(url: str, settings: Settings) -> AsyncIterator[WorkerPr
     """The parent's one ``WorkerProcess``, started (its heartbeat is in Redis) and supervised."""
     redis = redis_client(url, settings)
     try:
-        store = JobStore(
-            redis, Keys(settings.key_prefix), retention_seconds=settings.retention_seconds
-        )
+        store = job_store(redis, Keys(settings.key_prefix, settings.queue_shards), settings)
         workers = WorkerProcess(url, settings, store)
         await workers.start()
         try:
