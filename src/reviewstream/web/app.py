@@ -24,6 +24,8 @@ from ..settings import Settings
 from .body_limit import BodySizeLimit
 from .connection_cap import ConnectionCap, backstop
 from .handlers import add_error_handlers
+from .lanes import Lanes
+from .protocols import LeanWebSocket, OneWriteHttp
 from .routes import demo, health, jobs, long_poll, metrics, sse, ws
 from .server_close import ServerCloseIsDisconnect
 
@@ -58,6 +60,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # A WebSocket send into a socket uvicorn closed by itself (1009, 1011) is a disconnect.
     app.add_middleware(ServerCloseIsDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # The delivery routes' plain requests skip the layers above and below that do nothing for
+    # them (lanes.py); CORS and the cap, further out, still apply.
+    app.add_middleware(Lanes, handlers=app.exception_handlers)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -95,7 +100,10 @@ def server_options(settings: Settings) -> dict[str, Any]:
     ``reviewstream serve`` runs with them, and so should any other way of serving the app.
     """
     return {
-        "ws": "websockets-sansio",
+        # A long poll's answer (a response of known length) leaves in one socket write.
+        "http": OneWriteHttp,
+        # websockets-sansio (refuses an oversized frame from its header), holding less per socket.
+        "ws": LeanWebSocket,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,
