@@ -7,8 +7,8 @@ is open. For the three delivery routes these layers do nothing: ``BodySizeLimit`
 body limit (a GET has no body), ``ServerCloseIsDisconnect`` (only for WebSockets, and this lane
 adds it itself), the routers' matching, FastAPI's ``AsyncExitStack`` (files its dependencies
 open; these routes have none) and Starlette's ``ExceptionMiddleware`` (its domain-error
-handlers; this lane calls the same ones). Together they cost a long poll ~24 µs of CPU
-(benchmarks/README.md, "Long poll: where the time goes").
+handlers; this lane calls the same ones). Together they cost a long poll ~10 µs of CPU
+(benchmarks/README.md, "Long poll: where the time goes", round 2).
 
 ``Lanes`` sits among the app's middlewares just inside ``ConnectionCap`` and CORS, which still
 apply, as do the outermost layers (the 500 answer, FastAPI's telemetry). It takes:

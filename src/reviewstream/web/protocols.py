@@ -4,8 +4,9 @@
 head when the app sends ``http.response.start`` and its body when the app sends
 ``http.response.body``: two writes, so two ``send`` system calls and two TCP segments that the
 client reads apart, for every answer. A long poll is an answer per delivered batch, and those
-writes were the largest single item of its CPU (benchmarks/README.md, "Long poll: where the
-time goes"). ``OneWriteHttp`` keeps the head of a response that declares its ``Content-Length``
+writes are the largest single item in its profile (benchmarks/README.md, "Long poll: where the
+time goes"; one system call less is a few µs of ~200, within the noise of what was measured).
+``OneWriteHttp`` keeps the head of a response that declares its ``Content-Length``
 until the first body message and writes both at once. A streamed response (chunked: SSE) and an
 answer to ``HEAD`` write their head at once, as before. Everything else, parsing, validation of
 the headers, keep-alive, flow control, is uvicorn's own code. uvicorn has no hook for the class
