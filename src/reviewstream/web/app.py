@@ -50,10 +50,12 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             # What startup built (modules, the app, its routes and models: ~100,000 objects) is
             # never garbage. Frozen, a full collection no longer walks it: it took 60-90 ms,
             # every request waiting, a few times a minute under load (benchmarks/README.md).
+            # Thawed at shutdown, so a process that runs several apps (tests) frees them.
             gc.freeze()
             try:
                 yield {"service": service}
             finally:
+                gc.unfreeze()
                 del app.state.drain
 
     app = FastAPI(
