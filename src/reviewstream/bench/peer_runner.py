@@ -22,6 +22,7 @@ window) and every follower's tokens are compared with what the server stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .conn import Endpoint, HttpConnection
 from .followers import FollowOptions, JobHandle, Trace, follow
 from .peer_followers import FOLLOWERS, STREAM_START, on_message
 from .plan import Scenario
-from .runner import Progress, RunResult, deadline_seconds, wait_followers
+from .runner import Progress, RunResult, collector_paused, deadline_seconds, wait_followers
 from .server import System, sample
 
 CONTENT_TYPE = "application/json"
@@ -137,7 +138,10 @@ async def run_peer_scenario(
     first_token = scenario.server.first_token_ms / 1000
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     jobs: list[JobHandle] = []
-    async with httpx.AsyncClient(base_url=system.base_url, limits=limits, timeout=30) as client:
+    async with (
+        httpx.AsyncClient(base_url=system.base_url, limits=limits, timeout=30) as client,
+        contextlib.AsyncExitStack() as stack,
+    ):
         semaphore = asyncio.Semaphore(16)
 
         async def start(index: int) -> None:
@@ -167,6 +171,7 @@ async def run_peer_scenario(
             )  # fmt: skip
             producers.append(asyncio.create_task(producer))
 
+        stack.enter_context(collector_paused())
         before = await sample(system)
         started = time.monotonic()
         try:

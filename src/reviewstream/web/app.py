@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 from typing import Any, TypedDict
 
@@ -24,6 +25,8 @@ from ..settings import Settings
 from .body_limit import BodySizeLimit
 from .connection_cap import ConnectionCap, backstop
 from .handlers import add_error_handlers
+from .lanes import Lanes
+from .protocols import LeanWebSocket
 from .routes import demo, health, jobs, long_poll, metrics, sse, ws
 from .server_close import ServerCloseIsDisconnect
 
@@ -44,9 +47,15 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         ) as runtime:
             service = ReviewService.on(runtime)
             app.state.drain = service.drain  # for begin_shutdown
+            # What startup built (modules, the app, its routes and models: ~100,000 objects) is
+            # never garbage. Frozen, a full collection no longer walks it: it took 60-90 ms,
+            # every request waiting, a few times a minute under load (benchmarks/README.md).
+            # Thawed at shutdown, so a process that runs several apps (tests) frees them.
+            gc.freeze()
             try:
                 yield {"service": service}
             finally:
+                gc.unfreeze()
                 del app.state.drain
 
     app = FastAPI(
@@ -58,6 +67,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # A WebSocket send into a socket uvicorn closed by itself (1009, 1011) is a disconnect.
     app.add_middleware(ServerCloseIsDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    # The delivery routes' plain requests skip the layers above and below that do nothing for
+    # them (lanes.py); CORS and the cap, further out, still apply.
+    app.add_middleware(Lanes, handlers=app.exception_handlers)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -95,7 +107,8 @@ def server_options(settings: Settings) -> dict[str, Any]:
     ``reviewstream serve`` runs with them, and so should any other way of serving the app.
     """
     return {
-        "ws": "websockets-sansio",
+        # websockets-sansio (refuses an oversized frame from its header), holding less per socket.
+        "ws": LeanWebSocket,
         "ws_per_message_deflate": settings.ws_per_message_deflate,
         "ws_ping_interval": settings.ws_ping_seconds,
         "ws_ping_timeout": settings.ws_ping_seconds,

@@ -20,9 +20,11 @@ can only mean that the server closed it, and becomes ``ServerClosedSocket``, an 
 Anything else (a send before the accept, or after the app's own close) still goes up as the
 bug it is. The close code the client gets is the server's (1009, 1011).
 
-One wrapper per WebSocket session, on its send path: a frame and two flag checks per message,
+One guard per WebSocket session, on its send path (``GuardedSend``, a slotted object: no
+closure and no frame held for the session's life): a call and two flag checks per message,
 against the framing and the write every message costs anyway. HTTP requests and streams pass
-untouched.
+untouched. ``ServerCloseIsDisconnect`` puts it on every WebSocket that reaches the app's routes;
+the job socket's lane (``web/lanes.py``) puts it on its own.
 """
 
 from __future__ import annotations
@@ -34,6 +36,32 @@ class ServerClosedSocket(OSError):
     """The server had already closed this WebSocket by itself when the app sent to it."""
 
 
+class GuardedSend:
+    """A WebSocket's send: refused with ``RuntimeError`` because the server closed the socket,
+    it raises ``ServerClosedSocket`` (an OSError) instead."""
+
+    __slots__ = ("accepted", "closed_by_app", "send")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.accepted = False
+        self.closed_by_app = False
+
+    async def __call__(self, message: Message) -> None:
+        kind = message["type"]
+        into_open_socket = self.accepted and not self.closed_by_app
+        if kind == "websocket.accept":
+            self.accepted = True
+        elif kind == "websocket.close":
+            self.closed_by_app = True
+        try:
+            await self.send(message)
+        except RuntimeError as e:
+            if into_open_socket and kind in ("websocket.send", "websocket.close"):
+                raise ServerClosedSocket(f"the server had closed the WebSocket: {e}") from e
+            raise
+
+
 class ServerCloseIsDisconnect:
     """Pure ASGI: a WebSocket send refused because the server closed the socket is an OSError."""
 
@@ -41,24 +69,6 @@ class ServerCloseIsDisconnect:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "websocket":
-            await self.app(scope, receive, send)
-            return
-        accepted = closed_by_app = False
-
-        async def send_or_disconnect(message: Message) -> None:
-            nonlocal accepted, closed_by_app
-            kind = message["type"]
-            into_open_socket = accepted and not closed_by_app
-            if kind == "websocket.accept":
-                accepted = True
-            elif kind == "websocket.close":
-                closed_by_app = True
-            try:
-                await send(message)
-            except RuntimeError as e:
-                if into_open_socket and kind in ("websocket.send", "websocket.close"):
-                    raise ServerClosedSocket(f"the server had closed the WebSocket: {e}") from e
-                raise
-
-        await self.app(scope, receive, send_or_disconnect)
+        if scope["type"] == "websocket":
+            send = GuardedSend(send)
+        await self.app(scope, receive, send)

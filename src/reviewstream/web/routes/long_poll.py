@@ -156,10 +156,14 @@ class PlainLongPoll(BaseRoute):
         raise NoMatchFound(name, path_params)  # its URLs are the FastAPI route's
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        got: Plain = scope["reviewstream.plain"]
-        service: ReviewService = scope["state"]["service"]
-        caller = service.gate.principal(got.bearer, got.token)
-        body = await service.long_poll(got.job_id, got.offset, got.limit, got.hold, caller)
-        headers = [*_HEAD, (b"content-length", b"%d" % len(body)), _JSON]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await answer(scope["reviewstream.plain"], scope, send)
+
+
+async def answer(got: Plain, scope: Scope, send: Send) -> None:
+    """A plain long poll's answer (``web/lanes.py`` calls this too). Domain errors go up."""
+    service: ReviewService = scope["state"]["service"]
+    caller = service.gate.principal(got.bearer, got.token)
+    body = await service.long_poll(got.job_id, got.offset, got.limit, got.hold, caller)
+    headers = [*_HEAD, (b"content-length", b"%d" % len(body)), _JSON]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

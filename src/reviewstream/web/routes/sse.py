@@ -180,7 +180,7 @@ def plain_parameters(scope: Scope) -> tuple[str, int, str | None, str | None] | 
     return job_id, start, bearer, (tokens[0] if tokens else None) or None
 
 
-async def _plain_response(scope: Scope) -> EventStreamResponse | None:
+async def plain_response(scope: Scope) -> EventStreamResponse | None:
     """``job_events``'s answer without FastAPI's request handling, or None (let FastAPI)."""
     parameters = plain_parameters(scope)
     if parameters is None:
@@ -205,7 +205,7 @@ class EventsRoute(APIRoute):
     """
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = await _plain_response(scope)
+        response = await plain_response(scope)
         if response is None:
             await super().handle(scope, receive, send)
         else:

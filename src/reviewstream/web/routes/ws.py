@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Awaitable
 from urllib.parse import urlsplit
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -29,7 +30,6 @@ from ...errors import (
     ServerDraining,
     Unauthorized,
 )
-from ...follow import Follower
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import CloseCode, ws_message
@@ -62,11 +62,6 @@ def origin_allowed(websocket: WebSocket, allowed: frozenset[str]) -> bool:
     if origin is None or origin in allowed:
         return True
     return urlsplit(origin).netloc.lower() == websocket.headers.get("host", "").lower()
-
-
-async def send_tokens(websocket: WebSocket, follower: Follower) -> None:
-    while not follower.finished:  # not `async for`: one async generator less per socket
-        await websocket.send_text(ws_message(await follower.next()))
 
 
 async def read_commands(
@@ -132,7 +127,9 @@ async def job_socket(websocket: WebSocket) -> None:
             # The reader ends the sending when the client leaves or sends a bad message.
             alongside(read_commands(websocket, service, job_id, caller)),
         ):
-            await send_tokens(websocket, follower)
+            # Here, not in a function of its own: every open socket holds each frame it is in.
+            while not follower.finished:  # not `async for`: one async generator less per socket
+                await websocket.send_text(ws_message(await follower.next()))
         await websocket.close(CloseCode.END_OF_JOB, "end of job")
     except WebSocketDisconnect:
         pass
@@ -152,20 +149,21 @@ async def job_socket(websocket: WebSocket) -> None:
         await _close(websocket, CloseCode.UNAVAILABLE, str(e))
 
 
-class _Socket:
+class JobSocket:
     """The route's ASGI app, a plain one: what every open socket holds for its life is counted.
 
     FastAPI's route would add two AsyncExitStacks and its dependency solving, and Starlette's
     ``websocket_session`` a layer of exception handlers that the app's own ExceptionMiddleware
     already is, to each socket (~5.7 KB in all, benchmarks/README.md), for nothing this handler
-    uses.
+    uses. Not ``async def``: it hands back the handler's coroutine, so no frame of its own stays
+    suspended under it.
     """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await job_socket(WebSocket(scope, receive=receive, send=send))
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        return job_socket(WebSocket(scope, receive=receive, send=send))
 
 
-router.routes.append(WebSocketRoute("/jobs/{job_id}/ws", _Socket(), name="job_socket"))
+router.routes.append(WebSocketRoute("/jobs/{job_id}/ws", JobSocket(), name="job_socket"))
 
 
 async def _close(websocket: WebSocket, code: CloseCode, reason: str) -> None:
