@@ -114,6 +114,10 @@ async def test_a_queued_job_nobody_starts_fails_after_the_timeout(
     async with api(s, run_worker=False) as c:
         await store.heartbeat("a-worker-that-never-claims", 60_000)
         job = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
+        # Unclaimed, its meta expires when it would have, failed at the timeout: should its
+        # queue entry never have been added (the creating process died), it goes all the same.
+        ttl_ms = await redis.pttl(Keys().meta(job["id"]))
+        assert 60_000 < ttl_ms <= (0.5 + s.retention_seconds) * 1000
         for _ in range(100):
             page = (await c.get(f"/jobs/{job['id']}", headers=ALICE)).json()
             if page["done"]:
@@ -121,7 +125,7 @@ async def test_a_queued_job_nobody_starts_fails_after_the_timeout(
             await asyncio.sleep(0.05)
     assert page["status"] == "failed" and "no worker started the job" in page["error"]
     assert await redis.ttl(Keys().meta(job["id"])) > 0  # expires like every ended job
-    assert await redis.xlen(Keys().queue) == 0
+    assert await redis.xlen(Keys().queue(0)) == 0
 
 
 async def test_queue_full_is_503_with_retry_after(settings: Settings) -> None:

@@ -12,14 +12,14 @@ import redis.asyncio as aioredis
 from reviewstream.errors import JobFinished, JobNotFound, StoreError
 from reviewstream.keys import Keys
 from reviewstream.models import JobStatus, ReviewRequest
-from reviewstream.store import Claim, JobStore, Renewal, Requeue, text_digest
+from reviewstream.store import Claim, JobStore, Lease, Renewal, Requeue, text_digest
 
 REQUEST = ReviewRequest(employee_name="Ada", employee_review_points="Shipped the thing.")
 
 
-@pytest.fixture
-def store(redis: aioredis.Redis) -> JobStore:
-    return JobStore(redis, Keys("t"), retention_seconds=2)
+@pytest.fixture(params=[1, 3], ids=["1-shard", "3-shards"])
+def store(redis: aioredis.Redis, request: pytest.FixtureRequest) -> JobStore:
+    return JobStore(redis, Keys("t", queue_shards=request.param), retention_seconds=2)
 
 
 async def running_job(store: JobStore, owner: str = "w1", lease_ms: int = 5000) -> Claim:
@@ -159,7 +159,7 @@ async def test_lapsed_lease_requeues_and_next_attempt_fences_the_old_one(
     await pubsub.subscribe(store.keys.channel(job_id))
     await pubsub.get_message(timeout=1)
     await asyncio.sleep(0.15)
-    assert await store.lapsed_leases() == [job_id]
+    assert await store.lapsed_leases() == [Lease(job_id, 1, first.shard)]
     lost = "worker lost"
     outcome, _ = await store.requeue(job_id, lost, max_attempts=3, only_if_lease_lapsed=True)
     assert outcome is Requeue.QUEUED
@@ -176,7 +176,7 @@ async def test_lapsed_lease_requeues_and_next_attempt_fences_the_old_one(
 
     [entry] = await store.next_entries("w2", count=1, block_ms=100)
     second = await store.claim(entry, "w2", lease_ms=5000)
-    assert second == Claim(job_id, 2, "w2#2", 2)
+    assert second == Claim(job_id, 2, "w2#2", 2, first.shard)
     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
     assert msg is not None
     assert json.loads(msg["data"]) == {"status": {"status": "running", "attempt": 2, "offset": 2}}
@@ -207,8 +207,11 @@ async def test_requeue_when_attempts_are_spent_names_every_cause(store: JobStore
     )
     assert outcome is Requeue.SPENT
     assert causes == ["attempt 1: first cause", "attempt 2: second cause"]
-    # Spent: the job is left to its caller to end, still running.
-    assert (await store.read(claim.job_id, 0, 1)).status is JobStatus.RUNNING
+    # Spent: the job failed, naming every cause, and nothing of it is left in the queue.
+    snap = await store.read(claim.job_id, 0, 1)
+    assert snap.status is JobStatus.FAILED
+    assert snap.error == "gave up after 2 attempts: attempt 1: first cause; attempt 2: second cause"
+    assert await store.queue_length() == 0 and await store.lapsed_leases(limit=10) == []
     with pytest.raises(JobNotFound):
         await store.requeue("nope", "x", max_attempts=2)
 

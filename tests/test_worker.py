@@ -35,6 +35,7 @@ def worker_process(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
         "REVIEWSTREAM_LEASE_SECONDS": str(settings.lease_seconds),
         "REVIEWSTREAM_CLAIM_IDLE_SECONDS": str(settings.claim_idle_seconds),
         "REVIEWSTREAM_REAP_INTERVAL_SECONDS": str(settings.reap_interval_seconds),
+        "REVIEWSTREAM_QUEUE_SHARDS": str(settings.queue_shards),
         **env,
     }
     return subprocess.Popen(
@@ -45,9 +46,15 @@ def worker_process(settings: Settings, **env: str) -> subprocess.Popen[bytes]:
     )
 
 
+@pytest.fixture(params=[1, 3], ids=["1-shard", "3-shards"])
+def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
+    """Every test with one queue shard and with three."""
+    return settings.model_copy(update={"queue_shards": request.param})
+
+
 @pytest.fixture
-def store(redis: aioredis.Redis) -> JobStore:
-    return JobStore(redis, Keys(), retention_seconds=60)
+def store(redis: aioredis.Redis, settings: Settings) -> JobStore:
+    return JobStore(redis, Keys(settings.key_prefix, settings.queue_shards), retention_seconds=60)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ import uvicorn
 from .settings import Settings
 
 log = logging.getLogger("reviewstream")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Server(uvicorn.Server):
@@ -34,8 +35,15 @@ def serve(args: argparse.Namespace) -> int:
     from .web import begin_shutdown, create_app, server_options
 
     settings = with_grace(Settings(), args.graceful_timeout)
+    if args.processes is not None:
+        settings = settings.model_copy(update={"processes": args.processes})
     if settings.redis_url is None:
         log.info("REVIEWSTREAM_REDIS_URL is unset: starting an embedded redis-server")
+    if settings.processes > 1:
+        from .web.processes import Listen, serve_processes
+
+        listen = Listen(args.host, args.port, args.log_level)
+        return serve_processes(settings, listen, run_workers=not args.api_only)
     app = create_app(settings, run_worker=not args.api_only)
     config = uvicorn.Config(
         app,
@@ -94,6 +102,13 @@ def worker(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="reviewstream", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -103,6 +118,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api-only", action="store_true", help="run no workers in this process")
     s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--processes",
+        type=_at_least_one,
+        default=None,
+        help="API processes on the one port (default REVIEWSTREAM_PROCESSES, 1)",
+    )
     grace = "seconds running jobs may take after SIGTERM before they are handed over"
     s.add_argument("--graceful-timeout", type=float, default=None, help=grace)
     s.set_defaults(func=serve)
@@ -126,7 +147,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     return int(args.func(args))

@@ -93,7 +93,9 @@ def redis_server_binary() -> str:
     )
 
 
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - in the child, before exec
+def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the child
+    """Ask for SIGTERM when ``parent`` dies (``PR_SET_PDEATHSIG``), and exit at once if it died
+    already. Called in a child between fork and exec, or first thing in a spawned one."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -123,7 +125,7 @@ class EmbeddedRedis:
             "--loglevel", "warning",
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
             # Its own session: a terminal's Ctrl-C must not stop it before our shutdown is done.
             start_new_session=True,
         )  # fmt: skip
@@ -245,7 +247,7 @@ class WorkerProcess:
             sys.executable, "-m", "reviewstream", "worker",
             env=worker_environment(self._settings, self._url),
             stdin=asyncio.subprocess.DEVNULL,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
             start_new_session=True,
         )  # fmt: skip
         self._process = process

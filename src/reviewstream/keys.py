@@ -2,11 +2,14 @@
 
 Every key of job J carries the hash tag ``{J}`` so that a job's keys sit in one Redis Cluster
 slot and one script can change them together. A tenant's quota keys share ``{t:NAME}``. The
-queue, the lease index and the worker heartbeats are global.
+worker queue and the lease index are partitioned into ``queue_shards`` shards
+(``REVIEWSTREAM_QUEUE_SHARDS``), shard N's two keys sharing ``{qN}``; a job is placed on one at
+creation (its meta keeps the number). The worker heartbeats and the token secret are single keys.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 WORKER_GROUP = "workers"
@@ -14,9 +17,14 @@ WORKER_GROUP = "workers"
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    """Key names under one prefix (``REVIEWSTREAM_KEY_PREFIX``)."""
+    """Key names under one prefix (``REVIEWSTREAM_KEY_PREFIX``), with ``queue_shards`` shards."""
 
     prefix: str = "rs"
+    queue_shards: int = 1
+
+    def __post_init__(self) -> None:
+        if self.queue_shards < 1:
+            raise ValueError("queue_shards must be at least 1")
 
     def meta(self, job_id: str) -> str:
         return f"{self.prefix}:{{{job_id}}}:meta"
@@ -35,12 +43,22 @@ class Keys:
         return channel[len(self.prefix) + 2 : -len("}:events")]
 
     @property
-    def queue(self) -> str:
-        return f"{self.prefix}:queue"
+    def shards(self) -> range:
+        return range(self.queue_shards)
 
-    @property
-    def leases(self) -> str:
-        return f"{self.prefix}:leases"
+    def shard_of(self, job_id: str) -> int:
+        """The shard a new job is placed on: spread by its id (stable, any process agrees)."""
+        return zlib.crc32(job_id.encode()) % self.queue_shards
+
+    def queue(self, shard: int) -> str:
+        """Stream (consumer group ``workers``): entries ``job``, ``attempt`` (the attempt the
+        job had when it entered the queue: 0 when created, N when attempt N was lost) and, for a
+        lost attempt, ``cause``."""
+        return f"{self.prefix}:{{q{shard}}}:queue"
+
+    def leases(self, shard: int) -> str:
+        """Sorted set: ``job#attempt`` -> the attempt's lease deadline (ms, Redis clock)."""
+        return f"{self.prefix}:{{q{shard}}}:leases"
 
     @property
     def workers(self) -> str:

@@ -10,6 +10,9 @@ Two shapes, and this module is the only one that knows them:
   lost and the job queued again, or a new attempt began (``models.JobNotice``).
 
 The ``LUA_*`` expressions are spliced into ``scripts``; ``parse_notice`` reads what they write.
+The scripts announce with ``PUBLISH``; ``publishing(script, sharded=True)`` is the same script
+announcing with ``SPUBLISH`` (sharded pub/sub, Redis >= 7), which a Redis Cluster delivers only
+to the nodes serving the channel's slot instead of broadcasting it to every node.
 """
 
 from __future__ import annotations
@@ -32,6 +35,15 @@ LUA_END = """'{"end":{"status":"' .. new_status .. '","next_offset":' .. count
 # members to add, each starting with a comma, or '').
 LUA_STATUS = """'{"status":{"status":"' .. new_status .. '","attempt":' .. attempt
   .. ',"offset":' .. count .. extra .. '}}'"""
+
+
+_PUBLISH = "redis.call('PUBLISH', "
+_SPUBLISH = "redis.call('SPUBLISH', "
+
+
+def publishing(script: str, *, sharded: bool) -> str:
+    """``script`` announcing with SPUBLISH when ``sharded``, else as written (PUBLISH)."""
+    return script.replace(_PUBLISH, _SPUBLISH) if sharded else script
 
 
 def parse_notice(data: str | bytes) -> Batch | JobEnd | JobNotice:

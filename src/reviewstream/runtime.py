@@ -117,9 +117,16 @@ def redis_cluster_client(url: str, settings: Settings) -> RedisCluster:
 
 
 def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> JobStore:
-    """The store on ``redis``. ``JobStore`` is typed for ``redis.asyncio.Redis``; the cluster
-    client has the same commands (routed by their keys' slot), hence the cast."""
-    return JobStore(cast(aioredis.Redis, redis), keys, retention_seconds=settings.retention_seconds)
+    """The store every process builds on ``redis`` (one place for its settings). On a cluster
+    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``JobStore``
+    is typed for ``redis.asyncio.Redis``; the cluster client has the same commands (routed by
+    their keys' slot), hence the cast."""
+    return JobStore(
+        cast(aioredis.Redis, redis),
+        keys,
+        retention_seconds=settings.retention_seconds,
+        sharded_pubsub=settings.redis_cluster,
+    )
 
 
 def provider_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -312,7 +319,7 @@ async def open_runtime(
         url = await stack.enter_async_context(redis_url(settings))
         redis = redis_client(url, settings)
         stack.push_async_callback(redis.aclose)
-        keys = Keys(settings.key_prefix)
+        keys = Keys(settings.key_prefix, settings.queue_shards)
         store = job_store(redis, keys, settings)
         await store.ensure_group()
         hub = hub_for(redis, keys, settings)

@@ -4,11 +4,14 @@ Each script is one atomic step on Redis, so a follower never sees a notification
 (or data without one), and a job ends exactly once, after its last token. Times come from Redis'
 own clock (``TIME``) so that every process stamps tokens on one clock.
 
-The job scripts name only the job's hash-tagged keys plus, where a job enters or leaves the
-worker queue, the global queue or lease index: on Redis Cluster those two would need to move
-into the job's slot (see ARCHITECTURE.md). Each attempt of a job writes under its own owner
-token (``worker#attempt``, set by CLAIM), so a lost producer that comes back can write nothing.
-What the scripts publish is defined in ``notices``.
+Every script names the keys of one hash tag, so each runs on one Redis Cluster slot: a job's
+own keys (``{J}``), one queue shard's (``{qN}``: its stream and lease index), one tenant's, or a
+single key. A transition that spans a job and its shard (claim, losing an attempt, finish,
+renew) is two scripts, one on each side, ordered and fenced so that a process dying between
+them leaves a state the next claim or reaper completes (ARCHITECTURE.md, "Redis data model").
+Each attempt of a job writes under its own owner token (``worker#attempt``, set by CLAIM), so a
+lost producer that comes back can write nothing. What the scripts publish is defined in
+``notices``; ``notices.publishing`` makes their sharded pub/sub variant.
 """
 
 from __future__ import annotations
@@ -79,93 +82,144 @@ redis.call('PUBLISH', channel, """
 """
 )
 
-# KEYS: meta, chunks, times, leases. ARGV: channel, job_id, status, error, usage_json, owner,
-# retention_seconds, only_if_lease_lapsed ('1' or ''), only_if_status ('' or a status),
-# expected_count, sha256. An empty owner ends the job whoever runs it (cancel, reapers); the
-# digest is of the first ``expected_count`` tokens, so the call is refused if more were stored.
-# Returns 1 when this call ended the job, 0 when it had ended already (or its lease still holds,
-# or it is not in the status asked for), -2 for a foreign owner, -3 for an unknown job, -4 when
-# the job holds another number of tokens than ``expected_count`` (read again and retry).
+# KEYS: meta, chunks, times. ARGV: channel, status, error, usage_json, owner, retention_seconds,
+# only_if_status ('' or statuses separated by spaces), attempt ('' or the attempt number the job
+# must be at), expected_count, sha256. An empty owner ends the job whoever runs it (cancel,
+# reapers); the digest is of the first ``expected_count`` tokens, so the call is refused if more
+# were stored. Returns {1, attempt, shard, was_running} when this call ended the job (the caller
+# then drops the attempt's lease on its shard), {0} when it had ended already (or is not in the
+# status or at the attempt asked for), {-2} for a foreign owner, {-3} for an unknown job, {-4}
+# when the job holds another number of tokens than ``expected_count`` (read again and retry).
 FINISH = (
     _NOW
     + """
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status then return -3 end
-if status == 'done' or status == 'failed' or status == 'cancelled' then return 0 end
-if ARGV[9] ~= '' and status ~= ARGV[9] then return 0 end
-if ARGV[6] ~= '' and redis.call('HGET', KEYS[1], 'owner') ~= ARGV[6] then return -2 end
-if ARGV[8] == '1' then
-  local deadline = redis.call('ZSCORE', KEYS[4], ARGV[2])
-  if not deadline or tonumber(deadline) > now_ms then return 0 end
+local state = redis.call('HMGET', KEYS[1], 'status', 'owner', 'attempts', 'shard')
+local status = state[1]
+if not status then return {-3} end
+if status == 'done' or status == 'failed' or status == 'cancelled' then return {0} end
+if ARGV[7] ~= '' and not string.find(' ' .. ARGV[7] .. ' ', ' ' .. status .. ' ', 1, true) then
+  return {0}
 end
-if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[10]) then return -4 end
-redis.call('ZREM', KEYS[4], ARGV[2])
-local channel, new_status, err_text, usage_json = ARGV[1], ARGV[3], ARGV[4], ARGV[5]
-local sha, ttl = ARGV[11], tonumber(ARGV[7])
+if ARGV[5] ~= '' and state[2] ~= ARGV[5] then return {-2} end
+local attempt = tonumber(state[3] or '0')
+if ARGV[8] ~= '' and attempt ~= tonumber(ARGV[8]) then return {0} end
+if redis.call('LLEN', KEYS[2]) ~= tonumber(ARGV[9]) then return {-4} end
+local channel, new_status, err_text, usage_json = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local sha, ttl = ARGV[10], tonumber(ARGV[6])
 """
     + _END
     + """
+local was_running = 0
+if status == 'running' then was_running = 1 end
+return {1, attempt, tonumber(state[4] or '0'), was_running}
+"""
+)
+
+# KEYS: meta, chunks. ARGV: channel, worker, entry_attempt, entry_cause, reset ('1': the new
+# attempt starts over from the prompt), max_attempts. The job side of taking a queue entry that
+# was made when the job was at attempt ``entry_attempt``. When the job is still queued at that
+# attempt, it becomes running under ``worker#attempt`` (the owner token that fences every later
+# write of this attempt), its meta no longer expires, and a later attempt announces itself.
+# When the job is still running the attempt the entry says was lost, that requeue was left half
+# done (its lease was taken and the entry added, then the process died): it is completed here
+# first. Returns {1, attempt, stored token count} when claimed; {3, attempt} when this entry was
+# claimed already (delivered twice: the caller makes sure the attempt has its lease); {2,
+# causes} when the half-done requeue finds the attempts spent (the caller ends the job failed);
+# {0} when the entry is stale (the job moved on or ended); {-3} for an unknown job.
+CLAIM = (
+    _NOW
+    + """
+local state = redis.call('HMGET', KEYS[1], 'status', 'attempts', 'causes')
+local status = state[1]
+if not status then return {-3} end
+local attempt, lost = tonumber(state[2] or '0'), tonumber(ARGV[3])
+if status == 'running' and attempt == lost + 1 then return {3, attempt} end
+local count = redis.call('LLEN', KEYS[2])
+if status == 'running' and attempt == lost and lost > 0 then
+  local causes = {}
+  if state[3] and state[3] ~= '' then causes = cjson.decode(state[3]) end
+  causes[#causes + 1] = 'attempt ' .. attempt .. ': ' .. ARGV[4]
+  if attempt >= tonumber(ARGV[6]) then return {2, cjson.encode(causes)} end
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', '', 'causes', cjson.encode(causes))
+  local new_status = 'queued'
+  local extra = ',"reason":' .. cjson.encode(ARGV[4])
+  redis.call('PUBLISH', ARGV[1], """
+    + LUA_STATUS
+    + """)
+  status = 'queued'
+end
+if status ~= 'queued' or attempt ~= lost then return {0} end
+attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[2] .. '#' .. attempt,
+  'started_at', now, 'seen_ms', now_ms)
+redis.call('PERSIST', KEYS[1])
+if attempt > 1 then
+  local extra = ''
+  if ARGV[5] == '1' and count > 0 then extra = ',"reset":true' end
+  local new_status = 'running'
+  redis.call('PUBLISH', ARGV[1], """
+    + LUA_STATUS
+    + """)
+end
+return {1, attempt, count}
+"""
+)
+
+# KEYS: queue, leases (one shard's). ARGV: group, entry_id, lease member ('' for none),
+# lease_ms. The shard side of taking a queue entry: acknowledges and deletes it, and gives the
+# attempt the job side started its lease, unless the attempt has one already. Entry and lease
+# change together, so a running attempt always has its lease or its entry still pending (whose
+# next claim, after ``claim_idle_seconds``, gives it the lease).
+SETTLE = (
+    _NOW
+    + """
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[2], 'NX', now_ms + tonumber(ARGV[4]), ARGV[3])
+end
 return 1
 """
 )
 
-# KEYS: meta, queue, leases, chunks. ARGV: job_id, entry_id, group, worker, lease_ms, channel,
-# reset ('1': the new attempt starts over from the prompt). Acknowledges the queue entry
-# whatever happens. When the job is still queued, it becomes running under ``worker#attempt``
-# (the owner token that fences every later write of this attempt) with a lease; a later attempt
-# announces itself. Returns {attempt, stored token count}, or {0, 0} when the job was not queued.
-CLAIM = (
+# KEYS: leases, queue (one shard's). ARGV: lease member, job_id, attempt, cause, only_if_lapsed
+# ('1' or ''). The shard side of losing an attempt, and the point where exactly one process
+# wins: removes the attempt's lease (only if it lapsed, when asked) and adds the queue entry
+# for the next attempt, naming the lost one and its cause. Returns the new entry's id, or nil
+# when the lease is gone (another process won) or still holds.
+LAPSE = (
     _NOW
     + """
-redis.call('XACK', KEYS[2], ARGV[3], ARGV[2])
-redis.call('XDEL', KEYS[2], ARGV[2])
-if redis.call('HGET', KEYS[1], 'status') ~= 'queued' then return {0, 0} end
-local attempt = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
-redis.call('HSET', KEYS[1], 'status', 'running', 'owner', ARGV[4] .. '#' .. attempt,
-  'started_at', now, 'seen_ms', now_ms)
-redis.call('ZADD', KEYS[3], now_ms + tonumber(ARGV[5]), ARGV[1])
-local count = redis.call('LLEN', KEYS[4])
-if attempt > 1 then
-  local extra = ''
-  if ARGV[7] == '1' and count > 0 then extra = ',"reset":true' end
-  local new_status = 'running'
-  redis.call('PUBLISH', ARGV[6], """
-    + LUA_STATUS
-    + """)
-end
-return {attempt, count}
+local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not deadline then return false end
+if ARGV[5] == '1' and tonumber(deadline) > now_ms then return false end
+redis.call('ZREM', KEYS[1], ARGV[1])
+return redis.call('XADD', KEYS[2], '*', 'job', ARGV[2], 'attempt', ARGV[3], 'cause', ARGV[4])
 """
 )
 
-# KEYS: meta, chunks, queue, leases. ARGV: channel, job_id, cause, max_attempts, owner,
-# only_if_lease_lapsed ('1' or ''). A running job whose producer is lost (its lease lapsed, or
-# its owner lets it go) goes back to the queue, its cause recorded, unless its attempts are
-# spent. An empty owner acts whoever runs the job. Returns {1, ''} when requeued, {2, causes}
-# (a JSON list naming every attempt's cause) when the attempts are spent — the job is left
-# running for the caller to end as failed — {0, ''} when there was nothing to do, and
-# {-3, ''} for an unknown job.
+# KEYS: meta, chunks. ARGV: channel, cause, max_attempts, attempt, owner ('' for any). The job
+# side of losing an attempt, after LAPSE won: fenced by the attempt (and the owner, when given),
+# it records the cause and sets the job queued for its next attempt, unless its attempts are
+# spent. Returns {1, ''} when queued, {2, causes} (a JSON list naming every attempt's cause)
+# when the attempts are spent — the job is left running for the caller to end as failed —, {0,
+# ''} when the job is not running that attempt, and {-3, ''} for an unknown job.
 REQUEUE = (
     _NOW
     + """
 local state = redis.call('HMGET', KEYS[1], 'status', 'owner', 'attempts', 'causes')
 if not state[1] then return {-3, ''} end
-if state[1] ~= 'running' then return {0, ''} end
-if ARGV[5] ~= '' and state[2] ~= ARGV[5] then return {0, ''} end
-if ARGV[6] == '1' then
-  local deadline = redis.call('ZSCORE', KEYS[4], ARGV[2])
-  if not deadline or tonumber(deadline) > now_ms then return {0, ''} end
-end
 local attempt = tonumber(state[3] or '0')
+if state[1] ~= 'running' or attempt ~= tonumber(ARGV[4]) then return {0, ''} end
+if ARGV[5] ~= '' and state[2] ~= ARGV[5] then return {0, ''} end
 local causes = {}
 if state[4] and state[4] ~= '' then causes = cjson.decode(state[4]) end
-causes[#causes + 1] = 'attempt ' .. attempt .. ': ' .. ARGV[3]
-if attempt >= tonumber(ARGV[4]) then return {2, cjson.encode(causes)} end
+causes[#causes + 1] = 'attempt ' .. attempt .. ': ' .. ARGV[2]
+if attempt >= tonumber(ARGV[3]) then return {2, cjson.encode(causes)} end
 redis.call('HSET', KEYS[1], 'status', 'queued', 'owner', '', 'causes', cjson.encode(causes))
-redis.call('ZREM', KEYS[4], ARGV[2])
-redis.call('XADD', KEYS[3], '*', 'job', ARGV[2])
 local count = redis.call('LLEN', KEYS[2])
 local new_status = 'queued'
-local extra = ',"reason":' .. cjson.encode(ARGV[3])
+local extra = ',"reason":' .. cjson.encode(ARGV[2])
 redis.call('PUBLISH', ARGV[1], """
     + LUA_STATUS
     + """)
@@ -173,17 +227,28 @@ return {1, ''}
 """
 )
 
-# KEYS: meta, leases. ARGV: job_id, owner, lease_ms, abandon_ms (0: never). Returns 1 if the
-# lease was extended, 0 if the job is no longer this owner's to run (it ended, was cancelled,
-# was requeued), 2 if nobody has followed or polled it for ``abandon_ms`` (the owner cancels).
+# KEYS: meta. ARGV: owner, abandon_ms (0: never). The job side of renewing a lease: returns 1 if
+# the attempt still runs the job (the caller then extends the lease: EXTEND), 0 if the job is
+# no longer this owner's to run (it ended, was cancelled, was requeued), 2 if nobody has
+# followed or polled it for ``abandon_ms`` (the owner cancels).
 RENEW = (
     _NOW
     + """
 local state = redis.call('HMGET', KEYS[1], 'status', 'owner', 'seen_ms')
-if state[1] ~= 'running' or state[2] ~= ARGV[2] then return 0 end
-local abandon_ms = tonumber(ARGV[4])
+if state[1] ~= 'running' or state[2] ~= ARGV[1] then return 0 end
+local abandon_ms = tonumber(ARGV[2])
 if abandon_ms > 0 and now_ms - tonumber(state[3] or '0') > abandon_ms then return 2 end
-redis.call('ZADD', KEYS[2], 'XX', now_ms + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# KEYS: leases. ARGV: lease member, lease_ms. Extends the lease; 0 when it is gone (a reaper
+# took it: the attempt is lost).
+EXTEND = (
+    _NOW
+    + """
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 return 1
 """
 )
@@ -199,7 +264,7 @@ return 1
 """
 )
 
-# KEYS: leases. ARGV: limit. Job ids whose lease deadline has passed.
+# KEYS: leases (one shard's). ARGV: limit. Leases (``job#attempt``) whose deadline has passed.
 EXPIRED_LEASES = (
     _NOW
     + """

@@ -164,8 +164,16 @@ class ReviewService:
         await self.admission.check_capacity()
         job_id = new_job_id()
         await self.admission.admit(caller, job_id)
+        # A job whose entry never made it to the queue (this process died in between) expires
+        # when it would have, had the reaper failed it at its queued timeout.
+        s = self.settings
         await self.store.create(
-            request, provider=provider, model=model, tenant=caller.tenant, job_id=job_id
+            request,
+            provider=provider,
+            model=model,
+            tenant=caller.tenant,
+            job_id=job_id,
+            unclaimed_ttl_seconds=s.queued_timeout_seconds + s.retention_seconds,
         )
         return job_id, JobStatus.QUEUED
 

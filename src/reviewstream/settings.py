@@ -61,11 +61,16 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(default=10.0, gt=0)
     claim_idle_seconds: float = Field(default=15.0, gt=0)
     reap_interval_seconds: float = Field(default=1.0, gt=0)
+    # Shards of the worker queue and lease index (each its own Redis Cluster hash tag).
+    queue_shards: int = Field(default=1, ge=1, le=1024)
     # On shutdown, running jobs get this long to finish before they are handed over (requeued).
     worker_grace_seconds: float = Field(default=10.0, ge=0)
     # Where `reviewstream serve` runs its workers (unless --api-only): a child process it starts
     # and supervises, a thread with its own event loop, or the API's own event loop.
     serve_workers: WorkersIn = "process"
+    # API processes `reviewstream serve` runs on its one port (`--processes N`): uvicorn's own
+    # supervisor; the embedded Redis and the worker process are the parent's, shared by all.
+    processes: int = Field(default=1, ge=1)
 
     # Durable jobs. A job whose producer is lost (lease lapsed, worker shut down, Redis trouble)
     # goes back to the queue for another attempt, up to max_attempts in all; on_producer_loss:

@@ -1,10 +1,11 @@
 """Worker: claims queued jobs and streams each one's model output into the store.
 
-A worker reads the queue (a Redis stream, consumer group ``workers``) only while it has a free
-slot (``REVIEWSTREAM_WORKER_CONCURRENCY``). Claiming a job acknowledges its queue entry and
-starts the job's next attempt under the worker with a lease, in one atomic step; the lease is
-renewed while the job streams. Entries read by a worker that died before claiming them are taken
-over by another worker after ``claim_idle_seconds``.
+A worker reads the queue (Redis streams, one per shard, consumer group ``workers``) only while it
+has a free slot (``REVIEWSTREAM_WORKER_CONCURRENCY``): one reader per shard, each holding a slot
+while it blocks on its shard. Claiming a job starts the job's next attempt under the worker,
+then acknowledges its queue entry and gives the attempt its lease; the lease is renewed while
+the job streams. Entries read by a worker that died before claiming them (or between the two
+steps of a claim) are taken over by another worker after ``claim_idle_seconds``.
 
 A job is finished, not failed, when its producer is lost: a lapsed lease (found by the
 ``Reaper`` that every process runs), a worker shutting down after its grace, or Redis failing
@@ -48,6 +49,11 @@ from .store import Claim, JobStore, QueueEntry, Renewal, Requeue
 log = logging.getLogger(__name__)
 
 
+def max_attempts(settings: Settings) -> int:
+    """Attempts a job gets: with ``on_producer_loss=fail``, one (as before durable jobs)."""
+    return 1 if settings.on_producer_loss == "fail" else settings.max_attempts
+
+
 async def let_go(
     store: JobStore,
     settings: Settings,
@@ -55,31 +61,22 @@ async def let_go(
     cause: str,
     *,
     owner: str = "",
+    attempt: int | None = None,
     only_if_lease_lapsed: bool = False,
 ) -> Requeue:
     """The job's producer is lost: queue its next attempt, or fail it when they are spent.
 
-    ``owner``: only if this attempt still runs it; ``only_if_lease_lapsed``: only if its lease
-    lapsed (the reapers; exactly one of them acts). With ``on_producer_loss=fail`` the job fails
-    at once, as before durable jobs.
+    ``owner``/``attempt``: only if this attempt still runs it; ``only_if_lease_lapsed``: only if
+    its lease lapsed (the reapers; exactly one of them acts).
     """
-    max_attempts = 1 if settings.on_producer_loss == "fail" else settings.max_attempts
-    outcome, causes = await store.requeue(
+    outcome, _ = await store.requeue(
         job_id,
         cause,
-        max_attempts=max_attempts,
+        max_attempts=max_attempts(settings),
         owner=owner,
+        attempt=attempt,
         only_if_lease_lapsed=only_if_lease_lapsed,
     )
-    if outcome is Requeue.SPENT:
-        attempts = f"{len(causes)} attempt" + ("s" if len(causes) > 1 else "")
-        await store.finish(
-            job_id,
-            JobStatus.FAILED,
-            error=f"gave up after {attempts}: " + "; ".join(causes),
-            owner=owner,
-            only_if_lease_lapsed=only_if_lease_lapsed,
-        )
     return outcome
 
 
@@ -125,6 +122,7 @@ class Worker:
         self._providers: dict[str, Provider] = {}
         self._jobs: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
         self._loops: list[asyncio.Task[None]] = []
+        self._readers: list[asyncio.Task[None]] = []  # the claim loops, one per shard
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._stopping = asyncio.Event()
         self._hand_over_at: float | None = None  # monotonic time the grace period ends
@@ -136,8 +134,12 @@ class Worker:
     async def start(self) -> None:
         await self.store.ensure_group()
         await self._beat()  # ready to take jobs from now on: API processes may accept them
+        self._readers = [
+            asyncio.create_task(self._claim_loop(shard), name=f"worker-claim-{shard}-{self.name}")
+            for shard in self.store.keys.shards
+        ]
         self._loops = [
-            asyncio.create_task(self._claim_loop(), name=f"worker-claim-{self.name}"),
+            *self._readers,
             asyncio.create_task(self._reclaim_loop(), name=f"worker-reclaim-{self.name}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-heartbeat-{self.name}"),
         ]
@@ -147,8 +149,8 @@ class Worker:
         if self._hand_over_at is None:
             self._hand_over_at = time.monotonic() + self.grace_seconds
         self._stopping.set()
-        if self._loops:
-            self._loops[0].cancel()  # the claim loop may sit in a blocking queue read
+        for reader in self._readers:
+            reader.cancel()  # it may sit in a blocking queue read
 
     async def aclose(self) -> None:
         self.begin_shutdown()
@@ -159,7 +161,7 @@ class Worker:
             task.cancel()
         if pending:
             await asyncio.wait(pending, timeout=1.0)
-        self._loops = []
+        self._loops, self._readers = [], []
         with contextlib.suppress(StoreError):
             await self.store.forget_worker(self.name)  # take no new jobs for this worker
         assert self._hand_over_at is not None
@@ -179,11 +181,15 @@ class Worker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def _claim_loop(self) -> None:
+    async def _claim_loop(self, shard: int) -> None:
+        """Read one shard's queue: a blocking read (one command a second while idle) holding a
+        free slot, so a worker with every slot busy reads nothing."""
         while not self._stopping.is_set():
             await self._slots.acquire()
             try:
-                entries = await self.store.next_entries(self.name, count=1, block_ms=1000)
+                entries = await self.store.next_entries(
+                    self.name, count=1, block_ms=1000, shard=shard
+                )
             except StoreError as e:
                 self._slots.release()
                 log.warning("worker %s: reading the queue failed: %s", self.name, e)
@@ -202,6 +208,7 @@ class Worker:
                 self.name,
                 self._lease_ms,
                 reset=self.settings.on_producer_loss == "restart",
+                max_attempts=max_attempts(self.settings),
             )
         except StoreError as e:
             log.warning("worker %s: claim of %s failed: %s", self.name, entry.job_id, e)
@@ -398,7 +405,9 @@ class Worker:
     async def _let_go(self, claim: Claim, cause: str) -> None:
         job_id = claim.job_id
         try:
-            outcome = await let_go(self.store, self.settings, job_id, cause, owner=claim.owner)
+            outcome = await let_go(
+                self.store, self.settings, job_id, cause, owner=claim.owner, attempt=claim.attempt
+            )
         except (ReviewstreamError, JobNotFound) as e:
             log.warning("job %s: not handed over (%s); its lease will lapse", job_id, e)
             return
@@ -411,12 +420,16 @@ class Worker:
 
 
 class Reaper:
-    """Repairs what dead or stuck processes left, in every process (API-only ones too).
+    """Repairs what dead or stuck processes left, in every process (API-only ones too), on
+    every queue shard.
 
     - Lapsed leases: a running job whose producer stopped renewing goes back to the queue (or
-      fails when its attempts are spent); the Redis script acts for exactly one process.
+      fails when its attempts are spent); the shard's script acts for exactly one process. A
+      lease left behind by an attempt that ended (its finish's second step never ran) is
+      dropped.
     - Queued jobs that no worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS`` of
-      entering the queue end as failed.
+      entering the queue end as failed (so does a job whose requeue was left half done and
+      whose entry nobody claimed within that time).
 
     After Redis was unreachable, lapsed leases are left alone for one lease period, so that
     producers that kept their tokens through the outage renew first.
@@ -456,39 +469,45 @@ class Reaper:
     async def reap_leases(self) -> list[str]:
         """Requeue (or fail) every running job whose lease lapsed; returns the ids acted on."""
         acted = []
-        for job_id in await self._store.lapsed_leases():
+        for lease in await self._store.lapsed_leases():
             try:
                 outcome = await let_go(
                     self._store,
                     self._settings,
-                    job_id,
+                    lease.job_id,
                     "worker lost: its lease lapsed before the job finished",
+                    attempt=lease.attempt,
                     only_if_lease_lapsed=True,
                 )
             except JobNotFound:
-                await self._store.drop_lease(job_id)
+                await self._store.drop_lease(lease)
                 continue
             if outcome is not Requeue.NOTHING:
-                acted.append(job_id)
-                log.warning("job %s: its worker's lease lapsed (%s)", job_id, outcome.name)
+                acted.append(lease.job_id)
+                log.warning("job %s: its worker's lease lapsed (%s)", lease.job_id, outcome.name)
         return acted
 
     async def reap_queued(self) -> list[str]:
-        """Fail every job queued longer than the timeout; returns their ids."""
+        """Fail every job queued longer than the timeout; returns their ids. Every entry past
+        it is dropped (an attempt whose claim was cut before its lease gets it first)."""
         timeout = self._settings.queued_timeout_seconds
         cutoff_ms = int((time.time() - timeout) * 1000)
         failed = []
         for entry in await self._store.queued_before(cutoff_ms, count=100):
+            # Only the job this entry queued: at the attempt it names, still queued (or still
+            # running the attempt it says was lost: a requeue left half done).
+            statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if entry.attempt else JobStatus.QUEUED
             try:
                 if await self._store.finish(
                     entry.job_id,
                     JobStatus.FAILED,
                     error=f"no worker started the job within {timeout:g} s of queueing it",
-                    only_if_status=JobStatus.QUEUED,
+                    only_if_status=statuses,
+                    attempt=entry.attempt,
                 ):
                     failed.append(entry.job_id)
                     log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
             except JobNotFound:
                 pass
-            await self._store.drop_entry(entry)
+            await self._store.retire(entry, int(self._settings.lease_seconds * 1000))
         return failed

@@ -9,11 +9,14 @@ import json
 import sys
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from reviewstream.bench.cli import add_arguments, options_from_args, run
 from reviewstream.bench.followers import JobHandle, Trace
-from reviewstream.bench.plan import build_plan
+from reviewstream.bench.plan import ServerConfig, build_plan
+from reviewstream.bench.server import cpu_seconds, server_cpu_seconds, started_system
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
 
@@ -124,3 +127,28 @@ def test_plan_has_baselines_and_no_duplicate_runs() -> None:
             )
     servers = [s.server for s in plan]
     assert servers == sorted(servers, key=servers.index)  # grouped: one server start each
+
+
+def test_processes_option_is_for_a_started_server_only() -> None:
+    assert options_from_args(parse("--output", "x", "--processes", "2")).processes == 2
+    assert options_from_args(parse("--output", "x")).processes == 1
+    with pytest.raises(SystemExit, match="--url"):
+        options_from_args(parse("--output", "x", "--url", "http://h", "--processes", "2"))
+    with pytest.raises(SystemExit, match="at least 1"):
+        options_from_args(parse("--output", "x", "--processes", "0"))
+
+
+@pytest.mark.timeout(60)
+async def test_started_server_runs_its_api_processes_and_counts_all_their_cpu() -> None:
+    config = ServerConfig(rate=100, coalesce_ms=0, first_token_ms=50)
+    async with started_system(config, worker_concurrency=4, processes=2) as system:
+        assert system.server_pid is not None
+        below = psutil.Process(system.server_pid).children()
+        api = [p for p in below if "spawn_main" in " ".join(p.cmdline())]
+        assert len(api) == 2
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=10) as c:
+            for _ in range(20):  # some work for every process to count
+                assert (await c.get("/metrics")).status_code == 200
+        own = cpu_seconds(system.server_pid) or 0.0
+        counted = server_cpu_seconds(system.server_pid) or 0.0
+        assert counted >= own + sum(cpu_seconds(p.pid) or 0.0 for p in api) - 0.05

@@ -152,6 +152,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"jobs a started server runs at once (default {d.worker_concurrency})",
     )
     parser.add_argument(
+        "--processes",
+        type=int,
+        help="API processes of the server the benchmark starts (serve --processes; default 1);"
+        " its workers are placed as serve places them. Server CPU is all its processes'",
+    )
+    parser.add_argument(
         "--memory",
         action="store_true",
         help="also probe the memory of idle SSE and WebSocket connections",
@@ -199,7 +205,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     for name in (
         "rate", "fanout_rate", "followers", "per_job", "repeat", "warmup", "modes",
         "poll_intervals", "fanout_poll_interval", "coalesce_ms", "length_words",
-        "first_token_ms", "worker_concurrency", "memory_connections",
+        "first_token_ms", "worker_concurrency", "memory_connections", "processes",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
@@ -222,6 +228,10 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise SystemExit("--length-words must be within 50..1500")
     if options.repeat < 1 or options.warmup < 0 or options.per_job < 1:
         raise SystemExit("--repeat and --per-job must be at least 1, --warmup at least 0")
+    if options.processes < 1:
+        raise SystemExit("--processes must be at least 1")
+    if options.url and options.processes > 1:
+        raise SystemExit("--processes is for a server the benchmark starts, not --url")
     return options
 
 

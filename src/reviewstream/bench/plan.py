@@ -89,6 +89,7 @@ class BenchOptions:
     length_words: int = 100
     first_token_ms: float = 1000.0
     worker_concurrency: int = 256
+    processes: int = 1  # API processes of a started server (serve --processes)
     memory: bool = False
     memory_connections: int = 2000
     # --peer: run each load on reviewstream and on this peer instead of the plan (side_by_side).

@@ -122,9 +122,12 @@ def table(results: dict[str, Any]) -> str:
             )  # fmt: skip
     if any(r["followers"] > 1 for rows in results["fanout"].values() for r in rows):
         rate, per_job = config["fanout_rate"], config["per_job"]
+        processes = config.get("processes", 1)
         parts.append(
-            f"\nFan-out at {rate:g} tokens/s ({per_job} followers per job; live p99: only tokens"
-            " appended after the follower connected, without a connect burst's backlog):"
+            f"\nFan-out at {rate:g} tokens/s ({per_job} followers per job; {processes} API"
+            f" process{'es' if processes != 1 else ''}; live p99: only tokens appended after the"
+            " follower connected, without a connect burst's backlog; server CPU: all its"
+            " processes; client CPU: the benchmark's own):"
         )
         header = [
             "mode", "followers", "p50 ms", "p99 ms", "max ms", "live p99", "E2E ms", "req/job",

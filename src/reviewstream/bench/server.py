@@ -76,27 +76,33 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
-def children_of(pid: int) -> list[int]:
-    """The child processes of ``pid``, from /proc (``serve``'s worker process, by default)."""
-    found = []
+def descendants_of(pid: int) -> list[int]:
+    """The processes below ``pid``, from /proc: ``serve``'s worker process by default, and its
+    API processes with ``--processes N``."""
+    parents: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
             except (OSError, IndexError):
                 continue
-            if int(fields[1]) == pid:
-                found.append(int(entry.name))
+            parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, below = [], [pid]
+    while below:
+        children = parents.get(below.pop(), [])
+        found += children
+        below += children
     return found
 
 
 def server_cpu_seconds(pid: int) -> float | None:
-    """CPU seconds of the server: process ``pid`` and its children, so that producing counts
-    wherever ``serve`` runs its workers (``REVIEWSTREAM_SERVE_WORKERS``)."""
+    """CPU seconds of the server: process ``pid`` and every process below it, so that producing
+    counts wherever ``serve`` runs its workers (``REVIEWSTREAM_SERVE_WORKERS``) and every API
+    process counts (``--processes N``)."""
     own = cpu_seconds(pid)
     if own is None:
         return None
-    return own + sum(cpu_seconds(child) or 0.0 for child in children_of(pid))
+    return own + sum(cpu_seconds(child) or 0.0 for child in descendants_of(pid))
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -312,10 +318,13 @@ async def started_system(
     extra_env: dict[str, str] | None = None,
     graceful_seconds: float = 2.0,
     keep_log: Path | None = None,
+    processes: int = 1,
 ) -> AsyncIterator[System]:
     """A fresh redis-server and ``reviewstream serve`` with ``config``; stopped on exit.
 
-    ``keep_log``: where to copy the server's log (its warnings explain failed jobs)."""
+    ``keep_log``: where to copy the server's log (its warnings explain failed jobs);
+    ``processes``: its API processes (``serve --processes``; workers placed as ``serve`` places
+    them: one worker process for all, by default)."""
     workdir = Path(tempfile.mkdtemp(prefix="reviewstream-bench-"))
     redis = RedisProcess(workdir)
     server: asyncio.subprocess.Process | None = None
@@ -326,7 +335,7 @@ async def started_system(
         argv = [
             sys.executable, "-m", "reviewstream", "serve", "--host", "127.0.0.1",
             "--port", str(port), "--log-level", "warning",
-            "--graceful-timeout", f"{graceful_seconds:g}",
+            "--graceful-timeout", f"{graceful_seconds:g}", "--processes", str(processes),
         ]  # fmt: skip
         env = _env(config, redis.url, worker_concurrency, extra_env or {})
         server = await start_process(argv, env, str(workdir), log_path)

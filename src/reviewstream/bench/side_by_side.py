@@ -77,6 +77,7 @@ def _system(
         config,
         worker_concurrency=options.worker_concurrency,
         keep_log=options.output / "logs" / "side-by-side-reviewstream.log",
+        processes=options.processes,
     )
 
 

@@ -51,6 +51,7 @@ def _system(options: BenchOptions, config: ServerConfig) -> AbstractAsyncContext
         config,
         worker_concurrency=options.worker_concurrency,
         keep_log=options.output / "logs" / slug,
+        processes=options.processes,
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 
@@ -12,7 +14,7 @@ router = APIRouter(tags=["health"])
 
 @router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(service: Service) -> PlainTextResponse:
-    """Gauges of this process: followers, subscribed jobs, running jobs."""
+    """Gauges of this process: followers, subscribed jobs, running jobs; its pid."""
     worker = service.worker
     gauges = {
         "reviewstream_followers": (
@@ -28,4 +30,10 @@ async def metrics(service: Service) -> PlainTextResponse:
     lines = []
     for name, (help_text, value) in gauges.items():
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {value}"]
+    # Which process answered: behind one port (`serve --processes N`) a scrape reaches any one.
+    lines += [
+        "# HELP reviewstream_process_info The process these gauges are of.",
+        "# TYPE reviewstream_process_info gauge",
+        f'reviewstream_process_info{{pid="{os.getpid()}"}} 1',
+    ]
     return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
