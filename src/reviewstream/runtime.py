@@ -28,9 +28,11 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import cast
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -53,7 +55,7 @@ class Runtime:
     """The long-lived parts of one process."""
 
     settings: Settings
-    redis: aioredis.Redis
+    redis: RedisClient
     store: JobStore
     hub: Hub
     gate: Gatekeeper
@@ -69,13 +71,20 @@ def redis_retry() -> Retry:
     return Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), retries=6)
 
 
-def redis_client(url: str, settings: Settings) -> aioredis.Redis:
+# A single Redis, or a Redis Cluster (REVIEWSTREAM_REDIS_CLUSTER).
+RedisClient = aioredis.Redis | RedisCluster
+
+
+def redis_client(url: str, settings: Settings) -> RedisClient:
     """A client whose pool waits for a free connection instead of failing at its limit.
 
     Connections idle for a while are checked before use (``health_check_interval``), and
     connection errors and timeouts are retried (``redis_retry``), so a job accepted right after
-    Redis restarted does not fail on a connection the restart closed.
+    Redis restarted does not fail on a connection the restart closed. With
+    ``REVIEWSTREAM_REDIS_CLUSTER``: ``redis_cluster_client``.
     """
+    if settings.redis_cluster:
+        return redis_cluster_client(url, settings)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=settings.redis_max_connections,
@@ -86,6 +95,38 @@ def redis_client(url: str, settings: Settings) -> aioredis.Redis:
         health_check_interval=5,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool: aclose() closes both
+
+
+def redis_cluster_client(url: str, settings: Settings) -> RedisCluster:
+    """redis-py's cluster client, from any node's URL: it learns the others and the slots from
+    that node, sends each command to the master of its key's slot and follows MOVED/ASK.
+
+    ``redis_retry`` gives its number of attempts on connection errors, timeouts and a cluster
+    that is down or reconfiguring (with a topology refresh in between). Slots need not all be
+    covered: with a master down, the others' jobs keep working. Its pools (one per node, of
+    ``redis_max_connections``) do not wait at their limit: a burst beyond fails (a 503).
+    """
+    return RedisCluster.from_url(
+        url,
+        decode_responses=True,
+        max_connections=settings.redis_max_connections,
+        retry=redis_retry(),
+        require_full_coverage=False,
+        health_check_interval=5,
+    )
+
+
+def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> JobStore:
+    """The store every process builds on ``redis`` (one place for its settings). On a cluster
+    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``JobStore``
+    is typed for ``redis.asyncio.Redis``; the cluster client has the same commands (routed by
+    their keys' slot), hence the cast."""
+    return JobStore(
+        cast(aioredis.Redis, redis),
+        keys,
+        retention_seconds=settings.retention_seconds,
+        sharded_pubsub=settings.redis_cluster,
+    )
 
 
 def provider_http_client(settings: Settings) -> httpx.AsyncClient:
@@ -112,12 +153,7 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         await embedded.aclose()
 
 
-def job_store(redis: aioredis.Redis, keys: Keys, settings: Settings) -> JobStore:
-    """The store every process builds on ``redis`` (one place for its settings)."""
-    return JobStore(redis, keys, retention_seconds=settings.retention_seconds)
-
-
-def hub_for(redis: aioredis.Redis, keys: Keys, settings: Settings) -> Hub:
+def hub_for(redis: RedisClient, keys: Keys, settings: Settings) -> Hub:
     return Hub(
         redis,
         keys,

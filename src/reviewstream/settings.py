@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ProviderName = Literal["simulated", "openai", "anthropic"]
@@ -25,6 +25,8 @@ class Settings(BaseSettings):
 
     # Redis. Unset: `reviewstream serve` starts a private redis-server and stops it on exit.
     redis_url: str | None = None
+    # The URL names any node of a Redis Cluster (>= 7): the cluster client and sharded pub/sub.
+    redis_cluster: bool = False
     redis_max_connections: int = Field(default=64, ge=4)
     # A command waits this long for a free pooled connection before failing (503).
     redis_pool_timeout_seconds: float = Field(default=10.0, gt=0)
@@ -118,6 +120,15 @@ class Settings(BaseSettings):
     queued_timeout_seconds: float = Field(default=600.0, gt=0)
     # A worker is alive while its heartbeat is younger than this; with none, jobs are refused.
     worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_url(self) -> Settings:
+        if self.redis_cluster and self.redis_url is None:
+            raise ValueError(
+                "REVIEWSTREAM_REDIS_CLUSTER needs REVIEWSTREAM_REDIS_URL (any node of the"
+                " cluster): the embedded Redis is a single server"
+            )
+        return self
 
     @property
     def cors_origin_list(self) -> list[str]:

@@ -1,6 +1,8 @@
-"""Hub: one Redis pub/sub connection per process, fanned out to every follower in it.
+"""Hub: one Redis pub/sub subscription per process, fanned out to every follower in it.
 
-Each job that has followers here gets one ``Feed``: one SUBSCRIBE on the job's channel, a small
+Each job that has followers here gets one ``Feed``: one subscription to the job's channel (on a
+single Redis a SUBSCRIBE on the process's one pub/sub connection; on a Redis Cluster an
+SSUBSCRIBE on the node serving the channel's slot: ``subscribers.py``), a small
 bounded buffer of the most recent notifications (which carry the tokens and their offsets), the
 job's end once announced, and one wake-up event that every waiting follower shares. A caught-up
 follower takes its tokens from the buffer, so Redis does no work per follower per token; a
@@ -8,8 +10,9 @@ follower that falls behind the buffer reads the missing range from the list in p
 (``follow.Follower``). Nothing is queued per follower, so a slow client costs no memory here.
 
 A feed's buffer is only trusted while its subscription is unbroken: every subscribe confirmation
-(the first, or one after redis-py or the hub reconnected) starts a new ``epoch``, empties the
-buffer and wakes the followers, who then re-read the list from their own offsets.
+(the first, or one after redis-py or the subscriber reconnected, or after the channel moved to
+another cluster node) starts a new ``epoch``, empties the buffer and wakes the followers, who
+then re-read the list from their own offsets; a lost subscription empties the buffer at once.
 
 Quiet feeds are checked, not re-read per follower. A waiting follower leaves its offset on the
 feed (the feed keeps only the lowest since its last wake-up): not the highest offset the feed
@@ -31,17 +34,18 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Collection
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.asyncio.cluster import RedisCluster
 
-from .errors import JobNotFound, StoreError
-from .keys import Keys
-from .models import Batch, JobEnd, JobNotice
-from .notices import parse_notice
-from .store import JobStore
+from ..errors import JobNotFound, StoreError
+from ..keys import Keys
+from ..models import Batch, JobEnd, JobNotice
+from ..notices import parse_notice
+from ..store import JobStore
+from .subscribers import PlainSubscriber, ShardedSubscriber, Subscriber
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +238,7 @@ class Feed:
 
 
 class Hub:
-    """Routes one pub/sub connection's notifications to in-process followers.
+    """Routes the notifications of one subscriber (``subscribers.py``) to in-process followers.
 
     ``join(job_id)`` subscribes (once per job per process) and returns only after Redis
     confirmed the subscription, so a follower that reads the list afterwards misses nothing.
@@ -245,7 +249,7 @@ class Hub:
 
     def __init__(
         self,
-        redis: aioredis.Redis,
+        redis: aioredis.Redis | RedisCluster,
         keys: Keys,
         *,
         buffer_tokens: int = 1024,
@@ -254,10 +258,10 @@ class Hub:
         resync_seconds: float = 5.0,
         coalesce_seconds: float = 0.0,
     ) -> None:
-        self._redis = redis
         self._keys = keys
-        # Reads only (the checks of quiet jobs), on the same client; it never ends a job.
-        self._store = JobStore(redis, keys, retention_seconds=0)
+        # Reads only (the checks of quiet jobs), on the same client; it never ends a job. The
+        # store is typed for a single Redis; the cluster client has the same commands.
+        self._store = JobStore(cast(aioredis.Redis, redis), keys, retention_seconds=0)
         self._buffer_tokens = buffer_tokens
         self._subscribe_timeout = subscribe_timeout
         self._linger_seconds = linger_seconds
@@ -269,23 +273,27 @@ class Hub:
         self._expected: dict[str, collections.deque[Feed]] = collections.defaultdict(
             collections.deque
         )
-        self._pubsub: Any = None
-        self._connected = asyncio.Event()
+        self._subscriber: Subscriber = (
+            ShardedSubscriber(redis, self)
+            if isinstance(redis, RedisCluster)
+            else PlainSubscriber(redis, keys.channel("hub"), self)
+        )
         self._task: asyncio.Task[None] | None = None
+        self._sweeping: asyncio.Task[None] | None = None
         self._checking: asyncio.Task[None] | None = None
-        self._lock = asyncio.Lock()
         self.draining = False
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reviewstream-hub")
+        self._task = asyncio.create_task(self._subscriber.run(), name="reviewstream-hub")
+        self._sweeping = asyncio.create_task(self._sweeps(), name="reviewstream-hub-sweep")
 
     async def aclose(self) -> None:
-        for task in (self._task, self._checking):
+        for task in (self._task, self._sweeping, self._checking):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task], timeout=2.0)
-        self._task = self._checking = None
-        await self._close_pubsub()
+        self._task = self._sweeping = self._checking = None
+        await self._subscriber.aclose()
 
     def drain(self) -> None:
         """The server is shutting down: every follower, now and later, stops at once."""
@@ -311,7 +319,7 @@ class Hub:
         # its SUBSCRIBE waited would never be confirmed (its joiners would time out).
         feed.refs += 1
         try:
-            if created and self._connected.is_set():
+            if created:
                 await self._subscribe(feed)
             if not feed.confirmed.is_set():  # a warm feed costs its joiners no timer
                 try:
@@ -326,65 +334,12 @@ class Hub:
 
     async def _subscribe(self, feed: Feed) -> None:
         self._expected[feed.channel].append(feed)
-        try:
-            async with self._lock:
-                await self._pubsub.subscribe(feed.channel)
-        except RedisError as e:
-            log.warning("subscribe to %s failed: %s", feed.channel, e)
+        await self._subscriber.subscribe(feed.channel)
 
-    async def _unsubscribe(self, channel: str) -> None:
-        if not self._connected.is_set():
-            return
-        try:
-            async with self._lock:
-                await self._pubsub.unsubscribe(channel)
-        except RedisError as e:
-            log.warning("unsubscribe from %s failed: %s", channel, e)
-
-    async def _close_pubsub(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        self._connected.clear()
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
-
-    async def _run(self) -> None:
-        backoff = 0.05
+    async def _sweeps(self) -> None:
         while True:
-            try:
-                await self._connect()
-                backoff = 0.05
-                await self._listen()
-            except (RedisError, OSError) as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from e
-                log.warning("hub lost its Redis subscription (%s); reconnecting", e)
-            self._expected.clear()
-            for feed in self._feeds.values():
-                feed.disconnected()
-            await self._close_pubsub()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 2.0)
-
-    async def _connect(self) -> None:
-        self._pubsub = self._redis.pubsub()
-        # A placeholder subscription keeps the connection in pub/sub mode and proves it works.
-        self._expected.clear()
-        await self._pubsub.subscribe(self._keys.channel("hub"))
-        self._connected.set()
-        for feed in list(self._feeds.values()):
-            await self._subscribe(feed)
-
-    async def _listen(self) -> None:
-        while True:
-            message = await self._pubsub.get_message(timeout=1.0)
-            if message is not None:
-                self._route(message)
-            now = time.monotonic()
-            if now - self._swept_at >= 1.0:
-                self._swept_at = now
-                await self._sweep(now)
+            await asyncio.sleep(1.0)
+            await self._sweep(time.monotonic())
 
     async def _sweep(self, now: float) -> None:
         """Once a second: check quiet feeds, unsubscribe feeds nobody held for a while."""
@@ -403,7 +358,7 @@ class Hub:
         ]
         for channel in idle:
             del self._feeds[channel]
-            await self._unsubscribe(channel)
+            await self._subscriber.unsubscribe(channel)
 
     async def _check(self, feeds: list[Feed]) -> None:
         """Compare quiet feeds with the jobs' status and count; repair only what was missed.
@@ -455,23 +410,37 @@ class Hub:
     def _job_id(self, feed: Feed) -> str:
         return self._keys.job_id_of_channel(feed.channel)
 
-    def _route(self, message: dict[str, Any]) -> None:
-        kind, channel = message["type"], message["channel"]
-        if isinstance(channel, bytes):
-            channel = channel.decode()
+    # -- what the subscriber tells (subscribers.Listener) ---------------------------------------
+
+    def subscribed(self, channel: str) -> None:
+        """A subscription to ``channel`` is confirmed: its feed starts a new epoch.
+
+        Confirmations are matched to feeds in the order their subscriptions were sent, so a
+        stale one (for a feed dropped meanwhile) never vouches for a newer feed; one nobody
+        waits for (the subscriber resubscribed by itself) is a new epoch of the current feed.
+        """
         feed = self._feeds.get(channel)
-        if kind == "subscribe":
-            expected = self._expected.get(channel)
-            first = expected.popleft() if expected else None
-            if feed is not None and (first is None or first is feed):
-                feed.resubscribed()
+        expected = self._expected.get(channel)
+        first = expected.popleft() if expected else None
+        if feed is not None and (first is None or first is feed):
+            feed.resubscribed()
+
+    def received(self, channel: str, data: Any) -> None:
+        feed = self._feeds.get(channel)
+        if feed is None or not feed.confirmed.is_set():
             return
-        if kind != "message" or feed is None or not feed.confirmed.is_set():
-            return
-        notice = parse_notice(message["data"])
+        notice = parse_notice(data)
         if isinstance(notice, Batch):
             feed.push(notice)
         elif isinstance(notice, JobEnd):
             feed.finish(notice)
         else:
             feed.announce(notice)
+
+    def lost(self, channels: Collection[str]) -> None:
+        """Notifications on ``channels`` may be missed until they are confirmed again."""
+        for channel in channels:
+            self._expected.pop(channel, None)
+            feed = self._feeds.get(channel)
+            if feed is not None:
+                feed.disconnected()
