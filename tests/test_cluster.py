@@ -1,28 +1,37 @@
 """Whole jobs on the local 3-master Redis Cluster (tests/cluster.py): the app with
-``REVIEWSTREAM_REDIS_CLUSTER``, queue shards spread over the masters, sharded pub/sub."""
+``REVIEWSTREAM_REDIS_CLUSTER``, queue shards spread over the masters, sharded pub/sub: jobs on
+every master in every mode, cancel, expiry, a lapsed lease reaped, random resumes."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
+import json
+import random
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from reviewstream.keys import Keys
+from reviewstream.runtime import job_store, redis_client
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 from reviewstream.wire import MODES
 
 import followers as fl
 from cluster import LocalCluster
-from conftest import serve
-from live import new_job, stored
+from conftest import free_port, serve
+from live import new_job, stored, until_tokens
+from procs import environment, start, stop_all, wait_ready
 
 
-@pytest.fixture
-async def app_on_cluster(cluster: LocalCluster) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
-    settings = Settings(
+def on_cluster(cluster: LocalCluster, **overrides: Any) -> Settings:
+    """Fast test settings on the cluster, three queue shards."""
+    return Settings(
         _env_file=None,  # type: ignore[call-arg]
         redis_url=cluster.url,
         redis_cluster=True,
@@ -34,12 +43,36 @@ async def app_on_cluster(cluster: LocalCluster) -> AsyncIterator[tuple[str, http
         reap_interval_seconds=0.1,
         redis_outage_seconds=1.0,  # a producer on a dead master gives up soon
         worker_grace_seconds=1.0,
-    )
+    ).model_copy(update=overrides)
+
+
+@contextlib.asynccontextmanager
+async def app(settings: Settings, **options: Any) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
     async with (
-        serve(create_app(settings)) as base,
+        serve(create_app(settings, **options)) as base,
         httpx.AsyncClient(base_url=base, timeout=30) as client,
     ):
         yield base, client
+
+
+@pytest.fixture
+async def app_on_cluster(cluster: LocalCluster) -> AsyncIterator[tuple[str, httpx.AsyncClient]]:
+    async with app(on_cluster(cluster)) as (base, client):
+        yield base, client
+
+
+async def jobs_on_every_master(
+    cluster: LocalCluster, client: httpx.AsyncClient, **body: Any
+) -> list[str]:
+    """New jobs until one lives on each master (their ids are random)."""
+    keys = Keys("rs")
+    jobs: dict[int, str] = {}
+    for _ in range(60):
+        job = await new_job(client, **body)
+        jobs.setdefault(cluster.node_of(keys.meta(job)).port, job)
+        if len(jobs) == len(cluster.nodes):
+            return list(jobs.values())
+    pytest.fail(f"60 jobs did not cover the {len(cluster.nodes)} masters")
 
 
 async def test_jobs_on_every_master_are_followed_to_their_end_in_every_mode(
@@ -47,22 +80,170 @@ async def test_jobs_on_every_master_are_followed_to_their_end_in_every_mode(
 ) -> None:
     base, client = app_on_cluster
     broadcasts = [node.info().get("cluster_stats_messages_publish_sent") for node in cluster.nodes]
-    keys = Keys("rs")
-    jobs: dict[int, str] = {}
-    for _ in range(60):  # until a job lives on every master
-        job = await new_job(client)
-        jobs.setdefault(cluster.node_of(keys.meta(job)).port, job)
-        if len(jobs) == len(cluster.nodes):
-            break
-    assert len(jobs) == len(cluster.nodes)
+    jobs = await jobs_on_every_master(cluster, client)
     for mode in MODES:
         results = await asyncio.wait_for(
-            asyncio.gather(*(fl.follow(mode, client, base, job) for job in jobs.values())), 30
+            asyncio.gather(*(fl.follow(mode, client, base, job) for job in jobs)), 30
         )
-        for job, result in zip(jobs.values(), results, strict=True):
+        for job, result in zip(jobs, results, strict=True):
             assert len(result.ends) == 1 and result.ends[0]["status"] == "done", (mode, result.ends)
             assert result.tokens == await stored(client, job)
     # Every notice went by SPUBLISH to its own shard: none was broadcast over the cluster bus.
     assert [
         node.info().get("cluster_stats_messages_publish_sent") for node in cluster.nodes
     ] == broadcasts
+
+
+async def test_cancel_ends_a_running_job_on_every_master(
+    cluster: LocalCluster, app_on_cluster: tuple[str, httpx.AsyncClient]
+) -> None:
+    base, client = app_on_cluster
+    jobs = await jobs_on_every_master(cluster, client, length_words=1500)
+    followers = [asyncio.create_task(fl.sse(client, job)) for job in jobs]
+    for job in jobs:
+        await until_tokens(client, job, 1)
+        assert (await client.delete(f"/jobs/{job}")).status_code == 204
+    for job, follower in zip(jobs, followers, strict=True):
+        result = await asyncio.wait_for(follower, 10)
+        assert [end["status"] for end in result.ends] == ["cancelled"]
+        assert result.tokens == await stored(client, job)
+        assert len(result.tokens) < 1500  # it stopped well before its end
+
+
+async def test_an_ended_job_expires_after_the_retention(cluster: LocalCluster) -> None:
+    async with app(on_cluster(cluster, retention_seconds=1)) as (base, client):
+        jobs = await jobs_on_every_master(cluster, client, length_words=50)
+        for job in jobs:
+            assert (await fl.long_poll(client, job)).ends[0]["status"] == "done"
+        await asyncio.sleep(1.5)
+        for job in jobs:
+            r = await client.get(f"/jobs/{job}")
+            assert r.status_code == 404 and "expired after retention" in r.json()["error"], r.text
+
+
+async def test_a_lapsed_lease_is_reaped_and_the_job_continued(cluster: LocalCluster) -> None:
+    """A producer that claimed a job on each master, wrote three tokens and died: an API
+    process's reaper requeues each job when its lease lapses, and a worker continues it after
+    the stored tokens."""
+    settings = on_cluster(cluster)
+    redis = redis_client(cluster.url, settings)
+    store = job_store(redis, Keys(settings.key_prefix, settings.queue_shards), settings)
+    try:
+        async with app(settings, run_worker=False) as (base, client):
+            await store.heartbeat("dead", 60_000)  # a live worker, as far as admission knows
+            jobs = await jobs_on_every_master(cluster, client, length_words=100)
+            entries = {
+                e.job_id: e
+                for shard in store.keys.shards
+                for e in await store.next_entries("dead", 100, 100, shard=shard)
+            }
+            for job in jobs:
+                claim = await store.claim(entries[job], "dead", 300)
+                assert claim is not None
+                assert await store.append(job, claim.owner, ["One ", "two ", "three "], offset=0)
+            for job in jobs:  # requeued by the API process's reaper: queued, attempt 1 lost
+                async with asyncio.timeout(10):
+                    while (await client.get(f"/jobs/{job}")).json()["status"] != "queued":
+                        await asyncio.sleep(0.05)
+            async with app(settings) as (base2, client2):  # a worker appears
+                for job in jobs:
+                    result = await asyncio.wait_for(fl.sse(client2, job), 30)
+                    page = (await client2.get(f"/jobs/{job}", params={"limit": 10000})).json()
+                    assert [end["status"] for end in result.ends] == ["done"]
+                    assert page["attempts"] == 2
+                    assert result.tokens[:3] == ["One ", "two ", "three "]
+                    assert result.tokens == page["tokens"]
+                    digest = hashlib.sha256(result.text.encode()).hexdigest()
+                    assert result.ends[0]["sha256"] == digest
+                    causes = json.loads((await store.meta(job))["causes"])
+                    assert len(causes) == 1 and "lease" in causes[0], causes
+    finally:
+        await redis.aclose()
+
+
+async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
+    cluster: LocalCluster,
+) -> None:
+    rng = random.Random(20261202)
+    disconnects = 0
+
+    async def follower(base: str, c: httpx.AsyncClient, mode: str, job_id: str) -> fl.Result:
+        nonlocal disconnects
+        result = fl.Result()
+        while not result.ends:
+            stop_after = len(result.tokens) + rng.randint(1, 10)
+            if mode == "sse" and result.last_id is not None:
+                await fl.sse(c, job_id, last_event_id=result.last_id, stop_after=stop_after,
+                             result=result)  # fmt: skip
+            else:
+                await fl.follow(mode, c, base, job_id, len(result.tokens), stop_after, result)
+            disconnects += 0 if result.ends else 1
+        return result
+
+    async with app(on_cluster(cluster, sim_tokens_per_second=300)) as (base, client):
+        jobs = await jobs_on_every_master(cluster, client, length_words=120)
+        runs = [(mode, job) for job in jobs for mode in MODES]
+        results = await asyncio.wait_for(
+            asyncio.gather(*(follower(base, client, m, j) for m, j in runs)), 60
+        )
+        texts = {job: await stored(client, job) for job in jobs}
+    assert disconnects >= 50, disconnects
+    for (mode, job), result in zip(runs, results, strict=True):
+        assert result.tokens == texts[job], f"{mode} on {job}"
+        assert len(result.ends) == 1
+
+
+async def test_a_killed_master_fails_its_own_jobs_with_503_and_no_other(
+    cluster: LocalCluster, tmp_path: Path
+) -> None:
+    """A replica-less master down: what a client sees of the jobs on its slots, and the rest.
+
+    A job lives in two slots: its own keys' and its queue shard's (its entry until claimed, then
+    its lease). The jobs "on other masters" here have both elsewhere; one whose shard is on the
+    dead master waits with it (its lease can be neither renewed nor given up). The API and the
+    worker run as processes of their own, as in production."""
+    env = environment(cluster.url, {
+        "redis_cluster": "true", "queue_shards": "3", "sim_tokens_per_second": "100",
+        "lease_seconds": "1", "reap_interval_seconds": "0.1", "redis_outage_seconds": "1",
+    })  # fmt: skip
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    api = await start("api", ["serve", "--api-only", "--port", str(port)], env, tmp_path)
+    processes = [api, await start("worker", ["worker"], env, tmp_path)]
+    keys = Keys("rs", 3)
+    victim, *others = cluster.nodes
+
+    def homes(job: str) -> tuple[int, int]:
+        queue = keys.queue(keys.shard_of(job))
+        return cluster.node_of(keys.meta(job)).port, cluster.node_of(queue).port
+
+    try:
+        await wait_ready(base, api)
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            lost: str | None = None
+            kept: dict[int, str] = {}
+            for _ in range(100):
+                job = await new_job(client)
+                own, shard = homes(job)
+                if own == victim.port:
+                    lost = lost or job
+                elif shard != victim.port:
+                    kept.setdefault(own, job)
+                if lost is not None and len(kept) == len(others):
+                    break
+            assert lost is not None and len(kept) == len(others)
+            for job in (lost, *kept.values()):
+                await asyncio.wait_for(until_tokens(client, job, 1), 10)  # claimed: running
+            victim.kill()
+            r = await client.get(f"/jobs/{lost}")
+            assert r.status_code == 503 and r.headers["Retry-After"], r.text
+            assert "storage unavailable" in r.json()["error"], r.text
+            async with client.stream("GET", f"/jobs/{lost}/events") as events:
+                assert events.status_code == 503
+            for job in kept.values():
+                assert (await client.get(f"/jobs/{job}")).status_code == 200
+                result = await asyncio.wait_for(fl.follow("sse", client, base, job), 20)
+                assert len(result.ends) == 1 and result.ends[0]["status"] == "done"
+                assert result.tokens == await stored(client, job)
+    finally:
+        await stop_all(processes)
