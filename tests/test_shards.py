@@ -606,3 +606,20 @@ async def test_a_store_on_sharded_pubsub_announces_with_spublish() -> None:
             await plain.aclose()
         finally:
             await client.aclose()
+
+
+async def test_the_queue_length_counts_the_shards_that_answer(store: JobStore) -> None:
+    """A shard that fails (on a cluster: its master is down) is left out of the capacity check
+    instead of refusing every job; every shard failing is an error."""
+    keys = store.keys
+    for job_id in ids_on_every_shard(keys):
+        await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
+    assert await store.queue_length() == keys.queue_shards
+    broken = keys.queue(keys.queue_shards - 1)
+    await store.redis.delete(broken)
+    await store.redis.set(broken, "not a stream")  # XLEN on it fails: WRONGTYPE
+    if keys.queue_shards == 1:
+        with pytest.raises(StoreError):
+            await store.queue_length()
+    else:
+        assert await store.queue_length() == keys.queue_shards - 1

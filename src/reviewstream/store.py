@@ -784,12 +784,22 @@ class JobStore:
                     await self.redis.script_load(self._seen.source)
 
     async def queue_length(self) -> int:
-        """Entries waiting in the queue (not yet claimed), every shard's."""
+        """Entries waiting in the queue (not yet claimed), every shard's that answers.
+
+        A shard on a Redis Cluster master that is down is left out of the sum (the capacity
+        check must not refuse every job for one master's sake); all of them failing is an error.
+        """
         with redis_errors("read queue length"):
             lengths = await asyncio.gather(
-                *(self.redis.xlen(self.keys.queue(shard)) for shard in self.keys.shards)
+                *(self.redis.xlen(self.keys.queue(shard)) for shard in self.keys.shards),
+                return_exceptions=True,
             )
-        return sum(int(n) for n in lengths)
+            failures = [n for n in lengths if isinstance(n, BaseException)]
+            if len(failures) == len(lengths) or any(
+                not isinstance(f, RedisError) for f in failures
+            ):
+                raise failures[0]
+        return sum(int(n) for n in lengths if not isinstance(n, BaseException))
 
     async def queued_before(
         self, cutoff_ms: int, count: int, *, shard: int | None = None
