@@ -20,6 +20,7 @@ from reviewstream.bench.server import cpu_seconds, server_cpu_seconds, started_s
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
 
+from cluster import LocalCluster
 from followers import LIVE_MODES
 
 
@@ -136,6 +137,49 @@ def test_processes_option_is_for_a_started_server_only() -> None:
         options_from_args(parse("--output", "x", "--url", "http://h", "--processes", "2"))
     with pytest.raises(SystemExit, match="at least 1"):
         options_from_args(parse("--output", "x", "--processes", "0"))
+
+
+def test_redis_options_are_for_a_started_server_and_a_cluster_needs_a_url() -> None:
+    options = options_from_args(
+        parse("--output", "x", "--redis-url", "redis://h:7000", "--redis-cluster",
+              "--queue-shards", "3")
+    )  # fmt: skip
+    assert (options.redis_url, options.redis_cluster, options.queue_shards) == (
+        "redis://h:7000", True, 3,
+    )  # fmt: skip
+    assert options_from_args(parse("--output", "x")).queue_shards == 1
+    with pytest.raises(SystemExit, match="--redis-cluster needs --redis-url"):
+        options_from_args(parse("--output", "x", "--redis-cluster"))
+    with pytest.raises(SystemExit, match="not --url"):
+        options_from_args(parse("--output", "x", "--url", "http://h", "--redis-url", "redis://h"))
+    with pytest.raises(SystemExit, match="at least 1"):
+        options_from_args(parse("--output", "x", "--queue-shards", "0"))
+
+
+@pytest.mark.timeout(90)
+def test_tiny_bench_on_a_redis_cluster_counts_its_commands(
+    tmp_path: Path, cluster: LocalCluster
+) -> None:
+    args = parse(
+        "--quick", "--output", str(tmp_path), "--repeat", "1", "--warmup", "0",
+        "--rate", "200", "--first-token-ms", "50", "--modes", "sse", "--followers", "1,10",
+        "--redis-url", cluster.url, "--redis-cluster", "--queue-shards", "3",
+    )  # fmt: skip
+    assert run(args) == 0
+
+    results = json.loads((tmp_path / "results.json").read_text())
+    sse = results["modes"]["sse"]
+    assert sse["errors"] == 0 and sse["lost"] == 0 and sse["delivered_tokens"] > 0
+    assert [r["errors"] for r in results["fanout"]["sse"]] == [0, 0]
+    assert results["producing"]["redis_commands_per_appended_token"] > 0
+    assert results["producing"]["redis_cpu_s"] is None  # not the benchmark's processes
+    assert results["producing"]["duration_s"] < 10  # the baseline saw its job end (no watcher)
+    # Each start had its own prefix on the cluster, and its jobs are left to expire.
+    prefixes = set()
+    for node in cluster.nodes:
+        with node.client() as client:
+            prefixes |= {k.decode().split(":")[0] for k in client.keys("bench-*")}
+    assert len(prefixes) == len({s["scenario"]["server"]["rate"] for s in results["sweeps"]})
 
 
 @pytest.mark.timeout(60)

@@ -158,6 +158,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " its workers are placed as serve places them. Server CPU is all its processes'",
     )
     parser.add_argument(
+        "--redis-url",
+        help="the Redis the started server uses instead of a private redis-server (any node of a"
+        " cluster); each server start gets its own key prefix, left to expire by retention."
+        " Redis commands are counted on every master (other clients' too); Redis CPU is unknown",
+    )
+    parser.add_argument(
+        "--redis-cluster",
+        action="store_true",
+        help="--redis-url is a Redis Cluster (REVIEWSTREAM_REDIS_CLUSTER)",
+    )
+    parser.add_argument(
+        "--queue-shards",
+        type=int,
+        help="queue shards of the started server (REVIEWSTREAM_QUEUE_SHARDS; default 1;"
+        " on a cluster, at least its number of masters, so each holds a shard)",
+    )
+    parser.add_argument(
         "--memory",
         action="store_true",
         help="also probe the memory of idle SSE and WebSocket connections",
@@ -206,11 +223,13 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         "rate", "fanout_rate", "followers", "per_job", "repeat", "warmup", "modes",
         "poll_intervals", "fanout_poll_interval", "coalesce_ms", "length_words",
         "first_token_ms", "worker_concurrency", "memory_connections", "processes",
+        "redis_url", "queue_shards",
     ):  # fmt: skip
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
     values["memory"] = bool(args.memory)
+    values["redis_cluster"] = bool(getattr(args, "redis_cluster", False))
     if peer:
         other = [m for m in values["modes"] if m not in side_by_side.MODES]
         if other:
@@ -232,6 +251,14 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         raise SystemExit("--processes must be at least 1")
     if options.url and options.processes > 1:
         raise SystemExit("--processes is for a server the benchmark starts, not --url")
+    if options.url and (options.redis_url or options.queue_shards != 1):
+        raise SystemExit(
+            "--redis-url and --queue-shards are for a server the benchmark starts, not --url"
+        )
+    if options.redis_cluster and not options.redis_url:
+        raise SystemExit("--redis-cluster needs --redis-url (any node of the cluster)")
+    if options.queue_shards < 1:
+        raise SystemExit("--queue-shards must be at least 1")
     return options
 
 

@@ -90,6 +90,10 @@ class BenchOptions:
     first_token_ms: float = 1000.0
     worker_concurrency: int = 256
     processes: int = 1  # API processes of a started server (serve --processes)
+    # A Redis (Cluster) for the started server instead of a private redis-server.
+    redis_url: str | None = None
+    redis_cluster: bool = False
+    queue_shards: int = 1  # REVIEWSTREAM_QUEUE_SHARDS of a started server
     memory: bool = False
     memory_connections: int = 2000
     # --peer: run each load on reviewstream and on this peer instead of the plan (side_by_side).

@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from ..keys import Keys
+from ..models import JobStatus
 from .conn import Endpoint
 from .followers import FollowOptions, JobHandle, Trace, follow
 from .plan import Scenario
@@ -85,10 +86,15 @@ def job_body(length_words: int) -> dict[str, Any]:
     }
 
 
+def expected_seconds(scenario: Scenario) -> float:
+    """How long one job takes to produce, by the simulated model's settings."""
+    tokens = scenario.length_words * TOKENS_PER_WORD
+    return scenario.server.first_token_ms / 1000 + tokens / scenario.server.rate
+
+
 def deadline_seconds(scenario: Scenario) -> float:
     """How long a run may take before its unfinished followers count as errors."""
-    tokens = scenario.length_words * TOKENS_PER_WORD
-    expected = scenario.server.first_token_ms / 1000 + tokens / scenario.server.rate
+    expected = expected_seconds(scenario)
     return 2 * expected + 15 + scenario.jobs * scenario.per_job * len(scenario.modes) / 200
 
 
@@ -155,7 +161,7 @@ async def run_scenario(
         contextlib.AsyncExitStack() as stack,
     ):
         watcher = None
-        if scenario.kind == "baseline" and system.redis is not None:
+        if scenario.kind == "baseline" and system.redis is not None and system.redis.client:
             watcher = await stack.enter_async_context(EndWatcher(system))
         semaphore = asyncio.Semaphore(16)
 
@@ -188,7 +194,9 @@ async def run_scenario(
                 if not await watcher.wait_for({j.id for j in jobs}, deadline):
                     errors.append("jobs did not end before the deadline")
             elif scenario.kind == "baseline":
-                await _poll_until_done(client, jobs, deadline)
+                polled = _poll_until_done(client, jobs, deadline, expected_seconds(scenario))
+                if not await polled:
+                    errors.append("jobs did not end before the deadline")
             else:
                 await wait_followers(tasks, traces, deadline, started, progress)
             after = await sample(system)
@@ -242,16 +250,22 @@ async def wait_followers(
 
 
 async def _poll_until_done(
-    client: httpx.AsyncClient, jobs: list[JobHandle], seconds: float
-) -> None:
+    client: httpx.AsyncClient, jobs: list[JobHandle], seconds: float, first_after: float
+) -> bool:
+    """Wait for the jobs to end, reading their status (no end watcher: ``--url``, or a Redis
+    the benchmark did not start); False when one had not ended by the deadline. The first read
+    waits ``first_after`` seconds (the jobs' expected time), so that a baseline's reads add
+    little to its costs. A page's ``done`` says that page reached the end: the status tells."""
     deadline = time.monotonic() + seconds
     waiting = {j.id for j in jobs}
+    await asyncio.sleep(first_after)
     while waiting and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.1)
         for job_id in list(waiting):
             response = await client.get(f"/jobs/{job_id}", params={"offset": 0, "limit": 1})
-            if response.status_code == 200 and response.json().get("done"):
+            if response.status_code == 200 and JobStatus(response.json()["status"]).terminal:
                 waiting.discard(job_id)
+    return not waiting
 
 
 def parse_end(data: str) -> bool:

@@ -2,6 +2,11 @@
 (or a server somewhere else, by URL), and what can be read from them: CPU time and memory from
 ``/proc``, Redis command counts from ``INFO commandstats``.
 
+With ``--redis-url`` the started server uses that Redis (or Redis Cluster) instead of a private
+redis-server: its command counts are summed over the masters; its CPU is unknown (``None``). Each
+server configuration then gets its own key prefix (``bench-<random>``), so runs do not see each
+other's jobs; their data expires by retention.
+
 Both children are started with ``PR_SET_PDEATHSIG``, so they die with the benchmark even when it
 is killed. The server runs in a private working directory (no ``.env`` from the caller's) with
 only the ``REVIEWSTREAM_*`` variables the benchmark sets.
@@ -15,6 +20,7 @@ import ctypes
 import logging
 import os
 import resource
+import secrets
 import shutil
 import signal
 import sys
@@ -27,6 +33,7 @@ from typing import BinaryIO
 
 import httpx
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from ..embedded import redis_server_binary
@@ -35,8 +42,11 @@ from .plan import ServerConfig
 log = logging.getLogger(__name__)
 
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-# Commands the benchmark itself sends to Redis; never counted against the server.
-BENCH_COMMANDS = frozenset({"info", "psubscribe", "punsubscribe", "ping", "hello", "client"})
+# Commands the benchmark itself sends to Redis (and a cluster client's topology reads); never
+# counted against the server. Redis 7 names subcommands ``client|setinfo``: the part before ``|``.
+BENCH_COMMANDS = frozenset(
+    {"info", "psubscribe", "punsubscribe", "ping", "hello", "client", "cluster", "command"}
+)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -204,13 +214,7 @@ class RedisProcess:
     async def commandstats(self) -> dict[str, int]:
         """Calls per command since the server started (the benchmark's own excluded)."""
         assert self.client is not None
-        info = await self.client.info("commandstats")
-        calls = {}
-        for key, value in info.items():
-            name = key.removeprefix("cmdstat_").lower()
-            if name not in BENCH_COMMANDS and isinstance(value, dict):
-                calls[name] = int(value.get("calls", 0))
-        return calls
+        return counted_calls(await self.client.info("commandstats"), {})
 
     async def version(self) -> str:
         assert self.client is not None
@@ -226,13 +230,63 @@ class RedisProcess:
             self.process = None
 
 
+def counted_calls(info: dict[str, object], into: dict[str, int]) -> dict[str, int]:
+    """Add the calls per command of one node's ``INFO commandstats`` to ``into`` (the
+    benchmark's own commands excluded)."""
+    for key, value in info.items():
+        name = key.removeprefix("cmdstat_").lower()
+        if name.split("|")[0] not in BENCH_COMMANDS and isinstance(value, dict):
+            into[name] = into.get(name, 0) + int(value.get("calls", 0))
+    return into
+
+
+class ExternalRedis:
+    """A Redis the benchmark did not start (``--redis-url``), or a Redis Cluster: command counts
+    summed over its masters (replicas only repeat their writes); no process, so no CPU."""
+
+    pid: int | None = None  # not the benchmark's process: Redis CPU is unknown
+    client: aioredis.Redis | None = None  # no end watcher (a cluster announces by SPUBLISH)
+
+    def __init__(self, url: str, *, cluster: bool = False) -> None:
+        self.url = url
+        self.cluster = cluster
+        self._single: aioredis.Redis | None = None
+        self._cluster: RedisCluster | None = None
+
+    async def start(self) -> None:
+        if self.cluster:
+            self._cluster = RedisCluster.from_url(self.url, decode_responses=True)
+            await self._cluster.initialize()
+        else:
+            self._single = aioredis.Redis.from_url(self.url, decode_responses=True)
+            await self._single.ping()
+
+    async def commandstats(self) -> dict[str, int]:
+        """Calls per command since each node started, summed (the benchmark's own excluded)."""
+        calls: dict[str, int] = {}
+        if self._cluster is not None:
+            for node in self._cluster.get_primaries():
+                counted_calls(await self._cluster.info("commandstats", target_nodes=node), calls)
+        elif self._single is not None:
+            counted_calls(await self._single.info("commandstats"), calls)
+        return calls
+
+    async def aclose(self) -> None:
+        if self._cluster is not None:
+            await self._cluster.aclose()
+            self._cluster = None
+        if self._single is not None:
+            await self._single.aclose()
+            self._single = None
+
+
 @dataclass
 class System:
     """The server under test: its URL, and its processes when the benchmark started them."""
 
     base_url: str
     server_pid: int | None = None
-    redis: RedisProcess | None = None
+    redis: RedisProcess | ExternalRedis | None = None
     config: ServerConfig | None = None
     log_path: Path | None = None
 
@@ -255,10 +309,11 @@ class Sample:
 async def sample(system: System) -> Sample:
     """Read the system's counters now."""
     commands = await system.redis.commandstats() if system.redis is not None else {}
+    redis_pid = system.redis_pid
     return Sample(
         at=time.monotonic(),
         server_cpu=server_cpu_seconds(system.server_pid) if system.server_pid else None,
-        redis_cpu=cpu_seconds(system.redis.pid) if system.redis and system.redis.pid else None,
+        redis_cpu=cpu_seconds(redis_pid) if redis_pid else None,
         client_cpu=client_cpu_seconds(),
         commands=commands,
     )
@@ -319,15 +374,29 @@ async def started_system(
     graceful_seconds: float = 2.0,
     keep_log: Path | None = None,
     processes: int = 1,
+    redis_url: str | None = None,
+    redis_cluster: bool = False,
+    queue_shards: int = 1,
 ) -> AsyncIterator[System]:
     """A fresh redis-server and ``reviewstream serve`` with ``config``; stopped on exit.
 
     ``keep_log``: where to copy the server's log (its warnings explain failed jobs);
     ``processes``: its API processes (``serve --processes``; workers placed as ``serve`` places
-    them: one worker process for all, by default)."""
+    them: one worker process for all, by default); ``redis_url``: a Redis to use instead of a
+    fresh one (``redis_cluster``: a Redis Cluster), under a key prefix of this start's own;
+    ``queue_shards``: ``REVIEWSTREAM_QUEUE_SHARDS``."""
     workdir = Path(tempfile.mkdtemp(prefix="reviewstream-bench-"))
-    redis = RedisProcess(workdir)
+    redis: RedisProcess | ExternalRedis = (
+        RedisProcess(workdir)
+        if redis_url is None
+        else ExternalRedis(redis_url, cluster=redis_cluster)
+    )
     server: asyncio.subprocess.Process | None = None
+    extra = {"REVIEWSTREAM_QUEUE_SHARDS": str(queue_shards), **(extra_env or {})}
+    if redis_url is not None:
+        extra.setdefault("REVIEWSTREAM_KEY_PREFIX", f"bench-{secrets.token_hex(4)}")
+        if redis_cluster:
+            extra["REVIEWSTREAM_REDIS_CLUSTER"] = "true"
     try:
         await redis.start()
         port = free_port()
@@ -337,7 +406,7 @@ async def started_system(
             "--port", str(port), "--log-level", "warning",
             "--graceful-timeout", f"{graceful_seconds:g}", "--processes", str(processes),
         ]  # fmt: skip
-        env = _env(config, redis.url, worker_concurrency, extra_env or {})
+        env = _env(config, redis.url, worker_concurrency, extra)
         server = await start_process(argv, env, str(workdir), log_path)
         base_url = f"http://127.0.0.1:{port}"
         await wait_healthy(base_url, server, 60, log_path)

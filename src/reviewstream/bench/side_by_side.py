@@ -78,6 +78,9 @@ def _system(
         worker_concurrency=options.worker_concurrency,
         keep_log=options.output / "logs" / "side-by-side-reviewstream.log",
         processes=options.processes,
+        redis_url=options.redis_url,
+        redis_cluster=options.redis_cluster,
+        queue_shards=options.queue_shards,
     )
 
 
@@ -210,7 +213,7 @@ async def run_side_by_side(
 ) -> dict[str, Any]:
     """Run every load on both systems; returns the results document (see ``table``)."""
     started = time.monotonic()
-    machine = describe(None if options.url else await redis_version())
+    machine = describe(None if options.url or options.redis_url else await redis_version())
     config = ServerConfig(options.fanout_rate, 0.0, options.first_token_ms)
     loads = [(n, *split_load(n, options.per_job)) for n in options.followers]
     modes = options.modes

@@ -52,6 +52,9 @@ def _system(options: BenchOptions, config: ServerConfig) -> AbstractAsyncContext
         worker_concurrency=options.worker_concurrency,
         keep_log=options.output / "logs" / slug,
         processes=options.processes,
+        redis_url=options.redis_url,
+        redis_cluster=options.redis_cluster,
+        queue_shards=options.queue_shards,
     )
 
 
@@ -105,7 +108,7 @@ async def _run_group(
 async def run_suite(options: BenchOptions, progress: Progress = stderr_progress) -> dict[str, Any]:
     """Run the plan of ``options``; returns the results document (see ``report``)."""
     started = time.monotonic()
-    machine = describe(None if options.url else await redis_version())
+    machine = describe(None if options.url or options.redis_url else await redis_version())
     plan = build_plan(options)
     if options.url:
         # No CPU or Redis figures to net out, and no restart to change the coalescing window:
