@@ -48,8 +48,8 @@ from reviewstream.bench.plan import ServerConfig
 from reviewstream.bench.runner import EndWatcher, job_body
 from reviewstream.bench.server import (
     System,
-    children_of,
     cpu_seconds,
+    descendants_of,
     raise_open_files_limit,
     started_system,
 )
@@ -115,7 +115,7 @@ async def one_run(system: System, args: argparse.Namespace, modes: tuple[str, ..
     expected = args.first_token_ms / 1000 + args.length_words * 1.4 / args.rate
     deadline = 15 * expected + 30  # a starved producer is slow, not lost: measure it
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
-    workers = children_of(system.server_pid) if system.server_pid else []
+    workers = descendants_of(system.server_pid) if system.server_pid else []
     async with (
         httpx.AsyncClient(base_url=system.base_url, timeout=30, limits=limits) as client,
         EndWatcher(system) as ends,
