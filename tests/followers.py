@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -143,3 +144,25 @@ async def follow(
     if mode == "websocket":
         return await websocket(base, job_id, offset, stop_after=stop_after, result=result)
     raise ValueError(mode)
+
+
+async def resuming(
+    mode: str, c: httpx.AsyncClient, base: str, job_id: str, rng: random.Random
+) -> tuple[Result, int]:
+    """Follow ``job_id`` to its end in ``mode``, dropping the connection after 1-10 tokens each
+    time and resuming from what was received (SSE as browsers do, by Last-Event-ID); returns the
+    result and how many times it disconnected."""
+    result = Result()
+    disconnects = 0
+    while not result.ends:
+        stop_after = len(result.tokens) + rng.randint(1, 10)
+        before = len(result.tokens)
+        if mode == "sse" and result.last_id is not None:
+            await sse(c, job_id, last_event_id=result.last_id, stop_after=stop_after,
+                      result=result)  # fmt: skip
+        else:
+            await follow(mode, c, base, job_id, len(result.tokens), stop_after, result)
+        if not result.ends:
+            disconnects += 1
+            assert len(result.tokens) >= before
+    return result, disconnects

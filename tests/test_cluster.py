@@ -165,30 +165,15 @@ async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
     cluster: LocalCluster,
 ) -> None:
     rng = random.Random(20261202)
-    disconnects = 0
-
-    async def follower(base: str, c: httpx.AsyncClient, mode: str, job_id: str) -> fl.Result:
-        nonlocal disconnects
-        result = fl.Result()
-        while not result.ends:
-            stop_after = len(result.tokens) + rng.randint(1, 10)
-            if mode == "sse" and result.last_id is not None:
-                await fl.sse(c, job_id, last_event_id=result.last_id, stop_after=stop_after,
-                             result=result)  # fmt: skip
-            else:
-                await fl.follow(mode, c, base, job_id, len(result.tokens), stop_after, result)
-            disconnects += 0 if result.ends else 1
-        return result
-
     async with app(on_cluster(cluster, sim_tokens_per_second=300)) as (base, client):
         jobs = await jobs_on_every_master(cluster, client, length_words=120)
         runs = [(mode, job) for job in jobs for mode in MODES]
-        results = await asyncio.wait_for(
-            asyncio.gather(*(follower(base, client, m, j) for m, j in runs)), 60
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(fl.resuming(m, client, base, j, rng) for m, j in runs)), 60
         )
         texts = {job: await stored(client, job) for job in jobs}
-    assert disconnects >= 50, disconnects
-    for (mode, job), result in zip(runs, results, strict=True):
+    assert sum(n for _, n in outcomes) >= 50, outcomes
+    for (mode, job), (result, _) in zip(runs, outcomes, strict=True):
         assert result.tokens == texts[job], f"{mode} on {job}"
         assert len(result.ends) == 1
 

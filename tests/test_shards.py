@@ -10,10 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import shutil
 import signal
-import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis import Redis as SyncRedis
 
 from reviewstream.admission import Admission
 from reviewstream.errors import JobNotFound, StoreError
@@ -45,7 +41,7 @@ from reviewstream.web import create_app, server_options
 from reviewstream.worker import Reaper, Worker
 
 import followers as fl
-from conftest import free_port, serve
+from conftest import serve
 from procs import environment, start, stop_all
 from slots import SlotCheck
 
@@ -536,76 +532,34 @@ async def test_every_script_and_transaction_touches_one_slot(
 # -- sharded pub/sub (Redis >= 7) -------------------------------------------------------------
 
 
-def redis7_binary() -> str:
-    for candidate in ("/usr/bin/redis-server", shutil.which("redis-server")):
-        if candidate is None:
-            continue
-        out = subprocess.run([candidate, "--version"], capture_output=True, text=True).stdout
-        version = out.split("v=")[1].split()[0] if "v=" in out else "0"
-        if int(version.split(".")[0]) >= 7:
-            return candidate
-    pytest.skip("no redis-server >= 7 here: sharded pub/sub (SPUBLISH) needs one")
-
-
-@contextlib.contextmanager
-def redis7() -> Iterator[str]:
-    binary = redis7_binary()
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="rs-test-redis7-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        client = SyncRedis(port=port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except Exception:
-                assert time.monotonic() < deadline and proc.poll() is None, "no redis-server 7"
-                time.sleep(0.02)
-        client.close()
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-async def test_a_store_on_sharded_pubsub_announces_with_spublish() -> None:
-    with redis7() as url:
-        client = aioredis.Redis.from_url(url, decode_responses=True)
-        try:
-            keys = Keys(queue_shards=3)
-            store = JobStore(client, keys, retention_seconds=60, sharded_pubsub=True)
-            claim = await claim_next(store)
-            channel = store.keys.channel(claim.job_id)
-            sharded, plain = client.pubsub(), client.pubsub()
-            await sharded.ssubscribe(channel)
-            await plain.subscribe(channel)
-            for pubsub in (sharded, plain):
-                await pubsub.get_message(timeout=1)  # the subscription's confirmation
-            assert await store.append(claim.job_id, claim.owner, ["Hi"], offset=0)
-            await store.requeue(claim.job_id, "handed over", max_attempts=3, owner=claim.owner)
-            [entry] = await store.next_entries("w2", 1, 100, shard=claim.shard)
-            second = await store.claim(entry, "w2", 5000)
-            assert second is not None
-            assert await store.finish(claim.job_id, JobStatus.DONE, owner=second.owner)
-            got = []
-            while (msg := await sharded.get_message(timeout=0.5)) is not None:
-                assert msg["type"] == "smessage"
-                got.append(json.loads(msg["data"]))
-            assert [next(iter(m)) for m in got] == ["offset", "status", "status", "end"]
-            assert got[-1]["end"]["status"] == "done"
-            assert await plain.get_message(timeout=0.2) is None  # PUBLISH was not used
-            await sharded.aclose()
-            await plain.aclose()
-        finally:
-            await client.aclose()
+async def test_a_store_on_sharded_pubsub_announces_with_spublish(
+    redis: aioredis.Redis,
+) -> None:
+    """SPUBLISH needs Redis >= 7: the suite's own server is (tests/test_embedded.py checks)."""
+    keys = Keys(queue_shards=3)
+    store = JobStore(redis, keys, retention_seconds=60, sharded_pubsub=True)
+    claim = await claim_next(store)
+    channel = store.keys.channel(claim.job_id)
+    sharded, plain = redis.pubsub(), redis.pubsub()
+    await sharded.ssubscribe(channel)
+    await plain.subscribe(channel)
+    for pubsub in (sharded, plain):
+        await pubsub.get_message(timeout=1)  # the subscription's confirmation
+    assert await store.append(claim.job_id, claim.owner, ["Hi"], offset=0)
+    await store.requeue(claim.job_id, "handed over", max_attempts=3, owner=claim.owner)
+    [entry] = await store.next_entries("w2", 1, 100, shard=claim.shard)
+    second = await store.claim(entry, "w2", 5000)
+    assert second is not None
+    assert await store.finish(claim.job_id, JobStatus.DONE, owner=second.owner)
+    got = []
+    while (msg := await sharded.get_message(timeout=0.5)) is not None:
+        assert msg["type"] == "smessage"
+        got.append(json.loads(msg["data"]))
+    assert [next(iter(m)) for m in got] == ["offset", "status", "status", "end"]
+    assert got[-1]["end"]["status"] == "done"
+    assert await plain.get_message(timeout=0.2) is None  # PUBLISH was not used
+    await sharded.aclose()
+    await plain.aclose()
 
 
 async def test_the_queue_length_counts_the_shards_that_answer(store: JobStore) -> None:

@@ -102,33 +102,14 @@ async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
 ) -> None:
     rng = random.Random(20261123)
     tuned_settings = tuned(settings, sim_tokens_per_second=300)
-    disconnects = 0
-
-    async def follower(base: str, c: httpx.AsyncClient, mode: str, job_id: str) -> fl.Result:
-        nonlocal disconnects
-        result = fl.Result()
-        while not result.ends:
-            stop_after = len(result.tokens) + rng.randint(1, 10)
-            before = len(result.tokens)
-            if mode == "sse" and result.last_id is not None:
-                # Resume the way browsers do: Last-Event-ID, not an offset parameter.
-                await fl.sse(c, job_id, last_event_id=result.last_id, stop_after=stop_after,
-                             result=result)  # fmt: skip
-            else:
-                await fl.follow(mode, c, base, job_id, len(result.tokens), stop_after, result)
-            if not result.ends:
-                disconnects += 1
-                assert len(result.tokens) >= before
-        return result
-
     async with serve(create_app(tuned_settings)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             jobs = [await new_job(c, length_words=150) for _ in range(4)]
             runs = [(mode, job) for job in jobs for mode in MODES for _ in range(2)]
-            results = await asyncio.gather(*(follower(base, c, m, j) for m, j in runs))
+            outcomes = await asyncio.gather(*(fl.resuming(m, c, base, j, rng) for m, j in runs))
             texts = {job: await stored(c, job) for job in jobs}
-    assert disconnects >= 200, disconnects
-    for (mode, job), result in zip(runs, results, strict=True):
+    assert sum(n for _, n in outcomes) >= 200, outcomes
+    for (mode, job), (result, _) in zip(runs, outcomes, strict=True):
         assert result.tokens == texts[job], f"{mode} on {job}"
         assert len(result.ends) == 1
 
