@@ -11,14 +11,15 @@ import json
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
 
 from reviewstream.keys import Keys
-from reviewstream.runtime import job_store, redis_client
+from reviewstream.runtime import CommandTable, job_store, redis_client, redis_cluster_client
 from reviewstream.settings import Settings
+from reviewstream.store import Script
 from reviewstream.web import create_app
 from reviewstream.wire import MODES
 
@@ -161,6 +162,40 @@ async def test_a_lapsed_lease_is_reaped_and_the_job_continued(cluster: LocalClus
         await redis.aclose()
 
 
+async def test_a_dead_master_holds_back_no_other_shards_reaping(cluster: LocalCluster) -> None:
+    """The reaper goes shard by shard and job by job: the first shard's master is down, and
+    on a live shard the first lapsed lease is of a job whose keys are on that master; the next
+    one, all on live masters, is still reaped (requeued) in time."""
+    settings = on_cluster(cluster)
+    redis = redis_client(cluster.url, settings)
+    store = job_store(redis, Keys(settings.key_prefix, settings.queue_shards), settings)
+    victim = cluster.node_of(store.keys.queue(0))
+    shard = next(s for s in store.keys.shards if cluster.node_of(store.keys.queue(s)) != victim)
+    try:
+        async with app(settings, run_worker=False) as (_, client):
+            await store.heartbeat("dead", 60_000)  # a live worker, as far as admission knows
+            stuck = kept = None  # keys on the victim / on a live master, both queued on `shard`
+            for _ in range(200):
+                job = await new_job(client)
+                if store.keys.shard_of(job) == shard:
+                    if cluster.node_of(store.keys.meta(job)) == victim:
+                        stuck = stuck or job
+                    else:
+                        kept = kept or job
+                if stuck and kept:
+                    break
+            assert stuck and kept
+            entries = {e.job_id: e for e in await store.next_entries("dead", 200, 100, shard=shard)}
+            for job in (stuck, kept):  # the stuck one's lease lapses first
+                assert await store.claim(entries[job], "dead", 300) is not None
+            victim.kill()
+            async with asyncio.timeout(10):
+                while (await client.get(f"/jobs/{kept}")).json()["status"] != "queued":
+                    await asyncio.sleep(0.05)
+    finally:
+        await redis.aclose()
+
+
 async def test_random_disconnects_and_resumes_lose_and_duplicate_nothing(
     cluster: LocalCluster,
 ) -> None:
@@ -232,3 +267,52 @@ async def test_a_killed_master_fails_its_own_jobs_with_503_and_no_other(
                 assert result.tokens == await stored(client, job)
     finally:
         await stop_all(processes)
+
+
+async def test_the_command_table_comes_from_a_master_that_answers(cluster: LocalCluster) -> None:
+    """redis-py asks one node for its command table at every topology refresh, and that node
+    where XREADGROUP's keys are: with that master down, every command of the client failed,
+    on every master, until it was back. ``CommandTable`` asks the others."""
+    client = redis_cluster_client(cluster.url, on_cluster(cluster))
+    try:
+        await client.initialize()
+        table = client.commands_parser
+        assert isinstance(table, CommandTable)
+        masters = {node.port: node for node in cluster.nodes}
+        first, *_ = client.get_primaries()
+        masters[first.port].kill()
+        await table.initialize(first)  # what a refresh does with ``first`` as its default node
+        assert table.node is not first and table.node.port in masters
+        read = ("XREADGROUP", "GROUP", "g", "c", "STREAMS", "rs:{q1}:queue", ">")
+        assert await table.get_keys(*read) == ["rs:{q1}:queue"]
+        masters[table.node.port].kill()  # the one it asks where keys are goes down too
+        assert await table.get_keys(*read) == ["rs:{q1}:queue"]
+        assert table.node.port in masters and masters[table.node.port].alive
+    finally:
+        await client.aclose()
+
+
+async def test_scripts_run_on_a_master_new_to_them_while_another_is_down(
+    cluster: LocalCluster,
+) -> None:
+    """A script a master has not run yet (it restarted, or just took the slot) is sent whole
+    with EVAL on that master alone: SCRIPT LOAD goes to every master and fails while one is
+    down, which failed the live masters' jobs with it."""
+    settings = on_cluster(cluster)
+    client = redis_client(cluster.url, settings)
+    store = job_store(client, Keys("rs", 3), settings)
+    try:
+        victim, live, *_ = cluster.nodes
+        job = next(
+            j for j in (f"job{i}" for i in range(1000)) if cluster.node_of(f"rs:{{{j}}}") is live
+        )
+        meta = store.keys.meta(job)
+        await client.hset(meta, mapping={"status": "running"})
+        count = Script(cast(Any, client), "return redis.call('INCR', KEYS[1])")
+        live.client().script_flush()
+        victim.kill()
+        assert await count(keys=[f"{{{job}}}:n"], args=[]) == 1
+        await store.seen([job])
+        assert await client.hget(meta, "seen_ms")
+    finally:
+        await client.aclose()

@@ -28,11 +28,12 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import httpx
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis._parsers import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -106,7 +107,7 @@ def redis_cluster_client(url: str, settings: Settings) -> RedisCluster:
     covered: with a master down, the others' jobs keep working. Its pools (one per node, of
     ``redis_max_connections``) do not wait at their limit: a burst beyond fails (a 503).
     """
-    return RedisCluster.from_url(
+    client = RedisCluster.from_url(
         url,
         decode_responses=True,
         max_connections=settings.redis_max_connections,
@@ -114,6 +115,47 @@ def redis_cluster_client(url: str, settings: Settings) -> RedisCluster:
         require_full_coverage=False,
         health_check_interval=5,
     )
+    client.commands_parser = CommandTable(client.get_primaries)
+    return client
+
+
+class CommandTable(AsyncCommandsParser):
+    """redis-py's table of commands (where each one's keys are), read from a master that answers.
+
+    redis-py reads ``COMMAND`` from its default node at every topology refresh, which follows
+    any connection error, and asks that node where a command's keys are when they can move
+    (``XREADGROUP``). When that node is a master that is down, the refresh fails, and with it
+    every command of the client, on every node, until that master is back (redis-py 8.1): one
+    dead master would stop every job. This table asks the other masters in turn.
+    """
+
+    def __init__(self, masters: Callable[[], list[ClusterNode]]) -> None:
+        super().__init__()
+        self._masters = masters
+
+    async def initialize(self, node: ClusterNode | None = None) -> None:
+        first = node or getattr(self, "node", None)
+        await self._load([] if first is None else [first])
+
+    async def _load(self, preferred: list[ClusterNode], avoid: ClusterNode | None = None) -> None:
+        error: Exception = RedisConnectionError("no master of the cluster is known")
+        others = [node for node in self._masters() if node not in preferred]
+        for node in preferred + others:
+            if node is avoid:
+                continue
+            try:
+                await super().initialize(node)
+                return
+            except (RedisConnectionError, RedisTimeoutError) as e:
+                error = e
+        raise error
+
+    async def _get_moveable_keys(self, *args: Any) -> tuple[str, ...] | None:
+        try:
+            return await super()._get_moveable_keys(*args)
+        except (RedisConnectionError, RedisTimeoutError):
+            await self._load([], avoid=self.node)
+            return await super()._get_moveable_keys(*args)
 
 
 def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> JobStore:

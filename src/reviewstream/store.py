@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from . import notices, scripts
 from .errors import JobFinished, JobNotFound, StoreError
@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 MAX_APPEND_BATCH = 1000
 _READ_FIELDS = ("status", "error", "usage", "tenant", "attempts", "sha256")
+# What redis-py raises when Redis fails; the cluster client's own (no node serves a slot, none
+# can be reached) are no RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException)
 
 
 @contextlib.contextmanager
@@ -47,7 +50,7 @@ def redis_errors(operation: str) -> Iterator[None]:
     """Wrap Redis failures at the boundary, naming the operation that failed."""
     try:
         yield
-    except RedisError as e:
+    except REDIS_FAILURES as e:
         task = asyncio.current_task()
         if task is not None and task.cancelling():
             # redis-py can turn a cancellation into a connection error; keep it a cancellation
@@ -178,10 +181,12 @@ def _entry(shard: int, entry_id: str, fields: dict[str, str]) -> QueueEntry:
 
 
 class Script:
-    """A Lua script run with EVALSHA, loaded again whenever Redis does not know it (a restart).
+    """A Lua script run with EVALSHA, sent whole with EVAL whenever Redis does not know it (a
+    restart, or a cluster node that has not run it yet): EVAL caches it for the next EVALSHA.
 
     Like redis-py's ``register_script`` without its per-call checks (an import and a
-    ``Pipeline`` isinstance test through a typing Protocol, on every append).
+    ``Pipeline`` isinstance test through a typing Protocol, on every append). Not SCRIPT LOAD:
+    on a Redis Cluster that goes to every master, and fails while any of them is down.
     """
 
     def __init__(self, redis: aioredis.Redis, source: str) -> None:
@@ -197,8 +202,7 @@ class Script:
         try:
             return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
-            await self._redis.script_load(self._source)
-            return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
+            return await self._redis.eval(self._source, len(keys), *keys, *args)
 
 
 class JobStore:
@@ -220,6 +224,9 @@ class JobStore:
         self.keys = keys
         self.retention_seconds = retention_seconds
         self.sharded_pubsub = sharded_pubsub
+        # redis-py's cluster client (cast to Redis by runtime.job_store) refuses pipelined
+        # EVALSHA: scripts go whole in its pipelines.
+        self._evalsha_pipelines = isinstance(redis, aioredis.Redis)
 
         def script(source: str) -> Script:
             return Script(redis, notices.publishing(source, sharded=sharded_pubsub))
@@ -757,13 +764,14 @@ class JobStore:
             raise JobNotFound(lease.job_id)
         return Requeue(outcome), json.loads(causes) if causes else []
 
-    async def lapsed_leases(self, limit: int = 100) -> list[Lease]:
-        """Leases whose deadline has passed (Redis clock), up to ``limit`` from each shard."""
+    async def lapsed_leases(self, limit: int = 100, *, shard: int | None = None) -> list[Lease]:
+        """Leases whose deadline has passed (Redis clock), up to ``limit`` from ``shard`` or
+        from each shard."""
         found: list[Lease] = []
-        for shard in self.keys.shards:
+        for each in self.keys.shards if shard is None else (shard,):
             with redis_errors("find lapsed leases"):
-                members = await self._expired(keys=[self.keys.leases(shard)], args=[limit])
-            found += [Lease.of(member, shard) for member in members]
+                members = await self._expired(keys=[self.keys.leases(each)], args=[limit])
+            found += [Lease.of(member, each) for member in members]
         return found
 
     async def drop_lease(self, lease: Lease) -> None:
@@ -773,15 +781,20 @@ class JobStore:
     async def seen(self, job_ids: Sequence[str]) -> None:
         """Someone follows or polls these jobs now: they are not abandoned."""
         with redis_errors("mark jobs followed"):
-            for _ in range(2):  # once more after loading the script into a restarted Redis
-                try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for job_id in job_ids:
-                            pipe.evalsha(self._seen.sha, 1, self.keys.meta(job_id))
-                        await pipe.execute()
-                    return
-                except NoScriptError:
-                    await self.redis.script_load(self._seen.source)
+            try:
+                await self._mark_seen(job_ids, whole=not self._evalsha_pipelines)
+            except NoScriptError:  # a restarted Redis: send it whole, which caches it
+                await self._mark_seen(job_ids, whole=True)
+
+    async def _mark_seen(self, job_ids: Sequence[str], *, whole: bool) -> None:
+        """One pipeline (one per master on a cluster) of the SEEN script, by SHA or whole."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                if whole:
+                    pipe.eval(self._seen.source, 1, self.keys.meta(job_id))
+                else:
+                    pipe.evalsha(self._seen.sha, 1, self.keys.meta(job_id))
+            await pipe.execute()
 
     async def queue_length(self) -> int:
         """Entries waiting in the queue (not yet claimed), every shard's that answers.
@@ -796,7 +809,7 @@ class JobStore:
             )
             failures = [n for n in lengths if isinstance(n, BaseException)]
             if len(failures) == len(lengths) or any(
-                not isinstance(f, RedisError) for f in failures
+                not isinstance(f, REDIS_FAILURES) for f in failures
             ):
                 raise failures[0]
         return sum(int(n) for n in lengths if not isinstance(n, BaseException))

@@ -250,15 +250,20 @@ class Worker:
         min_idle_ms = int(self.settings.claim_idle_seconds * 1000)
         while not self._stopping.is_set():
             await self._pause(self.settings.reap_interval_seconds)
-            if self._stopping.is_set() or self._slots.locked():
-                continue
-            try:
-                for entry in await self.store.reclaim_entries(self.name, min_idle_ms, count=1):
-                    await self._slots.acquire()
-                    log.info("worker %s: took over abandoned entry of %s", self.name, entry.job_id)
-                    await self._take(entry)
-            except StoreError as e:
-                log.warning("worker %s: reclaiming entries failed: %s", self.name, e)
+            for shard in self.store.keys.shards:  # one shard failing (its master down) or not
+                try:
+                    await self._reclaim(shard, min_idle_ms)
+                except StoreError as e:
+                    log.warning("worker %s: reclaiming on shard %d failed: %s", self.name, shard, e)
+
+    async def _reclaim(self, shard: int, min_idle_ms: int) -> None:
+        """Take over one abandoned entry of ``shard`` when a slot is free."""
+        if self._stopping.is_set() or self._slots.locked():
+            return
+        for entry in await self.store.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
+            await self._slots.acquire()
+            log.info("worker %s: took over abandoned entry of %s", self.name, entry.job_id)
+            await self._take(entry)
 
     # -- running one job ----------------------------------------------------------------------
 
@@ -431,7 +436,9 @@ class Reaper:
       entering the queue end as failed (so does a job whose requeue was left half done and
       whose entry nobody claimed within that time).
 
-    After Redis was unreachable, lapsed leases are left alone for one lease period, so that
+    Each queue shard on its own: one that cannot be read (its Redis Cluster master down) holds
+    back no other, and a job that cannot be acted on (its own master down) no other job. After
+    a shard could not be read, its lapsed leases are left alone for one lease period, so that
     producers that kept their tokens through the outage renew first.
     """
 
@@ -440,7 +447,8 @@ class Reaper:
         self._settings = settings
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._leases_after = 0.0  # monotonic; lapsed leases are left alone before it
+        # monotonic, per shard: its lapsed leases are left alone before it
+        self._leases_after = dict.fromkeys(store.keys.shards, 0.0)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="reviewstream-reaper")
@@ -458,18 +466,20 @@ class Reaper:
                 await asyncio.wait_for(self._stopping.wait(), self._settings.reap_interval_seconds)
             if self._stopping.is_set():
                 return
-            try:
-                if time.monotonic() >= self._leases_after:
-                    await self.reap_leases()
-                await self.reap_queued()
-            except StoreError as e:
-                log.warning("reaping failed: %s", e)
-                self._leases_after = time.monotonic() + self._settings.lease_seconds
+            for shard in self._store.keys.shards:
+                try:
+                    if time.monotonic() >= self._leases_after[shard]:
+                        await self.reap_leases(shard)
+                    await self.reap_queued(shard)
+                except StoreError as e:
+                    log.warning("reaping queue shard %d failed: %s", shard, e)
+                    self._leases_after[shard] = time.monotonic() + self._settings.lease_seconds
 
-    async def reap_leases(self) -> list[str]:
-        """Requeue (or fail) every running job whose lease lapsed; returns the ids acted on."""
+    async def reap_leases(self, shard: int | None = None) -> list[str]:
+        """Requeue (or fail) every running job whose lease lapsed (on ``shard``, or on each);
+        returns the ids acted on."""
         acted = []
-        for lease in await self._store.lapsed_leases():
+        for lease in await self._store.lapsed_leases(shard=shard):
             try:
                 outcome = await let_go(
                     self._store,
@@ -482,18 +492,22 @@ class Reaper:
             except JobNotFound:
                 await self._store.drop_lease(lease)
                 continue
+            except StoreError as e:  # this job's keys cannot be reached: the next round retries
+                log.warning("job %s: its lapsed lease stays for now: %s", lease.job_id, e)
+                continue
             if outcome is not Requeue.NOTHING:
                 acted.append(lease.job_id)
                 log.warning("job %s: its worker's lease lapsed (%s)", lease.job_id, outcome.name)
         return acted
 
-    async def reap_queued(self) -> list[str]:
-        """Fail every job queued longer than the timeout; returns their ids. Every entry past
-        it is dropped (an attempt whose claim was cut before its lease gets it first)."""
+    async def reap_queued(self, shard: int | None = None) -> list[str]:
+        """Fail every job queued longer than the timeout (on ``shard``, or on each); returns
+        their ids. Every entry past it is dropped (an attempt whose claim was cut before its
+        lease gets it first)."""
         timeout = self._settings.queued_timeout_seconds
         cutoff_ms = int((time.time() - timeout) * 1000)
         failed = []
-        for entry in await self._store.queued_before(cutoff_ms, count=100):
+        for entry in await self._store.queued_before(cutoff_ms, count=100, shard=shard):
             # Only the job this entry queued: at the attempt it names, still queued (or still
             # running the attempt it says was lost: a requeue left half done).
             statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if entry.attempt else JobStatus.QUEUED
@@ -509,5 +523,8 @@ class Reaper:
                     log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
             except JobNotFound:
                 pass
+            except StoreError as e:  # this job's keys cannot be reached: the next round retries
+                log.warning("job %s: its old queue entry stays for now: %s", entry.job_id, e)
+                continue
             await self._store.retire(entry, int(self._settings.lease_seconds * 1000))
         return failed

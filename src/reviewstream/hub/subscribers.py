@@ -218,7 +218,7 @@ class ShardedSubscriber:
                     # connections open), then a fresh read of who serves which slots.
                     await self._cluster.initialize()
                     await self._cluster.nodes_manager.initialize()
-                except (RedisError, OSError) as e:
+                except (RedisError, RedisClusterException, OSError) as e:  # no node answers
                     log.warning("reading the cluster's slots failed (%s); retrying", e)
                     self._refresh = True
             waiting = [channel for channel, shard in self._channels.items() if shard is None]
