@@ -251,3 +251,27 @@ async def test_scripts_survive_a_redis_script_flush(store: JobStore, redis: aior
     assert await store.finish(job_id, JobStatus.DONE, owner=claim.owner)
     snap = await store.read(job_id, 0, 10)
     assert snap.tokens == [" one", " two"] and snap.done
+
+
+async def test_a_cancellation_during_an_operation_always_stops_the_task(store: JobStore) -> None:
+    """redis-py on Python 3.11 can swallow a cancellation that meets a command's send (its
+    ``asyncio.wait_for``): the store raises it all the same, so a lease guard or a reaper asked
+    to stop never runs on."""
+    claim = await running_job(store)
+
+    async def guard() -> str:
+        while True:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                return "ran on though cancelled"
+            await store.renew(claim, 5000)
+
+    outcomes = []
+    for i in range(100):
+        task = asyncio.create_task(guard())
+        await asyncio.sleep(0.00003 * i)  # cancellations land all through the commands
+        task.cancel()
+        try:
+            outcomes.append(await task)
+        except asyncio.CancelledError:
+            outcomes.append("stopped")
+    assert outcomes == ["stopped"] * 100

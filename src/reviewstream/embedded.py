@@ -320,7 +320,8 @@ class WorkerProcess:
                 delay = 0.0  # it had been running well: restart at once
             while not self._stopping.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
+                    async with asyncio.timeout(delay):
+                        await self._stopping.wait()
                 if self._stopping.is_set():
                     return
                 delay = min(max(2 * delay, self.RESTART_MIN_SECONDS), self.RESTART_MAX_SECONDS)

@@ -47,17 +47,26 @@ REDIS_FAILURES = (RedisError, RedisClusterException)
 
 @contextlib.contextmanager
 def redis_errors(operation: str) -> Iterator[None]:
-    """Wrap Redis failures at the boundary, naming the operation that failed."""
+    """Wrap Redis failures at the boundary, naming the operation that failed; and keep a
+    cancellation that lands in the operation a cancellation.
+
+    redis-py can turn one into a connection error, and on Python 3.11 swallow it outright: it
+    sends every command through ``asyncio.wait_for``, which returns the send's result when a
+    cancellation arrives as the send ends (gh-86296). Either way the task was asked to stop
+    during the operation (its ``cancelling()`` count rose): it stops here, so that owned tasks
+    (a worker's lease guard, a reaper) end when asked to instead of running on unowned.
+    """
+    task = asyncio.current_task()
+    asked = task.cancelling() if task is not None else 0
     try:
         yield
     except REDIS_FAILURES as e:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # redis-py can turn a cancellation into a connection error; keep it a cancellation
-            # so that owned tasks stop when asked to.
+        if task is not None and task.cancelling() > asked:
             raise asyncio.CancelledError from e
         # The message reaches clients: no hosts, ports, keys or commands (the cause is logged).
         raise StoreError(f"Redis failed during {operation}") from e
+    if task is not None and task.cancelling() > asked:
+        raise asyncio.CancelledError(f"cancelled during {operation}")
 
 
 @dataclass(frozen=True, slots=True)

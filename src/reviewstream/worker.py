@@ -179,7 +179,8 @@ class Worker:
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     async def _claim_loop(self, shard: int) -> None:
         """Read one shard's queue: a blocking read (one command a second while idle) holding a
@@ -261,6 +262,8 @@ class Worker:
         if self._stopping.is_set() or self._slots.locked():
             return
         for entry in await self.store.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
+            if self._stopping.is_set():
+                return  # it stays pending: another worker reclaims it
             await self._slots.acquire()
             log.info("worker %s: took over abandoned entry of %s", self.name, entry.job_id)
             await self._take(entry)
@@ -310,9 +313,11 @@ class Worker:
         abandon_ms = int(self.settings.abandon_seconds * 1000)
         renew_at = time.monotonic() + interval
         while True:
-            # Wakes on the end only, not on every token this job appends.
+            # Wakes on the end only, not on every token this job appends. (asyncio.timeout, not
+            # wait_for: on Python 3.11 that can swallow a cancellation.)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(feed.ended.wait(), max(renew_at - time.monotonic(), 0.0))
+                async with asyncio.timeout(max(renew_at - time.monotonic(), 0.0)):
+                    await feed.ended.wait()
             if feed.end is not None:
                 return  # ended by someone else: a cancel, or the reaper
             if time.monotonic() < renew_at:
@@ -463,7 +468,8 @@ class Reaper:
     async def _run(self) -> None:
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self._settings.reap_interval_seconds)
+                async with asyncio.timeout(self._settings.reap_interval_seconds):
+                    await self._stopping.wait()
             if self._stopping.is_set():
                 return
             for shard in self._store.keys.shards:
