@@ -5,9 +5,10 @@ The tree::
     ReviewstreamError
     ├── JobNotFound          unknown job, or its keys expired after retention  (HTTP 404)
     ├── JobFinished          the job already ended; e.g. cancelling it         (HTTP 409)
+    ├── InvalidInput         a malformed id, offset, limit, timeout or header    (HTTP 422)
     ├── ProviderConfigError  unknown provider or model, or a provider without its key (422)
     ├── StoreError           Redis failed or is unreachable (wraps redis errors) (HTTP 503)
-    ├── ServerDraining       this server is shutting down: live streams end, clients resume
+    ├── ServerDraining       this server is shutting down: live streams end, clients resume (503)
     ├── Unauthorized         no credential, a wrong key, an expired or forged token  (HTTP 401)
     ├── Forbidden            a credential that may not do this: a token creating a job (403)
     ├── Refused              an admission limit said no for now (carries retry_after)
@@ -20,8 +21,10 @@ The tree::
         └── UpstreamProtocolError in-band error event, truncated stream, malformed data
             └── UpstreamInterrupted  the stream broke or ended before its end marker
 
-Redis and httpx exceptions are wrapped at the boundary (``raise StoreError(...) from e``);
-``create_app`` maps the tree to JSON answers, so routes never catch them.
+Each class knows its ``http_status`` (500 unless it says otherwise); ``web/answers.py`` turns an
+error into its JSON answer or its WebSocket close code (``4000 + http_status``) from that one table.
+Redis and httpx exceptions are wrapped at the boundary (``raise StoreError(...) from e``), so
+routes never catch them.
 """
 
 from __future__ import annotations
@@ -30,14 +33,20 @@ from __future__ import annotations
 class ReviewstreamError(Exception):
     """Base of every error reviewstream raises on purpose."""
 
+    http_status = 500  # answers it (and 4000 + it closes a WebSocket)
+
 
 class JobNotFound(ReviewstreamError):
+    http_status = 404
+
     def __init__(self, job_id: str) -> None:
         super().__init__(f"job {job_id!r} not found (never created, or expired after retention)")
         self.job_id = job_id
 
 
 class JobFinished(ReviewstreamError):
+    http_status = 409
+
     def __init__(self, job_id: str, status: str) -> None:
         super().__init__(f"job {job_id!r} already ended with status {status!r}")
         self.job_id = job_id
@@ -47,13 +56,31 @@ class JobFinished(ReviewstreamError):
 class ProviderConfigError(ReviewstreamError, ValueError):
     """A job asks for a provider or model this deployment cannot run."""
 
+    http_status = 422
+
+
+class InvalidInput(ReviewstreamError):
+    """A request's parameter is malformed or out of range: ``where`` is its place and name,
+    e.g. ``("query", "offset")``, as validation errors name them."""
+
+    http_status = 422
+
+    def __init__(self, where: tuple[str, str], problem: str) -> None:
+        super().__init__(f"invalid request: {'.'.join(where)}: {problem}")
+        self.where = where
+        self.problem = problem
+
 
 class StoreError(ReviewstreamError):
     """Redis failed; the message says which operation."""
 
+    http_status = 503
+
 
 class ServerDraining(ReviewstreamError):
     """This server began shutting down; a follower should resume, at its offset, elsewhere."""
+
+    http_status = 503
 
     def __init__(self) -> None:
         super().__init__("this server is shutting down: resume from your offset on another")
@@ -96,15 +123,19 @@ class UpstreamInterrupted(UpstreamProtocolError):
 class Unauthorized(ReviewstreamError):
     """No credential, an unknown API key, or an expired or forged stream token."""
 
+    http_status = 401
+
 
 class Forbidden(ReviewstreamError):
     """A valid credential that may not do this (a stream token creating a job, another job)."""
+
+    http_status = 403
 
 
 class Refused(ReviewstreamError):
     """An admission limit said no for now; ``retry_after`` says when to try again (seconds)."""
 
-    status = 503
+    http_status = 503
 
     def __init__(self, message: str, *, limit: str, retry_after: float) -> None:
         super().__init__(message)
@@ -115,7 +146,7 @@ class Refused(ReviewstreamError):
 class QuotaExceeded(Refused):
     """A per-key limit: active jobs, jobs per minute, open streams (HTTP 429)."""
 
-    status = 429
+    http_status = 429
 
 
 class Overloaded(Refused):

@@ -114,6 +114,18 @@ class Batch:
         return self.offset + len(self.tokens)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchPage:
+    """A long poll's answer that brings tokens: ``batch``, and the job's end when ``batch`` has
+    its last tokens. Every poller one notification wakes at the same offset gets the same
+    batch, so its encoding is cached on it (``wire.long_poll_body``)."""
+
+    job_id: str
+    batch: Batch
+    end: JobEnd | None
+    attempts: int
+
+
 class JobEnd(BaseModel):
     """The last word on a job, delivered once after its last token.
 

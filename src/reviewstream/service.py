@@ -7,25 +7,22 @@ call takes the caller's ``Principal``; a job the caller may not see is ``JobNotF
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
-import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from .admission import Admission, StreamCounter, Watchers
 from .errors import JobNotFound, ServerDraining
 from .follow import Follower, FollowOptions
+from .holds import Holds
 from .hub import Hub
-from .models import Batch, JobEnd, JobNotice, JobPage, JobStatus, ReviewRequest
+from .models import Batch, BatchPage, JobEnd, JobNotice, JobPage, JobStatus, ReviewRequest
 from .providers import default_model, validate_job
 from .runtime import Runtime
 from .settings import Settings
 from .store import JobStore, Snapshot, new_job_id
 from .tenancy import Gatekeeper, Principal
-from .wire import long_poll_answer, page_json
 from .worker import Producers
 
 
@@ -43,82 +40,6 @@ def page_of(snapshot: Snapshot) -> JobPage:
         attempts=snapshot.attempts,
         sha256=snapshot.sha256 if snapshot.done else None,
     )
-
-
-class Holds:
-    """The deadlines of held long polls: one timer per ``tick`` for every poll due in it.
-
-    ``asyncio.timeout`` arms a timer per request (~12 µs under uvloop; with the subscribe
-    timeout of ``Hub.join``, 5% of the server's CPU in the long-poll profile of
-    benchmarks/README.md); here the polls whose deadlines fall in the same tick share one
-    timer, and a poll costs a set insertion. A deadline is rounded down to its tick, so a
-    hold never outlasts what the client asked for (its own read timeout may be the same
-    number). A poll still held at its deadline is cancelled and raises ``TimeoutError``, as
-    under ``asyncio.timeout``.
-    """
-
-    def __init__(self, tick: float = 0.01) -> None:
-        self.tick = tick
-        self._due: dict[int, set[Hold]] = {}
-
-    def hold(self, seconds: float) -> Hold:
-        return Hold(self, seconds)
-
-    def _enter(self, hold: Hold, seconds: float) -> int:
-        loop = asyncio.get_running_loop()
-        slot = math.floor((loop.time() + seconds) / self.tick)
-        due = self._due.get(slot)
-        if due is None:
-            due = self._due[slot] = set()
-            loop.call_at(slot * self.tick, self._expire, slot)
-        due.add(hold)
-        return slot
-
-    def _leave(self, hold: Hold, slot: int) -> None:
-        due = self._due.get(slot)
-        if due is not None:
-            due.discard(hold)
-
-    def _expire(self, slot: int) -> None:
-        for hold in self._due.pop(slot, ()):
-            hold.expire()
-
-
-class Hold:
-    """``async with holds.hold(seconds)``: what runs inside is cancelled at the deadline."""
-
-    __slots__ = ("_cancelling", "_holds", "_seconds", "_slot", "_task", "expired")
-
-    def __init__(self, holds: Holds, seconds: float) -> None:
-        self._holds = holds
-        self._seconds = seconds
-        self._slot = 0
-        self._task: asyncio.Task[Any] | None = None
-        self._cancelling = 0
-        self.expired = False
-
-    async def __aenter__(self) -> Hold:
-        task = asyncio.current_task()
-        if task is None:
-            raise RuntimeError("a hold needs a task")
-        self._task = task
-        self._cancelling = task.cancelling()
-        self._slot = self._holds._enter(self, self._seconds)
-        return self
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, tb: Any
-    ) -> None:
-        if not self.expired:
-            self._holds._leave(self, self._slot)
-        elif kind is asyncio.CancelledError and self._task is not None:
-            if self._task.uncancel() <= self._cancelling:  # our cancel, nobody else's
-                raise TimeoutError from error
-
-    def expire(self) -> None:
-        self.expired = True
-        if self._task is not None:
-            self._task.cancel()
 
 
 @dataclass
@@ -190,11 +111,11 @@ class ReviewService:
 
     async def long_poll(
         self, job_id: str, offset: int, limit: int | None, hold_seconds: float, caller: Principal
-    ) -> bytes:
+    ) -> JobPage | BatchPage:
         """Like ``poll`` but held until a new token, the end, or ``hold_seconds`` (capped).
 
-        Returns the answer's JSON (a ``JobPage``). The pollers that one notification wakes at
-        the same offset share one encoding of it (``wire.long_poll_answer``).
+        New tokens come as a ``BatchPage``: the batch every caught-up poller at that offset
+        shares, so ``wire`` encodes its answer once for all of them.
         """
         hold_seconds = min(hold_seconds, self.settings.long_poll_max_timeout)
         async with self.follow(job_id, offset, caller) as follower:
@@ -202,40 +123,36 @@ class ReviewService:
                 async with self.holds.hold(hold_seconds):
                     item = await follower.next()
             except (TimeoutError, ServerDraining):
-                return page_json(await self.poll(job_id, offset, limit, caller))
+                return await self.poll(job_id, offset, limit, caller)
             attempts = follower.attempts
         if isinstance(item, JobEnd):
-            return page_json(
-                JobPage(
-                    id=job_id,
-                    status=item.status,
-                    offset=offset,
-                    next_offset=max(offset, item.next_offset),
-                    tokens=[],
-                    done=True,
-                    error=item.error,
-                    usage=item.usage,
-                    attempts=attempts,
-                    sha256=item.sha256,
-                )
+            return JobPage(
+                id=job_id,
+                status=item.status,
+                offset=offset,
+                next_offset=max(offset, item.next_offset),
+                tokens=[],
+                done=True,
+                error=item.error,
+                usage=item.usage,
+                attempts=attempts,
+                sha256=item.sha256,
             )
         if isinstance(item, JobNotice):  # the producer changed: say so now, with no tokens
-            return page_json(
-                JobPage(
-                    id=job_id,
-                    status=item.status,
-                    offset=offset,
-                    next_offset=offset,
-                    tokens=[],
-                    done=False,
-                    attempts=attempts,
-                )
+            return JobPage(
+                id=job_id,
+                status=item.status,
+                offset=offset,
+                next_offset=offset,
+                tokens=[],
+                done=False,
+                attempts=attempts,
             )
         if limit is not None and len(item.tokens) > limit:
             item = Batch(item.offset, item.tokens[:limit], item.ts[:limit])
         end = follower.known_end
         done = end is not None and item.next_offset >= end.next_offset
-        return long_poll_answer(job_id, item, end if done else None, attempts)
+        return BatchPage(job_id, item, end if done else None, attempts)
 
     @contextlib.asynccontextmanager
     async def follow(self, job_id: str, offset: int, caller: Principal) -> AsyncIterator[Follower]:
@@ -243,9 +160,8 @@ class ReviewService:
 
         The stream counts against the caller's key (``QuotaExceeded`` past its limit).
         """
-        # One generator frame where nesting the parts' own context managers took four: a long
-        # poll opens a follower per request (benchmarks/README.md, "Long poll: where the time
-        # goes").
+        # The parts' own context managers, inlined into one: a long poll opens a follower per
+        # request.
         counted = await self.streams.take(caller)
         self.followers += 1
         try:

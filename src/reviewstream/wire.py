@@ -9,7 +9,7 @@ append time. A batch's encodings are cached on it (``Batch.encoded``), so a proc
 notification once per dialect however many followers it has. The short and long poll answer with
 ``models.JobPage`` as JSON (``page_json``, the bytes FastAPI's JSON answer would send); a long
 poll's answer with a batch is cached on the batch too, so the caught-up pollers one notification
-wakes at the same offset share one encoding (``long_poll_answer``).
+wakes at the same offset share one encoding (``long_poll_body``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from sse_starlette import ServerSentEvent
 
-from .models import Batch, JobEnd, JobNotice, JobPage, JobStatus
+from .models import Batch, BatchPage, JobEnd, JobNotice, JobPage, JobStatus
 
 Mode = Literal["short_poll", "long_poll", "sse", "websocket"]
 MODES: tuple[Mode, ...] = ("short_poll", "long_poll", "sse", "websocket")  # by how they wait
@@ -81,18 +81,19 @@ def page_json(page: JobPage) -> bytes:
     ).encode()
 
 
-def long_poll_answer(job_id: str, batch: Batch, end: JobEnd | None, attempts: int) -> bytes:
-    """The long poll's answer carrying ``batch``, encoded once per batch.
-
-    ``end``: the job's end, when ``batch`` brings its last tokens. Every caught-up poller that one
-    notification wakes gets the same batch object, and so the same bytes. The cache holds one
-    answer: what else goes into it (attempts, the end) only ever changes once per batch.
+def long_poll_body(answer: JobPage | BatchPage) -> bytes:
+    """A long poll's answer. One that brings a batch is encoded once per batch: every caught-up
+    poller one notification wakes gets the same batch object, and so the same bytes. The cache
+    holds one answer: what else goes into it (attempts, the end) changes at most once per batch.
     """
+    if isinstance(answer, JobPage):
+        return page_json(answer)
+    batch, end = answer.batch, answer.end
     cached: tuple[str, int, JobEnd | None, bytes] | None = batch.encoded.get("long_poll")
-    if cached is not None and cached[0] == job_id and cached[1] == attempts and cached[2] is end:
+    if cached is not None and cached[:3] == (answer.job_id, answer.attempts, end):
         return cached[3]
     page = JobPage(
-        id=job_id,
+        id=answer.job_id,
         status=end.status if end is not None else JobStatus.RUNNING,
         offset=batch.offset,
         next_offset=batch.next_offset,
@@ -101,11 +102,11 @@ def long_poll_answer(job_id: str, batch: Batch, end: JobEnd | None, attempts: in
         done=end is not None,
         error=end.error if end is not None else None,
         usage=end.usage if end is not None else None,
-        attempts=attempts,
+        attempts=answer.attempts,
         sha256=end.sha256 if end is not None else None,
     )
     body = page_json(page)
-    batch.encoded["long_poll"] = (job_id, attempts, end, body)
+    batch.encoded["long_poll"] = (answer.job_id, answer.attempts, end, body)
     return body
 
 

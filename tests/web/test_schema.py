@@ -41,7 +41,7 @@ from schemathesis.specs.openapi.checks import (
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
-from reviewstream.web.deps import JOB_ID_PATTERN
+from reviewstream.web.params import JOB_ID_PATTERN
 
 from conftest import free_port
 

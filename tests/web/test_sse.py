@@ -12,7 +12,6 @@ import pytest
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
-from reviewstream.web.routes.sse import plain_parameters
 
 import followers as fl
 from conftest import serve
@@ -110,85 +109,37 @@ async def test_sse_client_disconnect_frees_its_follower(settings: Settings) -> N
         await c.delete(f"/jobs/{job_id}")
 
 
-def _scope(
-    query: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None, **over: object
-) -> dict[str, object]:
-    scope: dict[str, object] = {
-        "type": "http",
-        "method": "GET",
-        "path_params": {"job_id": "job-1"},
-        "headers": headers or [],
-        "query_string": query,
-    }
-    return {**scope, **over}
-
-
-# What GET /jobs/{id}/events answers without FastAPI's request handling: (job, start, bearer,
-# token) exactly as FastAPI reads them, or None for anything FastAPI must answer itself.
-PLAIN_CASES: list[tuple[dict[str, object], tuple[str, int, str | None, str | None] | None]] = [
-    (_scope(), ("job-1", 0, None, None)),
-    (_scope(b"offset=12"), ("job-1", 12, None, None)),
-    (_scope(headers=[(b"last-event-id", b"7")]), ("job-1", 7, None, None)),
-    (_scope(b"offset=3", [(b"last-event-id", b"0009")]), ("job-1", 9, None, None)),
-    (_scope(b"offset=9007199254740992"), ("job-1", 2**53, None, None)),
-    (_scope(b"token=tok&x=1"), ("job-1", 0, None, "tok")),
-    (_scope(b"token="), ("job-1", 0, None, None)),  # FastAPI's APIKeyQuery: empty is none
-    (_scope(headers=[(b"authorization", b"Bearer k-1")]), ("job-1", 0, "k-1", None)),
-    (_scope(headers=[(b"authorization", b"bearer k-1")]), ("job-1", 0, "k-1", None)),
-    (_scope(headers=[(b"accept", b"text/event-stream")]), ("job-1", 0, None, None)),
-    (_scope(method="HEAD"), None),
-    (_scope(path_params={"job_id": "no/slash"}), None),
-    (_scope(path_params={"job_id": "x" * 65}), None),
-    (_scope(b"offset=9007199254740993"), None),
-    (_scope(b"offset=00000000000000001"), None),  # 17 digits: FastAPI's to read
-    (_scope(b"offset="), None),
-    (_scope(b"offset=%2B4"), None),
-    (_scope(b"offset=%204"), None),
-    (_scope(b"offset=%D9%A3"), None),  # an Arabic-Indic digit
-    (_scope(b"offset=1&offset=2"), None),
-    (_scope(b"token=a&token=b"), None),
-    (_scope(headers=[(b"last-event-id", b"-3")]), None),
-    (_scope(headers=[(b"last-event-id", b"1"), (b"last-event-id", b"2")]), None),
-    (_scope(headers=[(b"authorization", b"Basic Zm9v")]), None),
-    (_scope(headers=[(b"authorization", b"Bearer  k")]), None),
-    (_scope(headers=[(b"authorization", b"Bearer")]), None),
-    (_scope(headers=[(b"authorization", b"Bearer a"), (b"authorization", b"Bearer b")]), None),
+# What GET /jobs/{id}/events reads, sent to a real server: the start offset each request
+# resumes from (Last-Event-ID wins over ?offset=), or None for a 422 naming the parameter.
+STARTS: list[tuple[dict[str, str], dict[str, str], int | None]] = [
+    ({}, {}, 0),
+    ({"offset": "5"}, {}, 5),
+    ({}, {"Last-Event-ID": "0007"}, 7),
+    ({"offset": "2"}, {"Last-Event-ID": "11"}, 11),
+    ({"offset": "00000000000000004"}, {}, 4),
+    ({"token": ""}, {}, 0),  # an empty token is no token
+    ({"offset": "+4"}, {}, None),
+    ({"offset": ""}, {}, None),
+    ({"offset": "9007199254740993"}, {}, None),
+    ({"offset": "\u0663"}, {}, None),  # an Arabic-Indic digit
+    ({}, {"Last-Event-ID": "x"}, None),
+    ({}, {"Last-Event-ID": "-3"}, None),
 ]
 
 
-@pytest.mark.parametrize(("scope", "expected"), PLAIN_CASES)
-def test_plain_sse_requests_skip_fastapi_and_read_as_fastapi_would(
-    scope: dict[str, object], expected: tuple[str, int, str | None, str | None] | None
-) -> None:
-    assert plain_parameters(scope) == expected
-
-
-# Sent as is (most take the plain path) and with `Authorization: Basic` added (ignored in open
-# mode, it sends every request to FastAPI's handling): the two answers must be the same bytes.
-DIFFERENTIAL: list[tuple[dict[str, str], dict[str, str]]] = [
-    ({}, {}),
-    ({"offset": "5"}, {}),
-    ({}, {"Last-Event-ID": "0007"}),
-    ({"offset": "2"}, {"Last-Event-ID": "11"}),
-    ({"offset": "00000000000000004"}, {}),
-    ({"offset": "+4"}, {}),
-    ({"offset": ""}, {}),
-    ({"offset": "9007199254740993"}, {}),
-    ({"token": ""}, {}),
-    ({}, {"Last-Event-ID": "x"}),
-]
-
-
-async def test_plain_and_fastapi_handling_answer_alike(
+async def test_the_start_offset_is_read_as_every_delivery_route_reads_it(
     server: tuple[str, httpx.AsyncClient],
 ) -> None:
     _, c = server
     job_id = await new_job(c, length_words=50)
-    await stored(c, job_id)  # ended: both reads see the same stored batches
-    for params, headers in DIFFERENTIAL:
-        answers = []
-        for extra in ({}, {"Authorization": "Basic Zm9vOmJhcg=="}):
-            r = await c.get(f"/jobs/{job_id}/events", params=params, headers={**headers, **extra})
-            answers.append((r.status_code, r.headers.get("content-type"), r.content))
-        assert answers[0] == answers[1], (params, headers)
-        assert answers[0][0] in (200, 422), (params, headers)
+    await stored(c, job_id)  # ended: every read sees the same stored batches
+    for params, headers, start in STARTS:
+        r = await c.get(f"/jobs/{job_id}/events", params=params, headers=headers)
+        if start is None:
+            assert r.status_code == 422, (params, headers)
+            named = "header.Last-Event-ID" if headers else "query.offset"
+            assert named in r.json()["error"], (params, headers)
+            continue
+        assert r.status_code == 200, (params, headers, r.text)
+        first = next(line for line in r.text.splitlines() if line.startswith("data: {"))
+        assert json.loads(first[len("data: ") :])["offset"] == start, (params, headers)

@@ -24,15 +24,19 @@ from ..service import ReviewService
 from ..settings import Settings
 from .body_limit import BodySizeLimit
 from .connection_cap import ConnectionCap, backstop
+from .delivery import Delivery, describe
 from .handlers import add_error_handlers
-from .lanes import Lanes
 from .protocols import LeanWebSocket
-from .routes import demo, health, jobs, long_poll, metrics, sse, ws
+from .routes import demo, health, jobs, long_poll, metrics, short_poll, sse, ws
 from .server_close import ServerCloseIsDisconnect
 
 
 class State(TypedDict):
     service: ReviewService
+
+
+# The delivery routes, each registered here once (``web/delivery.py``).
+DELIVERY = (short_poll.ROUTE, long_poll.ROUTE, sse.ROUTE, ws.ROUTE)
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
@@ -47,10 +51,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         ) as runtime:
             service = ReviewService.on(runtime)
             app.state.drain = service.drain  # for begin_shutdown
-            # What startup built (modules, the app, its routes and models: ~100,000 objects) is
-            # never garbage. Frozen, a full collection no longer walks it: it took 60-90 ms,
-            # every request waiting, a few times a minute under load (benchmarks/README.md).
-            # Thawed at shutdown, so a process that runs several apps (tests) frees them.
+            # What startup built (modules, the app, its routes and models) is never garbage.
+            # Frozen, a full collection no longer walks it while every request waits. Thawed at
+            # shutdown, so a process that runs several apps (tests) frees them.
             gc.freeze()
             try:
                 yield {"service": service}
@@ -67,9 +70,9 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # A WebSocket send into a socket uvicorn closed by itself (1009, 1011) is a disconnect.
     app.add_middleware(ServerCloseIsDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
-    # The delivery routes' plain requests skip the layers above and below that do nothing for
-    # them (lanes.py); CORS and the cap, further out, still apply.
-    app.add_middleware(Lanes, handlers=app.exception_handlers)
+    # The delivery routes, past the layers below that do nothing for them (delivery.py); CORS
+    # and the cap, further out, still apply.
+    app.add_middleware(Delivery, routes=DELIVERY)
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -82,10 +85,17 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
     # Outermost, so that a refused request costs nothing else.
     app.add_middleware(ConnectionCap, limit=settings.max_open_connections)
     add_error_handlers(app)
-    for module in (jobs, long_poll, sse, ws, health, metrics, demo):
+    for module in (jobs, sse, health, metrics, demo):
         app.include_router(module.router)
-    # Plain long polls skip the framework's matching and dependencies (routes/long_poll.py).
-    app.router.routes.insert(0, long_poll.PlainLongPoll())
+    fastapi_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's document of its routes, and the delivery routes' own descriptions."""
+        if app.openapi_schema is None:
+            describe(fastapi_openapi(), DELIVERY)
+        return app.openapi_schema or {}
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -1,21 +1,19 @@
-"""What routes share: the service and caller dependencies, validated parameters, documented
-errors and the headers of answers that carry job text."""
+"""What routes share: the service and caller dependencies of the FastAPI routes, documented
+errors, and the answers that carry job text (with their headers)."""
 
 from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
-from fastapi import Depends, Path, Query
-from fastapi.responses import JSONResponse
+from fastapi import Depends, Path
 from fastapi.security import APIKeyQuery, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.requests import HTTPConnection
+from starlette.types import Receive, Scope, Send
 
 from ..models import ErrorBody
 from ..service import ReviewService
 from ..tenancy import Principal
-
-MAX_OFFSET = 2**53  # the largest integer every JSON client reads exactly
-JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+from .params import JOB_ID_PATTERN
 
 # Job text is confidential: never cached, never sniffed into something else.
 PRIVATE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -47,19 +45,6 @@ async def get_caller(
     return service.gate.principal(bearer.credentials if bearer else None, token)
 
 
-def bearer_of(authorization: str | None) -> str | None:
-    """The credentials of an ``Authorization: Bearer`` header, as ``HTTPBearer`` reads them."""
-    scheme, _, credentials = (authorization or "").partition(" ")
-    credentials = credentials.strip()
-    return credentials if credentials and scheme.lower() == "bearer" else None
-
-
-def caller_of(connection: HTTPConnection, service: ReviewService) -> Principal:
-    """The caller of a WebSocket handshake (FastAPI's security classes answer HTTP only)."""
-    bearer = bearer_of(connection.headers.get("authorization"))
-    return service.gate.principal(bearer, connection.query_params.get("token"))
-
-
 Service = Annotated[ReviewService, Depends(get_service)]
 Caller = Annotated[Principal, Depends(get_caller)]
 JobId = Annotated[
@@ -70,24 +55,32 @@ JobId = Annotated[
         examples=["3f2b9c0e8d7a4b6c9e1f0a2b3c4d5e6f"],
     ),
 ]
-Offset = Annotated[
-    int,
-    Query(
-        ge=0,
-        le=MAX_OFFSET,
-        description="How many tokens the client already has; delivery starts there.",
-    ),
-]
-Limit = Annotated[
-    int | None, Query(ge=1, le=10000, description="At most this many tokens in the answer.")
-]
 
 
-class PrivateJSONResponse(JSONResponse):
-    """A JSON answer with job text in it (``PRIVATE_HEADERS``)."""
+class JsonAnswer:
+    """A 200 answer with job text in it, as JSON already encoded (``wire``)."""
 
-    def init_headers(self, headers: Any = None) -> None:
-        super().init_headers({**PRIVATE_HEADERS, **(headers or {})})
+    __slots__ = ("body",)
+
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [*_HEAD, (b"content-length", b"%d" % len(self.body)), _JSON]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": self.body})
+
+
+# Its head but the length, as a ``JSONResponse`` with ``PRIVATE_HEADERS`` sends it, encoded once.
+_HEAD = [(name.lower().encode(), value.encode()) for name, value in PRIVATE_HEADERS.items()]
+_JSON = (b"content-type", b"application/json")
+
+
+# A poll's answer, as the OpenAPI document declares it.
+PAGE: dict[str, Any] = {
+    "description": "Successful Response",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/JobPage"}}},
+}
 
 
 def _error(description: str) -> dict[str, object]:

@@ -1,8 +1,10 @@
-"""One place maps the exception tree (``reviewstream.errors``) to JSON answers.
+"""One place maps the exception tree (``reviewstream.errors``) to answers.
 
-Routes never catch domain errors; every 4xx/5xx body is ``{"error": "...", "detail": ...}``
-and names the problem for the client, never hosts, ports, keys or commands (those are logged).
-Every 503 and 429 says when to come back (``Retry-After``).
+Each domain error knows its ``http_status``; ``error_answer`` makes its JSON answer and
+``close_code`` its WebSocket close code (``4000 + http_status``; a draining server's 1012),
+from that one table. Routes never catch domain errors; every 4xx/5xx body is
+``{"error": "...", "detail": ...}`` and names the problem for the client, never hosts, ports,
+keys or commands (those are logged). Every 503 and 429 says when to come back (``Retry-After``).
 """
 
 from __future__ import annotations
@@ -17,15 +19,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..errors import (
-    Forbidden,
-    JobFinished,
-    JobNotFound,
-    ProviderConfigError,
+    InvalidInput,
     Refused,
     ReviewstreamError,
+    ServerDraining,
     StoreError,
     Unauthorized,
 )
+from ..wire import CloseCode
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,39 @@ def retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
+def error_answer(exc: ReviewstreamError, request: str) -> JSONResponse:
+    """The JSON answer to a domain error; ``request`` (method and path) names it in the log."""
+    status = exc.http_status
+    if isinstance(exc, InvalidInput):
+        detail = [{"loc": list(exc.where), "msg": exc.problem, "type": "value_error"}]
+        return error_response(status, str(exc), detail)
+    if isinstance(exc, Unauthorized):
+        return error_response(status, str(exc), headers=AUTHENTICATE)
+    if isinstance(exc, Refused):
+        headers = retry_after(exc.retry_after)
+        return error_response(status, str(exc), {"limit": exc.limit}, headers=headers)
+    if isinstance(exc, StoreError):
+        log.warning("%s: %s (%r)", request, exc, exc.__cause__)
+        message = "storage unavailable, try again"
+        return error_response(status, message, headers=retry_after(STORE_RETRY_SECONDS))
+    if status >= 500:
+        log.warning("%s: %s", request, exc)
+    if status == 503:
+        return error_response(status, str(exc), headers=retry_after(STORE_RETRY_SECONDS))
+    return error_response(status, str(exc))
+
+
+def close_code(exc: ReviewstreamError) -> int:
+    """The WebSocket close code of a domain error: ``4000 + http_status``, but a draining
+    server's is RFC 6455's service restart (reconnect and resume elsewhere)."""
+    if isinstance(exc, ServerDraining):
+        return CloseCode.SERVICE_RESTART
+    return 4000 + exc.http_status
+
+
 def add_error_handlers(app: FastAPI) -> None:
+    """The app's handlers: the domain's table, and the framework's own refusals in our shape."""
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
@@ -65,43 +98,9 @@ def add_error_handlers(app: FastAPI) -> None:
             message = f"{message}: {request.method} {request.url.path[:200]}"
         return error_response(exc.status_code, message, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(JobNotFound)
-    async def not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return error_response(404, str(exc))
-
-    @app.exception_handler(JobFinished)
-    async def finished(request: Request, exc: JobFinished) -> JSONResponse:
-        return error_response(409, str(exc))
-
-    @app.exception_handler(ProviderConfigError)
-    async def provider_config(request: Request, exc: ProviderConfigError) -> JSONResponse:
-        return error_response(422, str(exc))
-
-    @app.exception_handler(Unauthorized)
-    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
-        return error_response(401, str(exc), headers=AUTHENTICATE)
-
-    @app.exception_handler(Forbidden)
-    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return error_response(403, str(exc))
-
-    @app.exception_handler(Refused)
-    async def refused(request: Request, exc: Refused) -> JSONResponse:
-        return error_response(
-            exc.status, str(exc), {"limit": exc.limit}, headers=retry_after(exc.retry_after)
-        )
-
-    @app.exception_handler(StoreError)
-    async def store_down(request: Request, exc: StoreError) -> JSONResponse:
-        log.warning("%s %s: %s (%r)", request.method, request.url.path, exc, exc.__cause__)
-        return error_response(
-            503, "storage unavailable, try again", headers=retry_after(STORE_RETRY_SECONDS)
-        )
-
     @app.exception_handler(ReviewstreamError)
-    async def other(request: Request, exc: ReviewstreamError) -> JSONResponse:
-        log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return error_response(500, str(exc))
+    async def domain(request: Request, exc: ReviewstreamError) -> JSONResponse:
+        return error_answer(exc, f"{request.method} {request.url.path}")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

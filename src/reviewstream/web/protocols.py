@@ -2,9 +2,9 @@
 
 ``LeanWebSocket``: uvicorn's websockets-sansio protocol (which refuses a frame above
 ``ws_max_size`` from its header, 1009) holding less per idle socket. Its inbox of received
-messages was an ``asyncio.Queue`` (four deques, ~3.3 KB) and its ``writable`` flag an
-``asyncio.Event`` (a deque, ~0.9 KB): here a list with its waiters, and a flag with its waiters,
-made only while someone waits (benchmarks/README.md, "Idle memory per connection"). uvicorn's
+messages was an ``asyncio.Queue`` and its ``writable`` flag an ``asyncio.Event``, each holding
+deques for the socket's life: here a list with its waiters, and a flag with its waiters, made
+only while someone waits (benchmarks/README.md, "Idle memory per connection"). uvicorn's
 code uses ``put_nowait``, ``get`` and ``empty`` of the one, ``set``, ``clear`` and ``wait`` of the
 other.
 """

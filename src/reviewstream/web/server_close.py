@@ -21,10 +21,9 @@ Anything else (a send before the accept, or after the app's own close) still goe
 bug it is. The close code the client gets is the server's (1009, 1011).
 
 One guard per WebSocket session, on its send path (``GuardedSend``, a slotted object: no
-closure and no frame held for the session's life): a call and two flag checks per message,
-against the framing and the write every message costs anyway. HTTP requests and streams pass
-untouched. ``ServerCloseIsDisconnect`` puts it on every WebSocket that reaches the app's routes;
-the job socket's lane (``web/lanes.py``) puts it on its own.
+closure and no frame held for the session's life): a call and two flag checks per message.
+HTTP requests and streams pass untouched. ``ServerCloseIsDisconnect`` puts it on every WebSocket
+that reaches the app's routes; ``web/delivery.py`` puts it on the delivery routes' sockets.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Jobs: create, short poll by offset, cancel."""
+"""Jobs: create and cancel (the short poll is a delivery route: ``short_poll``)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,8 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response, status
 
-from ...models import ErrorBody, JobCreated, JobPage, Links, ReviewRequest
-from ..deps import (
-    CREATE_ERRORS,
-    JOB_ERRORS,
-    Caller,
-    JobId,
-    Limit,
-    Offset,
-    PrivateJSONResponse,
-    Service,
-)
+from ...models import ErrorBody, JobCreated, Links, ReviewRequest
+from ..deps import CREATE_ERRORS, JOB_ERRORS, Caller, JobId, Service
 
 router = APIRouter(tags=["jobs"])
 
@@ -48,19 +39,6 @@ async def create_job(
     job_id, job_status = await service.create(body, caller)
     token = service.stream_token(job_id, caller)
     return JobCreated(id=job_id, status=job_status, links=links_for(request, job_id, token))
-
-
-@router.get(
-    "/jobs/{job_id}",
-    response_model=JobPage,
-    response_class=PrivateJSONResponse,
-    responses=JOB_ERRORS,
-)
-async def short_poll(
-    job_id: JobId, service: Service, caller: Caller, offset: Offset = 0, limit: Limit = None
-) -> JobPage:
-    """Short poll: the tokens stored from `offset` on, answered at once."""
-    return await service.poll(job_id, offset, limit, caller)
 
 
 @router.delete("/jobs/{job_id}", status_code=status.HTTP_204_NO_CONTENT, responses=_CANCEL_ERRORS)

@@ -1,0 +1,154 @@
+"""The delivery routes: each registered once, reached one way, read by one parser.
+
+A delivery route is a request per batch (polls) or a connection held for a whole job (SSE,
+WebSocket), so what runs per request and what an open stream holds per layer are its cost.
+``Delivery`` is a small ASGI router among the app's middlewares, just inside ``ConnectionCap``
+and CORS (which still apply): it owns the delivery paths and answers them without the
+framework's route matching, dependency solving and response models, which do nothing for them.
+Every other request goes on down the app's stack.
+
+For each request of a delivery path: the caller from its credentials (``params.credentials``,
+401 first, as for every route), then the route's parameters (``params.read``, 422), then the
+route's endpoint, which calls the service and encodes through ``wire``. A domain error raised
+before the answer starts is answered from the one table (``handlers.error_answer``); a
+WebSocket route tells its errors by close code from the same table. Another method on a path of
+its own is a 405; on a path shared with the app's routes (``DELETE /jobs/{id}``) it goes on down.
+
+Each route also describes itself (``Operation``) and ``describe`` adds it to the app's OpenAPI
+document, from the same ``Param`` declarations that read the request.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic.json_schema import models_json_schema
+from starlette.routing import compile_path
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ..errors import ReviewstreamError
+from ..models import JobPage
+from ..service import ReviewService
+from ..tenancy import Principal
+from .handlers import error_answer, error_response
+from .params import Param, Params, credentials, read
+from .server_close import GuardedSend
+
+HttpEndpoint = Callable[[ReviewService, Params, Principal], Awaitable[ASGIApp]]
+SocketEndpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+SECURITY: list[dict[str, list[str]]] = [
+    {"HTTPBearer": []},
+    {"APIKeyQuery": []},
+]  # the schemes the app's other routes declare
+_REF = "#/components/schemas/{model}"
+
+
+@dataclass(frozen=True)
+class Operation:
+    """How the OpenAPI document describes a route (a WebSocket route has none)."""
+
+    summary: str
+    description: str
+    tags: tuple[str, ...]
+    responses: dict[int | str, dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One delivery route. ``endpoint`` answers an HTTP request with a response to send;
+    a WebSocket route's ``socket`` runs the session, reading its own handshake."""
+
+    name: str
+    path: str
+    takes: tuple[Param, ...]
+    endpoint: HttpEndpoint | None = None
+    socket: SocketEndpoint | None = None
+    operation: Operation | None = None
+    method: str = "GET"
+    shares_path: bool = False  # other methods of the path are the app's other routes'
+    pattern: re.Pattern[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pattern", compile_path(self.path)[0])
+
+    @property
+    def kind(self) -> str:
+        return "websocket" if self.socket is not None else "http"
+
+
+class Delivery:
+    """Pure ASGI: the delivery routes' requests, answered here; every other, down the stack."""
+
+    def __init__(self, app: ASGIApp, routes: Sequence[Route]) -> None:
+        self.app = app
+        self.routes = tuple(routes)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http" or kind == "websocket":
+            path = route_path(scope)
+            for route in self.routes:
+                match = route.pattern.match(path)
+                if match is None or route.kind != kind:
+                    continue
+                scope["path_params"] = match.groupdict()
+                if route.socket is not None:
+                    await route.socket(scope, receive, GuardedSend(send))
+                    return
+                if scope["method"] == route.method:
+                    await self._http(route, scope, receive, send)
+                    return
+                if not route.shares_path:
+                    await self._not_allowed(route, scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    async def _http(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        assert route.endpoint is not None
+        service: ReviewService = scope["state"]["service"]
+        try:
+            caller = service.gate.principal(*credentials(scope))
+            params = read(scope, route.takes, scope["path_params"].get("job_id"))
+            response = await route.endpoint(service, params, caller)
+        except ReviewstreamError as exc:
+            response = error_answer(exc, f"{scope['method']} {scope['path']}")
+        await response(scope, receive, send)
+
+    async def _not_allowed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+        message = f"Method Not Allowed: {scope['method']} {scope['path'][:200]}"
+        response = error_response(405, message, headers={"Allow": route.method})
+        await response(scope, receive, send)
+
+
+def route_path(scope: Scope) -> str:
+    """The request's path within the app (without the ``root_path`` it is mounted at)."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+def describe(document: dict[str, Any], routes: Sequence[Route]) -> None:
+    """Add the routes' operations (and the schemas they refer to) to an OpenAPI document."""
+    paths = document.setdefault("paths", {})
+    for route in routes:
+        if route.operation is None:
+            continue
+        op = route.operation
+        operation_id = re.sub(r"\W", "_", f"{route.name}{route.path}") + "_" + route.method.lower()
+        paths.setdefault(route.path, {})[route.method.lower()] = {
+            "tags": list(op.tags),
+            "summary": op.summary,
+            "description": op.description,
+            "operationId": operation_id,
+            "security": SECURITY,
+            "parameters": [param.openapi() for param in route.takes],
+            "responses": {str(status): answer for status, answer in op.responses.items()},
+        }
+    _, schemas = models_json_schema([(JobPage, "serialization")], ref_template=_REF)
+    components = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in schemas.get("$defs", {}).items():
+        components.setdefault(name, schema)
