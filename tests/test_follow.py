@@ -76,7 +76,9 @@ async def crowd(
     offset: int = 0,
 ) -> AsyncIterator[tuple[list[Follower], Feed]]:
     """``n`` followers of ``job_id`` from ``offset`` on a hub of their own, and their feed."""
-    hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds)
+    hub = Hub(
+        store.redis, store.keys, store, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds
+    )
     await hub.start()
     try:
         async with contextlib.AsyncExitStack() as stack:

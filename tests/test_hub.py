@@ -11,6 +11,7 @@ from reviewstream.hub import Feed, Hub
 from reviewstream.hub.subscribers import PlainSubscriber
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus
+from reviewstream.store import JobStore
 from reviewstream.wire import sse_token_event
 
 
@@ -141,7 +142,8 @@ async def test_waiters_leave_their_lowest_offset_until_the_next_wake_up() -> Non
 async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redis) -> None:
     """A sweep while a new job's SUBSCRIBE waits its turn must not drop the feed: its joiner
     would never see the confirmation and fail after the subscribe timeout."""
-    hub = Hub(redis, Keys("t"), subscribe_timeout=2, linger_seconds=0)
+    store = JobStore(redis, Keys("t"), retention_seconds=0)
+    hub = Hub(redis, store.keys, store, subscribe_timeout=2, linger_seconds=0)
     await hub.start()
     joined: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
     leave = asyncio.Event()
