@@ -165,7 +165,7 @@ async def test_an_end_past_what_the_follower_got_reads_the_rest_first(
         assert await next_batch(follower) == (1, [" two", " three"])
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
-        assert follower.finished
+        assert follower.reached_end
 
 
 # -- the hub's check of quiet feeds -----------------------------------------------------------
@@ -295,4 +295,4 @@ async def test_a_job_ended_before_the_follower_came_ends_right_after_its_last_to
         assert await next_batch(follower) == (offset, ["one", " two", " three"][offset:])
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
-        assert follower.finished
+        assert follower.reached_end

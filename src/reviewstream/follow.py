@@ -45,7 +45,7 @@ class Follower:
         # The end of a job that had ended when a list read brought its last tokens: its end was
         # announced before, and nothing will announce it again.
         self._read_end: JobEnd | None = None
-        self.finished = False
+        self.reached_end = False  # the job's end was returned: nothing follows it
 
     @property
     def tenant(self) -> str:
@@ -135,11 +135,11 @@ class Follower:
         if isinstance(item, Batch):
             self.offset = item.next_offset
         else:
-            self.finished = True
+            self.reached_end = True
         return item
 
     async def __aiter__(self) -> AsyncIterator[Batch | JobEnd | JobNotice]:
-        while not self.finished:
+        while not self.reached_end:
             yield await self.next()
 
 

@@ -113,7 +113,7 @@ class Feed:
         self.attempts = max(self.attempts, notice.attempt)
         self._wake()
 
-    def finish(self, end: JobEnd) -> None:
+    def job_ended(self, end: JobEnd) -> None:
         """The job's end, heard on the channel or read by the hub's check: the first counts."""
         if self.end is not None:
             return  # heard twice (a check found it before its notice arrived): one wake-up

@@ -228,7 +228,7 @@ class Hub:
         if snap.tokens:
             feed.push(Batch(snap.offset, snap.tokens, snap.ts))
         if snap.done:
-            feed.finish(snap.end())
+            feed.job_ended(snap.end())
 
     def _job_id(self, feed: Feed) -> str:
         return self._keys.job_id_of_channel(feed.channel)
@@ -256,7 +256,7 @@ class Hub:
         if isinstance(notice, Batch):
             feed.push(notice)
         elif isinstance(notice, JobEnd):
-            feed.finish(notice)
+            feed.job_ended(notice)
         else:
             feed.announce(notice)
 

@@ -128,7 +128,7 @@ async def job_socket(websocket: WebSocket) -> None:
             alongside(read_commands(websocket, service, job_id, caller)),
         ):
             # Here, not in a function of its own: every open socket holds each frame it is in.
-            while not follower.finished:  # not `async for`: one async generator less per socket
+            while not follower.reached_end:  # not `async for`: one async generator less per socket
                 await websocket.send_text(ws_message(await follower.next()))
         await websocket.close(CloseCode.END_OF_JOB, "end of job")
     except WebSocketDisconnect:
