@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from reviewstream.errors import JobNotFound
-from reviewstream.follow import Follower, FollowOptions, open_follower
+from reviewstream.follow import Follower, FollowOptions
 from reviewstream.hub import Feed, Hub
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus, ReviewRequest
@@ -83,14 +83,27 @@ async def crowd(
     try:
         async with contextlib.AsyncExitStack() as stack:
             options = FollowOptions(page_size)
-            followers = [
-                await stack.enter_async_context(open_follower(hub, store, job_id, offset, options))
-                for _ in range(n)
-            ]
+            followers = [await follow(stack, hub, store, job_id, offset, options) for _ in range(n)]
             feed = await stack.enter_async_context(hub.join(job_id))
             yield followers, feed
     finally:
         await hub.aclose()
+
+
+async def follow(
+    stack: contextlib.AsyncExitStack,
+    hub: Hub,
+    store: JobStore,
+    job_id: str,
+    offset: int,
+    options: FollowOptions,
+) -> Follower:
+    """A follower held in ``stack``, opened as ``ReviewService.follow`` opens one: the job's
+    feed joined (subscribed and confirmed), then the follower's first list read."""
+    feed = await stack.enter_async_context(hub.join(job_id))
+    follower = Follower(store, feed, job_id, offset, options)
+    await follower.start()
+    return follower
 
 
 async def unannounced(store: JobStore, job_id: str, *tokens: str) -> None:
