@@ -20,7 +20,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from reviewstream.errors import JobNotFound
-from reviewstream.follow import Follower, FollowOptions, open_follower
+from reviewstream.follow import Follower, FollowOptions
 from reviewstream.hub import Feed, Hub
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus, ReviewRequest
@@ -76,19 +76,34 @@ async def crowd(
     offset: int = 0,
 ) -> AsyncIterator[tuple[list[Follower], Feed]]:
     """``n`` followers of ``job_id`` from ``offset`` on a hub of their own, and their feed."""
-    hub = Hub(store.redis, store.keys, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds)
+    hub = Hub(
+        store.redis, store.keys, store, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds
+    )
     await hub.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             options = FollowOptions(page_size)
-            followers = [
-                await stack.enter_async_context(open_follower(hub, store, job_id, offset, options))
-                for _ in range(n)
-            ]
+            followers = [await follow(stack, hub, store, job_id, offset, options) for _ in range(n)]
             feed = await stack.enter_async_context(hub.join(job_id))
             yield followers, feed
     finally:
         await hub.aclose()
+
+
+async def follow(
+    stack: contextlib.AsyncExitStack,
+    hub: Hub,
+    store: JobStore,
+    job_id: str,
+    offset: int,
+    options: FollowOptions,
+) -> Follower:
+    """A follower held in ``stack``, opened as ``ReviewService.follow`` opens one: the job's
+    feed joined (subscribed and confirmed), then the follower's first list read."""
+    feed = await stack.enter_async_context(hub.join(job_id))
+    follower = Follower(store, feed, job_id, offset, options)
+    await follower.start()
+    return follower
 
 
 async def unannounced(store: JobStore, job_id: str, *tokens: str) -> None:
@@ -163,7 +178,7 @@ async def test_an_end_past_what_the_follower_got_reads_the_rest_first(
         assert await next_batch(follower) == (1, [" two", " three"])
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
-        assert follower.finished
+        assert follower.reached_end
 
 
 # -- the hub's check of quiet feeds -----------------------------------------------------------
@@ -293,4 +308,4 @@ async def test_a_job_ended_before_the_follower_came_ends_right_after_its_last_to
         assert await next_batch(follower) == (offset, ["one", " two", " three"][offset:])
         end = await next_end(follower)
         assert end.status is JobStatus.DONE and end.next_offset == 3
-        assert follower.finished
+        assert follower.reached_end

@@ -11,6 +11,7 @@ from reviewstream.hub import Feed, Hub
 from reviewstream.hub.subscribers import PlainSubscriber
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus
+from reviewstream.store import JobStore
 from reviewstream.wire import sse_token_event
 
 
@@ -71,7 +72,7 @@ async def test_coalescing_wakes_followers_once_per_window_with_one_timer() -> No
     # The end is not held back: it wakes at once, with the tokens still in the window.
     version = feed.version
     feed.push(Batch(5, ["5"], [5.0]))
-    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=6))
+    feed.job_ended(JobEnd(status=JobStatus.DONE, next_offset=6))
     assert feed.version == version + 1
     await asyncio.sleep(0.08)
     assert feed.version == version + 1  # the window's timer was cancelled, no second wake
@@ -102,8 +103,8 @@ def test_a_notification_already_held_is_old_news_and_a_partial_one_adds_its_rest
 def test_an_end_heard_twice_wakes_followers_once() -> None:
     feed = feed_with(Batch(0, ["a"], [1.0]))
     version = feed.version
-    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
-    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
+    feed.job_ended(JobEnd(status=JobStatus.DONE, next_offset=1))
+    feed.job_ended(JobEnd(status=JobStatus.DONE, next_offset=1))
     assert feed.version == version + 1 and feed.end is not None
 
 
@@ -131,7 +132,7 @@ async def test_waiters_leave_their_lowest_offset_until_the_next_wake_up() -> Non
     assert not feed.due(time.monotonic() + 60, 5)
     feed.resubscribed()
     await asyncio.wait_for(waiter, 1)
-    feed.finish(JobEnd(status=JobStatus.DONE, next_offset=1))
+    feed.job_ended(JobEnd(status=JobStatus.DONE, next_offset=1))
     waiter = asyncio.create_task(feed.changed(feed.version, 1))
     await asyncio.sleep(0)
     assert feed.waiting_from == 1 and not feed.due(time.monotonic() + 60, 5)
@@ -141,7 +142,8 @@ async def test_waiters_leave_their_lowest_offset_until_the_next_wake_up() -> Non
 async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redis) -> None:
     """A sweep while a new job's SUBSCRIBE waits its turn must not drop the feed: its joiner
     would never see the confirmation and fail after the subscribe timeout."""
-    hub = Hub(redis, Keys("t"), subscribe_timeout=2, linger_seconds=0)
+    store = JobStore(redis, Keys("t"), retention_seconds=0)
+    hub = Hub(redis, store.keys, store, subscribe_timeout=2, linger_seconds=0)
     await hub.start()
     joined: asyncio.Future[Feed] = asyncio.get_running_loop().create_future()
     leave = asyncio.Event()

@@ -14,8 +14,10 @@ import itertools
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
+import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from reviewstream.hub import Feed, Hub
@@ -23,6 +25,7 @@ from reviewstream.hub.subscribers import ShardedSubscriber
 from reviewstream.keys import Keys
 from reviewstream.runtime import open_runtime
 from reviewstream.settings import Settings
+from reviewstream.store import JobStore
 
 from cluster import ClusterNode, LocalCluster
 
@@ -57,7 +60,8 @@ async def cluster_client(cluster: LocalCluster) -> AsyncIterator[RedisCluster]:
 @contextlib.asynccontextmanager
 async def hub_on(cluster: LocalCluster) -> AsyncIterator[tuple[Hub, ShardedSubscriber]]:
     async with cluster_client(cluster) as client:
-        hub = Hub(client, KEYS, subscribe_timeout=10, linger_seconds=0.5)
+        store = JobStore(cast(aioredis.Redis, client), KEYS, retention_seconds=0)
+        hub = Hub(client, KEYS, store, subscribe_timeout=10, linger_seconds=0.5)
         subscriber = hub._subscriber
         assert isinstance(subscriber, ShardedSubscriber)
         await hub.start()

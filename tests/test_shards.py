@@ -76,7 +76,7 @@ def store(redis: aioredis.Redis, tuned: Settings) -> JobStore:
 @contextlib.asynccontextmanager
 async def running(store: JobStore, settings: Settings) -> AsyncIterator[Worker]:
     """A worker and a reaper on ``store``, as a worker process runs them."""
-    hub = Hub(store.redis, store.keys)
+    hub = Hub(store.redis, store.keys, store)
     await hub.start()
     reaper = Reaper(store, settings)
     await reaper.start()

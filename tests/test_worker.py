@@ -61,7 +61,7 @@ def store(redis: aioredis.Redis, settings: Settings) -> JobStore:
 async def in_process_worker(
     store: JobStore, redis: aioredis.Redis, settings: Settings
 ) -> AsyncIterator[Worker]:
-    hub = Hub(redis, store.keys)
+    hub = Hub(redis, store.keys, store)
     await hub.start()
     reaper = Reaper(store, settings)  # every process runs one
     await reaper.start()
@@ -180,7 +180,7 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
     for texts in (["One", " two"], [" three", " four"], [" five", " six"]):
         upstream.script(Reply(frames=openai_frames(texts, usage=None, done=False), cut=True))
     tuned = settings.model_copy(update={"openai_base_url": upstream.url + "/v1", "max_attempts": 3})
-    hub = Hub(redis, store.keys)
+    hub = Hub(redis, store.keys, store)
     await hub.start()
     async with httpx.AsyncClient() as http:
         worker = Worker(store, hub, tuned, http, grace_seconds=0.1)

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import math
 import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 from . import scripts
@@ -162,21 +160,11 @@ class StreamCounter:
             await asyncio.wait([self._task], timeout=2.0)
             self._task = None
 
-    @contextlib.asynccontextmanager
-    async def hold(self, principal: Principal) -> AsyncIterator[None]:
-        """Count one open stream of the principal's tenant, or raise ``QuotaExceeded``."""
-        counted = await self.take(principal)
-        try:
-            yield
-        finally:
-            if counted:
-                self.give_back(principal)
-
     async def take(self, principal: Principal) -> bool:
-        """``hold`` without its generator frame (a long poll takes one per request).
+        """Count one open stream of the principal's tenant, or raise ``QuotaExceeded``.
 
-        Counts one open stream, or raises ``QuotaExceeded``; False when nothing is counted (no
-        limit, or open mode). What it counted, ``give_back`` releases.
+        False when nothing is counted (no limit, or open mode); what it counted, ``give_back``
+        releases.
         """
         if not self.limit or principal.open:
             return False
@@ -192,6 +180,7 @@ class StreamCounter:
         return True
 
     def give_back(self, principal: Principal) -> None:
+        """Release a stream that ``take`` counted."""
         self._local[principal.tenant] -= 1
 
     async def _others_of(self, tenant: str) -> int:
@@ -287,17 +276,8 @@ class Watchers:
             await asyncio.wait([self._task], timeout=2.0)
             self._task = None
 
-    @contextlib.contextmanager
-    def watching(self, job_id: str) -> Iterator[None]:
-        """A follower of the job is open here."""
-        self.opened(job_id)
-        try:
-            yield
-        finally:
-            self.closed(job_id)
-
     def opened(self, job_id: str) -> None:
-        """``watching`` without its generator frame: a follower of the job opened here."""
+        """A follower of the job opened here (``closed`` when it closes)."""
         if self.enabled:
             self._open[job_id] += 1
             self._polled.add(job_id)  # marked at the next write even if it closes before

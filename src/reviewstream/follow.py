@@ -1,24 +1,23 @@
 """Following a job from offset N: the one machinery every live delivery mode uses.
 
-``open_follower`` joins the job's feed on the hub (subscribed and confirmed), then reads the list
-from N, so there is no gap between "read history" and "listen". The follower then yields
-``Batch``es in offset order, each token exactly once, and last one ``JobEnd``; a ``JobNotice``
-heard while following (an attempt lost, a new one begun) comes once the follower has every token
-stored before it. It takes tokens from the feed's shared buffer while it keeps up and reads the
-list in pages when it does not (joining late, a slow client, a notification lost to a
-reconnect). An offset past the end waits.
+A ``Follower`` is built on the job's feed once the hub has joined it (subscribed and
+confirmed: ``ReviewService.follow``), and its ``start`` reads the list from N, so there is no
+gap between "read history" and "listen". Its ``next`` then returns ``Batch``es in offset order,
+each token exactly once, and last one ``JobEnd``; a ``JobNotice`` heard while following (an
+attempt lost, a new one begun) comes once the follower has every token stored before it. It
+takes tokens from the feed's shared buffer while it keeps up and reads the list in pages when it
+does not (joining late, a slow client, a notification lost to a reconnect). An offset past the
+end waits.
 A waiting follower leaves its offset on the feed and costs nothing else: the hub checks a quiet
 job once for all its waiters (``hub``), and wakes them only when they missed something.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from .errors import ServerDraining
-from .hub import Feed, Hub
+from .hub import Feed
 from .models import Batch, JobEnd, JobNotice
 from .store import JobStore
 
@@ -29,7 +28,7 @@ class FollowOptions:
 
 
 class Follower:
-    """An async iterator of ``Batch`` then one ``JobEnd``, from a start offset."""
+    """``Batch``es then one ``JobEnd`` (and any ``JobNotice`` between), from a start offset."""
 
     def __init__(
         self, store: JobStore, feed: Feed, job_id: str, offset: int, options: FollowOptions
@@ -45,7 +44,7 @@ class Follower:
         # The end of a job that had ended when a list read brought its last tokens: its end was
         # announced before, and nothing will announce it again.
         self._read_end: JobEnd | None = None
-        self.finished = False
+        self.reached_end = False  # the job's end was returned: nothing follows it
 
     @property
     def tenant(self) -> str:
@@ -135,21 +134,5 @@ class Follower:
         if isinstance(item, Batch):
             self.offset = item.next_offset
         else:
-            self.finished = True
+            self.reached_end = True
         return item
-
-    async def __aiter__(self) -> AsyncIterator[Batch | JobEnd | JobNotice]:
-        while not self.finished:
-            yield await self.next()
-
-
-@contextlib.asynccontextmanager
-async def open_follower(
-    hub: Hub, store: JobStore, job_id: str, offset: int, options: FollowOptions
-) -> AsyncIterator[Follower]:
-    """Follow ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding if unknown."""
-    async with hub.join(job_id) as feed:
-        follower = Follower(store, feed, job_id, offset, options)
-        # The first read also proves the job exists, so routes can answer 404 before streaming.
-        await follower.start()
-        yield follower

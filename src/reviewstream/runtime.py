@@ -195,10 +195,12 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         await embedded.aclose()
 
 
-def hub_for(redis: RedisClient, keys: Keys, settings: Settings) -> Hub:
+def hub_for(redis: RedisClient, store: JobStore, settings: Settings) -> Hub:
+    """The process's hub on ``redis``; it checks quiet jobs through ``store``."""
     return Hub(
         redis,
-        keys,
+        store.keys,
+        store,
         buffer_tokens=settings.hub_buffer_tokens,
         subscribe_timeout=settings.subscribe_timeout_seconds,
         linger_seconds=settings.feed_linger_seconds,
@@ -238,11 +240,11 @@ async def running_worker(
         http = await stack.enter_async_context(provider_http_client(settings))
         redis = redis_client(url, settings)
         stack.push_async_callback(redis.aclose)
+        store = job_store(redis, keys, settings)
         if hub is None:
-            hub = hub_for(redis, keys, settings)
+            hub = hub_for(redis, store, settings)
             await hub.start()
             stack.push_async_callback(hub.aclose)
-        store = job_store(redis, keys, settings)
         worker = Worker(store, hub, settings, http)
         await worker.start()
         stack.push_async_callback(worker.aclose)
@@ -364,7 +366,7 @@ async def open_runtime(
         keys = Keys(settings.key_prefix, settings.queue_shards)
         store = job_store(redis, keys, settings)
         await store.ensure_group()
-        hub = hub_for(redis, keys, settings)
+        hub = hub_for(redis, store, settings)
         await hub.start()
         stack.push_async_callback(hub.aclose)
         gate = await gatekeeper(settings, store)

@@ -72,7 +72,7 @@ class Events:
         if self._state == "new":
             self._state = "following"
             return sse_preamble(self._retry_ms)
-        if self._state == "done" or self._follower.finished:
+        if self._state == "done" or self._follower.reached_end:
             raise StopAsyncIteration
         try:
             return sse_event(await self._follower.next())

@@ -103,9 +103,9 @@ async def job_socket(scope: Scope, receive: Receive, send: Send) -> None:
             # The reader ends the sending when the client leaves or sends a bad message.
             alongside(read_commands(websocket, service, params.job_id, caller)),
         ):
-            # Not `async for`, and not in a function of its own: an open socket holds every
-            # frame and async generator it is suspended in for its life.
-            while not follower.finished:
+            # Not in a function of its own: an open socket holds every frame it is suspended
+            # in for its life.
+            while not follower.reached_end:
                 await websocket.send_text(ws_message(await follower.next()))
         await websocket.close(CloseCode.END_OF_JOB, "end of job")
     except WebSocketDisconnect:

@@ -1,24 +1,14 @@
-"""How the hub listens: the pub/sub connection(s) behind its feeds.
+"""``ShardedSubscriber``: the hub on a Redis Cluster (Redis >= 7), ``SSUBSCRIBE`` per job channel
+on the master that serves its slot, so a message travels only within that shard.
 
-- ``PlainSubscriber`` (a single Redis): one connection, a ``SUBSCRIBE`` per job channel. A
-  placeholder channel keeps it in pub/sub mode and proves it works; when it breaks, every
-  channel is lost and the subscriber reconnects (backoff from 50 ms to 2 s) and subscribes them
-  all again. redis-py may also reconnect and resubscribe on its own: the hub sees only the new
-  confirmations.
-- ``ShardedSubscriber`` (a Redis Cluster, Redis >= 7): ``SSUBSCRIBE`` each channel on the master
-  that serves its slot, so a message travels only within that shard; one connection per node
-  it needs, each read by a task of its own, closed when it holds no channel any more. A node's
-  connection that breaks loses that node's channels only; a ``SSUBSCRIBE`` refused (``MOVED``
-  after a resharding or failover, ``CLUSTERDOWN``) or a ``sunsubscribe`` the server sends by
-  itself (the slot left the node) loses that channel. Lost channels are placed again after a
-  topology refresh, on whatever node serves their slot then, retried with the same backoff
-  while their node is away. redis-py never reconnects these connections by itself: a multi-slot
-  resubscription would be refused (``CROSSSLOT``), and a silent one would hide a loss.
-
-Both tell the hub (a ``Listener``) the same three things: a channel's subscription was
-confirmed (the first time or again, after a loss: either way a new epoch for its feed), a
-message arrived on a channel, and channels were lost (their feeds must stop trusting their
-buffers until confirmed again). Each resubscribes what it lost by itself.
+One connection per node it needs, each read by a task of its own, closed when it holds no
+channel any more. A node's connection that breaks loses that node's channels only; a
+``SSUBSCRIBE`` refused (``MOVED`` after a resharding or failover, ``CLUSTERDOWN``) or a
+``sunsubscribe`` the server sends by itself (the slot left the node) loses that channel. Lost
+channels are placed again after a topology refresh, on whatever node serves their slot then,
+retried with the shared backoff while their node is away. redis-py never reconnects these
+connections by itself: a multi-slot resubscription would be refused (``CROSSSLOT``), and a
+silent one would hide a loss.
 """
 
 from __future__ import annotations
@@ -27,8 +17,7 @@ import asyncio
 import collections
 import contextlib
 import logging
-from collections.abc import Collection
-from typing import Any, Protocol
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
@@ -37,121 +26,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisClusterException, RedisError, ResponseError
 
+from .base import BACKOFF_FIRST, BACKOFF_MAX, POLL_SECONDS, Listener, as_text
+
 log = logging.getLogger(__name__)
-
-BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0  # between attempts to get a lost subscription back
-POLL_SECONDS = 1.0  # a reader's wait per read: redis-py's health checks run between reads
-
-
-class Listener(Protocol):
-    """What the hub hears from its subscriber."""
-
-    def subscribed(self, channel: str) -> None: ...
-
-    def received(self, channel: str, data: Any) -> None: ...
-
-    def lost(self, channels: Collection[str]) -> None: ...
-
-
-class Subscriber(Protocol):
-    """The hub's pub/sub connection(s): ``run`` reads until cancelled and gets back what breaks."""
-
-    async def run(self) -> None: ...
-
-    async def subscribe(self, channel: str) -> None: ...
-
-    async def unsubscribe(self, channel: str) -> None: ...
-
-    async def aclose(self) -> None: ...
 
 
 class _Unreachable(RedisClusterException):
     """The channel's node could not be reached in this round already."""
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
-class PlainSubscriber:
-    """One pub/sub connection to a single Redis, ``SUBSCRIBE`` per channel (module docstring)."""
-
-    def __init__(self, redis: aioredis.Redis, placeholder: str, listener: Listener) -> None:
-        self._redis = redis
-        self._placeholder = placeholder
-        self._listener = listener
-        self._channels: dict[str, None] = {}  # every channel wanted, in the order asked for
-        self._sent: set[str] = set()  # every channel named on this connection
-        self._pubsub: Any = None
-        self.connected = asyncio.Event()
-        self.lock = asyncio.Lock()  # one (UN)SUBSCRIBE at a time on the connection
-
-    async def run(self) -> None:
-        backoff = BACKOFF_FIRST
-        while True:
-            try:
-                await self._connect()
-                backoff = BACKOFF_FIRST
-                await self._listen()
-            except (RedisError, OSError) as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from e
-                log.warning("hub lost its Redis subscription (%s); reconnecting", e)
-            self.connected.clear()
-            # Lost too: those given up with their confirmation outstanding (never coming now).
-            self._listener.lost(self._sent | self._channels.keys())
-            await self._close()
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX)
-
-    async def subscribe(self, channel: str) -> None:
-        self._channels[channel] = None
-        if self.connected.is_set():
-            await self._send("subscribe", channel)
-
-    async def unsubscribe(self, channel: str) -> None:
-        self._channels.pop(channel, None)
-        if self.connected.is_set():
-            await self._send("unsubscribe", channel)
-
-    async def aclose(self) -> None:
-        await self._close()
-
-    async def _send(self, command: str, channel: str) -> None:
-        self._sent.add(channel)
-        try:
-            async with self.lock:
-                await getattr(self._pubsub, command)(channel)
-        except RedisError as e:  # the reader hears of a broken connection too
-            log.warning("%s %s failed: %s", command, channel, e)
-
-    async def _connect(self) -> None:
-        self._sent.clear()
-        self._pubsub = self._redis.pubsub()
-        await self._pubsub.subscribe(self._placeholder)
-        self.connected.set()
-        for channel in list(self._channels):  # taken at once: later ones are sent by subscribe()
-            await self._send("subscribe", channel)
-
-    async def _listen(self) -> None:
-        pubsub, listener = self._pubsub, self._listener
-        while True:
-            message = await pubsub.get_message(timeout=POLL_SECONDS)
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                listener.received(_text(message["channel"]), message["data"])
-            elif kind == "subscribe":
-                listener.subscribed(_text(message["channel"]))
-
-    async def _close(self) -> None:
-        pubsub, self._pubsub = self._pubsub, None
-        self.connected.clear()
-        if pubsub is not None:
-            with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
 
 
 class _Shard:
@@ -331,7 +212,7 @@ class ShardedSubscriber:
                     continue
                 if message is None:
                     continue
-                kind, channel = message["type"], _text(message["channel"])
+                kind, channel = message["type"], as_text(message["channel"])
                 if kind == "smessage":
                     listener.received(channel, message["data"])
                 elif kind == "ssubscribe":
