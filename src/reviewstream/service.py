@@ -26,7 +26,7 @@ from .settings import Settings
 from .store import JobStore, Snapshot, new_job_id
 from .tenancy import Gatekeeper, Principal
 from .wire import long_poll_answer, page_json
-from .worker import Producers
+from .workers import Producers
 
 
 def page_of(snapshot: Snapshot) -> JobPage:
