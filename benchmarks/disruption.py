@@ -64,8 +64,8 @@ from redis.exceptions import RedisError
 
 import reviewstream
 from reviewstream.bench.server import free_port
-from reviewstream.embedded import redis_server_binary
 from reviewstream.keys import Keys
+from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.store import text_digest
 
 PACE = 30.0  # tokens/s of the simulated model

@@ -32,7 +32,7 @@ import urllib.request
 from pathlib import Path
 
 from reviewstream.bench.server import cpu_seconds
-from reviewstream.embedded import redis_server_binary
+from reviewstream.processes.redis_server import redis_server_binary
 
 
 def free_port() -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from redis import Redis
 from redis.crc import key_slot
 
-from reviewstream.embedded import redis_server_binary, redis_server_version
+from reviewstream.processes.redis_server import redis_server_binary, redis_server_version
 
 from conftest import free_port
 

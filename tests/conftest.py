@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 import uvicorn
 from redis import Redis as SyncRedis
 
-from reviewstream.embedded import redis_server_binary
+from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 

@@ -24,9 +24,9 @@ import pytest
 import redis.asyncio as aioredis
 from redis import Redis as SyncRedis
 
-from reviewstream.embedded import redis_server_binary
 from reviewstream.keys import Keys
 from reviewstream.models import JobStatus
+from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.settings import Settings
 from reviewstream.store import JobStore
 from reviewstream.web import create_app

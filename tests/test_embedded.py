@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from reviewstream.embedded import redis_server_binary, redis_server_version
+from reviewstream.processes.redis_server import redis_server_binary, redis_server_version
 
 from conftest import free_port
 

@@ -38,7 +38,7 @@ from reviewstream.store import (
 )
 from reviewstream.tenancy import Principal
 from reviewstream.web import create_app, server_options
-from reviewstream.worker import Reaper, Worker
+from reviewstream.workers import Reaper, Worker
 
 import followers as fl
 from conftest import serve

@@ -20,7 +20,7 @@ from reviewstream.keys import Keys
 from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.settings import Settings
 from reviewstream.store import JobStore, text_digest
-from reviewstream.worker import Reaper, Worker
+from reviewstream.workers import Reaper, Worker
 
 from upstreams import Reply, ScriptedUpstream, openai_frames
 

@@ -40,10 +40,12 @@ def serve(args: argparse.Namespace) -> int:
     if settings.redis_url is None:
         log.info("REVIEWSTREAM_REDIS_URL is unset: starting an embedded redis-server")
     if settings.processes > 1:
-        from .web.processes import Listen, serve_processes
+        from .processes.serve import Listen, serve_processes
 
         listen = Listen(args.host, args.port, args.log_level)
-        return serve_processes(settings, listen, run_workers=not args.api_only)
+        return serve_processes(
+            settings, listen, run_workers=not args.api_only, log_format=LOG_FORMAT
+        )
     app = create_app(settings, run_worker=not args.api_only)
     config = uvicorn.Config(
         app,
@@ -70,7 +72,7 @@ def with_grace(settings: Settings, graceful_timeout: float | None) -> Settings:
 
 async def run_worker(settings: Settings) -> None:
     from .runtime import open_runtime
-    from .worker import Worker
+    from .workers import Worker
 
     if settings.redis_url is None:
         raise SystemExit("reviewstream worker needs REVIEWSTREAM_REDIS_URL (a shared Redis)")
@@ -91,9 +93,9 @@ def worker(args: argparse.Namespace) -> int:
     """Run workers until SIGTERM/SIGINT, then exit the process at once.
 
     Once ``run_worker`` returns, every job is handed over and every connection closed; the
-    interpreter's teardown (freeing every imported module's objects) only adds time: 0.3-1.4 s
-    on a busy 2-core machine, which pushed the exit past ``--graceful-timeout`` + 1 s. So the
-    process ends without it, as ``serve`` does (uvicorn re-raises the SIGTERM it handled).
+    interpreter's teardown (freeing every imported module's objects) only adds time, enough on
+    a busy machine to push the exit past ``--graceful-timeout`` plus a second. So the process
+    ends without it, as ``serve`` does (uvicorn re-raises the SIGTERM it handled).
     """
     asyncio.run(run_worker(with_grace(Settings(), args.graceful_timeout)))
     logging.shutdown()

@@ -4,16 +4,8 @@
 embedded redis-server when no URL is set), the job store, the process's hub, the gatekeeper
 (API keys and stream tokens), admission (quotas, stream counts, the queued-job reaper) and, with
 ``worker=True``, the workers, where ``workers_in`` says (``REVIEWSTREAM_SERVE_WORKERS`` under
-``serve``):
-
-- ``inline``: a ``Worker`` on this event loop, with the providers' HTTP client and a Redis pool
-  of its own (a burst of followers must never starve appends and lease renewals), sharing the
-  process's hub;
-- ``thread``: the same ``Worker`` in a thread of this process, on an event loop of its own with
-  its own Redis pools, hub and HTTP client (``WorkerThread``): API requests never queue in front
-  of a producer's step, though both threads still share the GIL;
-- ``process``: a ``reviewstream worker`` child process (``embedded.WorkerProcess``), started
-  and supervised here, on the same Redis; API load cannot reach it at all.
+``serve``: inline, a thread, or a child process; ``workers.placement``). A worker opens its own
+Redis pool, hub and providers' HTTP client here (``running_worker``), wherever it runs.
 
 The API's lifespan (``web.create_app``) and ``reviewstream worker`` both run on it, so they
 cannot drift apart.
@@ -21,11 +13,9 @@ cannot drift apart.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
+import functools
 import logging
-import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -40,13 +30,13 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .admission import Admission, StreamCounter, Watchers
-from .embedded import EmbeddedRedis, WorkerProcess
 from .hub import Hub
 from .keys import Keys
+from .processes.redis_server import EmbeddedRedis
 from .settings import Settings, WorkersIn
 from .store import JobStore
 from .tenancy import Gatekeeper, Keyring, StreamTokens
-from .worker import Producers, Reaper, Worker
+from .workers import Producers, Reaper, Worker, open_workers
 
 log = logging.getLogger(__name__)
 
@@ -251,105 +241,6 @@ async def running_worker(
         yield worker
 
 
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop when installed (as ``serve`` runs the API on), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
-
-
-class WorkerThread:
-    """A ``Worker`` in a thread of this process, on an event loop of its own.
-
-    The thread opens its own Redis pool, hub and providers' HTTP client on its loop (redis-py
-    and httpx objects belong to the loop that made them). ``start()`` returns once the worker
-    announced itself; ``begin_shutdown()`` may be called from the API's loop; ``aclose()``
-    waits, without blocking the caller's loop, until the worker handed its jobs over and the
-    thread ended.
-    """
-
-    def __init__(self, url: str, keys: Keys, settings: Settings) -> None:
-        self._url = url
-        self._keys = keys
-        self._settings = settings
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None  # set on the thread's loop
-        self._worker: Worker | None = None
-        self._started: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._ended: concurrent.futures.Future[None] = concurrent.futures.Future()
-        self._thread = threading.Thread(target=self._main, name="reviewstream-worker", daemon=True)
-
-    @property
-    def running(self) -> int:
-        return self._worker.running if self._worker is not None else 0
-
-    async def start(self) -> None:
-        self._thread.start()
-        await asyncio.wrap_future(self._started)
-
-    def begin_shutdown(self) -> None:
-        self._call(lambda worker: worker.begin_shutdown())
-
-    async def aclose(self) -> None:
-        self._call(lambda _: self._stop.set() if self._stop is not None else None)
-        await asyncio.wrap_future(self._ended)
-        self._thread.join()
-
-    def _call(self, action: Callable[[Worker], object]) -> None:
-        loop, worker = self._loop, self._worker
-        if loop is not None and worker is not None:
-            with contextlib.suppress(RuntimeError):  # the thread's loop is closed already
-                loop.call_soon_threadsafe(action, worker)
-
-    def _main(self) -> None:
-        try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(self._run())
-        except Exception as e:
-            if not self._started.done():
-                self._started.set_exception(e)
-            else:
-                log.exception("the worker thread failed: this process runs no jobs any more")
-        finally:
-            if not self._started.done():
-                self._started.set_exception(RuntimeError("the worker thread ended at its start"))
-            self._ended.set_result(None)
-
-    async def _run(self) -> None:
-        self._stop = asyncio.Event()
-        async with running_worker(self._url, self._keys, self._settings) as worker:
-            self._worker = worker
-            self._loop = asyncio.get_running_loop()
-            self._started.set_result(None)
-            log.info("worker %s running in a thread of its own", worker.name)
-            await self._stop.wait()
-        # Leaving the block: Worker.aclose waits out the grace begin_shutdown started, hands
-        # the rest over, then the thread's pools and hub close.
-
-
-@contextlib.asynccontextmanager
-async def open_workers(
-    url: str, keys: Keys, settings: Settings, where: WorkersIn, store: JobStore, hub: Hub
-) -> AsyncIterator[Producers]:
-    """The workers of one process, started ``where`` it runs them (see the module docstring)."""
-    if where == "inline":
-        async with running_worker(url, keys, settings, hub) as worker:
-            yield worker
-        return
-    producers: WorkerThread | WorkerProcess = (
-        WorkerThread(url, keys, settings)
-        if where == "thread"
-        else WorkerProcess(url, settings, store)
-    )
-    await producers.start()
-    try:
-        yield producers
-    finally:
-        await producers.aclose()
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(
     settings: Settings, *, worker: bool, workers_in: WorkersIn = "inline"
@@ -381,8 +272,9 @@ async def open_runtime(
         stack.push_async_callback(reaper.aclose)
         running: Producers | None = None
         if worker:
+            open_worker = functools.partial(running_worker, url, keys, settings)
             running = await stack.enter_async_context(
-                open_workers(url, keys, settings, workers_in, store, hub)
+                open_workers(workers_in, open_worker, hub, url, settings, store)
             )
         admission = Admission(store, settings)
         yield Runtime(settings, redis, store, hub, gate, admission, streams, watchers, running)

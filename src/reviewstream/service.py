@@ -23,7 +23,7 @@ from .runtime import Runtime
 from .settings import Settings
 from .store import JobStore, Snapshot, new_job_id
 from .tenancy import Gatekeeper, Principal
-from .worker import Producers
+from .workers import Producers
 
 
 def page_of(snapshot: Snapshot) -> JobPage:

@@ -36,7 +36,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
-from ..embedded import redis_server_binary
+from ..processes.redis_server import redis_server_binary
 from .plan import ServerConfig
 
 log = logging.getLogger(__name__)

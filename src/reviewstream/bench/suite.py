@@ -16,7 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from ..embedded import redis_server_binary
+from ..processes.redis_server import redis_server_binary
 from . import memory
 from .machine import describe, source_fingerprint
 from .plan import BenchOptions, Scenario, ServerConfig, baseline_for, build_plan

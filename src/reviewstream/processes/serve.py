@@ -8,7 +8,7 @@ processes:
   (``runtime.redis_url``), whose URL every API process is given;
 - the workers, unless ``--api-only``: with ``REVIEWSTREAM_SERVE_WORKERS=process`` (the default)
   one ``WorkerProcess``, the parent's child, running the configured concurrency in total; with
-  ``thread`` or ``inline`` each API process runs its share of it (``worker_share``), so that the
+  ``thread`` or ``inline`` each API process runs its share of it (``workers.shares``), so that the
   processes together run the configured concurrency;
 - the listening socket, bound once, and uvicorn's supervisor, which spawns the API processes on
   it, pings them, and replaces one that dies.
@@ -27,47 +27,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import tempfile
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import IO
 
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
-from ..embedded import WorkerProcess, die_with_parent
 from ..keys import Keys
 from ..runtime import job_store, redis_client, redis_url
 from ..settings import Settings
-from .app import begin_shutdown, create_app, server_options
+from ..web import begin_shutdown, create_app, server_options
+from ..workers import WorkerProcess
+from ..workers.shares import claim_slot, slot_file, worker_share
+from .redis_server import die_with_parent
 
 log = logging.getLogger(__name__)
 
 STOP_MARGIN_SECONDS = 5.0  # past the grace, API processes still running are killed
-
-
-def worker_share(concurrency: int, processes: int, slot: int) -> int:
-    """The jobs API process ``slot`` (of ``processes``) runs at once: together, ``concurrency``."""
-    return concurrency // processes + (1 if slot < concurrency % processes else 0)
-
-
-def claim_slot(path: str, processes: int) -> tuple[int, IO[bytes]]:
-    """A slot number in ``range(processes)`` no other live API process holds, held by a lock on
-    one byte of ``path`` until this process exits (so a replacement takes its predecessor's)."""
-    slots = open(path, "r+b")  # held for the life of the process
-    while True:
-        for slot in range(processes):
-            with contextlib.suppress(OSError):
-                fcntl.lockf(slots, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, slot)
-                return slot, slots
-        time.sleep(0.05)  # a process being replaced still holds it
 
 
 def drain_on_exit_signals(app: FastAPI) -> None:
@@ -96,14 +77,13 @@ class ApiProcess:
 
     settings: Settings
     parent: int
+    log_format: str  # the parent's: a spawned process configures its logging anew
     slots: str | None = None  # thread or inline workers: the file their shares are claimed in
     _held: IO[bytes] | None = field(default=None, repr=False, compare=False)
 
     def __call__(self) -> FastAPI:
-        from ..cli import LOG_FORMAT
-
         die_with_parent(self.parent)
-        logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+        logging.basicConfig(level=logging.INFO, format=self.log_format)
         settings, run_worker = self.settings, self.slots is not None
         if self.slots is not None:
             processes = settings.processes
@@ -116,19 +96,6 @@ class ApiProcess:
         app = create_app(settings, run_worker=run_worker)
         drain_on_exit_signals(app)
         return app
-
-
-@contextlib.contextmanager
-def slot_file() -> Iterator[str]:
-    """A private file the API processes claim their worker shares in."""
-    directory = tempfile.mkdtemp(prefix="reviewstream-serve-")
-    path = os.path.join(directory, "slots")
-    Path(path).touch()
-    try:
-        yield path
-    finally:
-        os.unlink(path)
-        os.rmdir(directory)
 
 
 @contextlib.asynccontextmanager
@@ -154,12 +121,15 @@ class Listen:
     log_level: str
 
 
-def serve_processes(settings: Settings, listen: Listen, *, run_workers: bool) -> int:
-    """Run ``settings.processes`` API processes on one port until SIGTERM or SIGINT."""
-    return asyncio.run(_parent(settings, listen, run_workers=run_workers))
+def serve_processes(
+    settings: Settings, listen: Listen, *, run_workers: bool, log_format: str
+) -> int:
+    """Run ``settings.processes`` API processes on one port until SIGTERM or SIGINT; each
+    logs in ``log_format``."""
+    return asyncio.run(_parent(settings, listen, run_workers=run_workers, log_format=log_format))
 
 
-async def _parent(settings: Settings, listen: Listen, *, run_workers: bool) -> int:
+async def _parent(settings: Settings, listen: Listen, *, run_workers: bool, log_format: str) -> int:
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(redis_url(settings))
@@ -170,7 +140,7 @@ async def _parent(settings: Settings, listen: Listen, *, run_workers: bool) -> i
             workers = await stack.enter_async_context(worker_process(url, settings))
         elif run_workers:
             slots = stack.enter_context(slot_file())
-        factory = ApiProcess(settings, os.getpid(), slots)
+        factory = ApiProcess(settings, os.getpid(), log_format, slots)
         config = uvicorn.Config(
             factory,
             factory=True,

@@ -10,9 +10,9 @@ steps of a claim) are taken over by another worker after ``claim_idle_seconds``.
 A job is finished, not failed, when its producer is lost: a lapsed lease (found by the
 ``Reaper`` that every process runs), a worker shutting down after its grace, or Redis failing
 under the producer for longer than ``REVIEWSTREAM_REDIS_OUTAGE_SECONDS`` all put the job back in
-the queue (``let_go``), and its next attempt continues after the stored text
-(``REVIEWSTREAM_ON_PRODUCER_LOSS``), up to ``REVIEWSTREAM_MAX_ATTEMPTS``. Each attempt writes
-under its own owner token, so a producer that comes back after it was given up writes nothing.
+the queue (``handover.let_go``), and its next attempt continues after the stored text. Each
+attempt writes under its own owner token, so a producer that comes back after it was given up
+writes nothing.
 A job ended by someone else (a cancel, the reaper) is noticed through the hub at once, and its
 upstream stream is closed.
 """
@@ -27,70 +27,26 @@ import os
 import socket
 import time
 import uuid
-from typing import Protocol
 
 import httpx
 
-from .errors import (
+from ..errors import (
     JobNotFound,
     ProviderError,
     ReviewstreamError,
     StoreError,
     UpstreamInterrupted,
 )
-from .hub import Feed, Hub
-from .models import JobStatus, ReviewRequest, Usage
-from .providers import build_prompt, build_provider
-from .providers.base import Provider
-from .providers.resilience import resilient_stream
-from .settings import Settings
-from .store import Claim, JobStore, QueueEntry, Renewal, Requeue
+from ..hub import Feed, Hub
+from ..models import JobStatus, ReviewRequest, Usage
+from ..providers import build_prompt, build_provider
+from ..providers.base import Provider
+from ..providers.resilience import resilient_stream
+from ..settings import Settings
+from ..store import Claim, JobStore, QueueEntry, Renewal, Requeue
+from .handover import let_go, max_attempts
 
 log = logging.getLogger(__name__)
-
-
-def max_attempts(settings: Settings) -> int:
-    """Attempts a job gets: with ``on_producer_loss=fail``, one (as before durable jobs)."""
-    return 1 if settings.on_producer_loss == "fail" else settings.max_attempts
-
-
-async def let_go(
-    store: JobStore,
-    settings: Settings,
-    job_id: str,
-    cause: str,
-    *,
-    owner: str = "",
-    attempt: int | None = None,
-    only_if_lease_lapsed: bool = False,
-) -> Requeue:
-    """The job's producer is lost: queue its next attempt, or fail it when they are spent.
-
-    ``owner``/``attempt``: only if this attempt still runs it; ``only_if_lease_lapsed``: only if
-    its lease lapsed (the reapers; exactly one of them acts).
-    """
-    outcome, _ = await store.requeue(
-        job_id,
-        cause,
-        max_attempts=max_attempts(settings),
-        owner=owner,
-        attempt=attempt,
-        only_if_lease_lapsed=only_if_lease_lapsed,
-    )
-    return outcome
-
-
-class Producers(Protocol):
-    """What the API holds of the workers ``serve`` runs, wherever they run (``runtime``)."""
-
-    @property
-    def running(self) -> int:
-        """Jobs running in this process (0 when the workers run in a child process)."""
-        ...
-
-    def begin_shutdown(self) -> None:
-        """Stop claiming now and start the grace period; safe from the API's event loop."""
-        ...
 
 
 class Worker:
@@ -427,110 +383,3 @@ class Worker:
     async def _end_quietly(self, claim: Claim, status: JobStatus, error: str) -> None:
         with contextlib.suppress(ReviewstreamError, JobNotFound):
             await self.store.finish(claim.job_id, status, error=error, owner=claim.owner)
-
-
-class Reaper:
-    """Repairs what dead or stuck processes left, in every process (API-only ones too), on
-    every queue shard.
-
-    - Lapsed leases: a running job whose producer stopped renewing goes back to the queue (or
-      fails when its attempts are spent); the shard's script acts for exactly one process. A
-      lease left behind by an attempt that ended (its finish's second step never ran) is
-      dropped.
-    - Queued jobs that no worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS`` of
-      entering the queue end as failed (so does a job whose requeue was left half done and
-      whose entry nobody claimed within that time).
-
-    Each queue shard on its own: one that cannot be read (its Redis Cluster master down) holds
-    back no other, and a job that cannot be acted on (its own master down) no other job. After
-    a shard could not be read, its lapsed leases are left alone for one lease period, so that
-    producers that kept their tokens through the outage renew first.
-    """
-
-    def __init__(self, store: JobStore, settings: Settings) -> None:
-        self._store = store
-        self._settings = settings
-        self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        # monotonic, per shard: its lapsed leases are left alone before it
-        self._leases_after = dict.fromkeys(store.keys.shards, 0.0)
-
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="reviewstream-reaper")
-
-    async def aclose(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            await asyncio.wait([self._task], timeout=2.0)
-            self._task.cancel()
-            self._task = None
-
-    async def _run(self) -> None:
-        while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._settings.reap_interval_seconds):
-                    await self._stopping.wait()
-            if self._stopping.is_set():
-                return
-            for shard in self._store.keys.shards:
-                try:
-                    if time.monotonic() >= self._leases_after[shard]:
-                        await self.reap_leases(shard)
-                    await self.reap_queued(shard)
-                except StoreError as e:
-                    log.warning("reaping queue shard %d failed: %s", shard, e)
-                    self._leases_after[shard] = time.monotonic() + self._settings.lease_seconds
-
-    async def reap_leases(self, shard: int | None = None) -> list[str]:
-        """Requeue (or fail) every running job whose lease lapsed (on ``shard``, or on each);
-        returns the ids acted on."""
-        acted = []
-        for lease in await self._store.lapsed_leases(shard=shard):
-            try:
-                outcome = await let_go(
-                    self._store,
-                    self._settings,
-                    lease.job_id,
-                    "worker lost: its lease lapsed before the job finished",
-                    attempt=lease.attempt,
-                    only_if_lease_lapsed=True,
-                )
-            except JobNotFound:
-                await self._store.drop_lease(lease)
-                continue
-            except StoreError as e:  # this job's keys cannot be reached: the next round retries
-                log.warning("job %s: its lapsed lease stays for now: %s", lease.job_id, e)
-                continue
-            if outcome is not Requeue.NOTHING:
-                acted.append(lease.job_id)
-                log.warning("job %s: its worker's lease lapsed (%s)", lease.job_id, outcome.name)
-        return acted
-
-    async def reap_queued(self, shard: int | None = None) -> list[str]:
-        """Fail every job queued longer than the timeout (on ``shard``, or on each); returns
-        their ids. Every entry past it is dropped (an attempt whose claim was cut before its
-        lease gets it first)."""
-        timeout = self._settings.queued_timeout_seconds
-        cutoff_ms = int((time.time() - timeout) * 1000)
-        failed = []
-        for entry in await self._store.queued_before(cutoff_ms, count=100, shard=shard):
-            # Only the job this entry queued: at the attempt it names, still queued (or still
-            # running the attempt it says was lost: a requeue left half done).
-            statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if entry.attempt else JobStatus.QUEUED
-            try:
-                if await self._store.finish(
-                    entry.job_id,
-                    JobStatus.FAILED,
-                    error=f"no worker started the job within {timeout:g} s of queueing it",
-                    only_if_status=statuses,
-                    attempt=entry.attempt,
-                ):
-                    failed.append(entry.job_id)
-                    log.warning("job %s failed: queued for over %g s", entry.job_id, timeout)
-            except JobNotFound:
-                pass
-            except StoreError as e:  # this job's keys cannot be reached: the next round retries
-                log.warning("job %s: its old queue entry stays for now: %s", entry.job_id, e)
-                continue
-            await self._store.retire(entry, int(self._settings.lease_seconds * 1000))
-        return failed
