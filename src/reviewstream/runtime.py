@@ -44,7 +44,7 @@ from .embedded import EmbeddedRedis, WorkerProcess
 from .hub import Hub
 from .keys import Keys
 from .settings import Settings, WorkersIn
-from .store import JobStore
+from .store import Store
 from .tenancy import Gatekeeper, Keyring, StreamTokens
 from .worker import Producers, Reaper, Worker
 
@@ -57,7 +57,7 @@ class Runtime:
 
     settings: Settings
     redis: RedisClient
-    store: JobStore
+    store: Store
     hub: Hub
     gate: Gatekeeper
     admission: Admission
@@ -158,12 +158,12 @@ class CommandTable(AsyncCommandsParser):
             return await super()._get_moveable_keys(*args)
 
 
-def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> JobStore:
+def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> Store:
     """The store every process builds on ``redis`` (one place for its settings). On a cluster
-    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``JobStore``
+    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``Store``
     is typed for ``redis.asyncio.Redis``; the cluster client has the same commands (routed by
     their keys' slot), hence the cast."""
-    return JobStore(
+    return Store(
         cast(aioredis.Redis, redis),
         keys,
         retention_seconds=settings.retention_seconds,
@@ -207,7 +207,7 @@ def hub_for(redis: RedisClient, keys: Keys, settings: Settings) -> Hub:
     )
 
 
-async def gatekeeper(settings: Settings, store: JobStore) -> Gatekeeper:
+async def gatekeeper(settings: Settings, store: Store) -> Gatekeeper:
     """API keys from the settings; the token secret from the settings or shared via Redis."""
     keyring = None
     if settings.api_keys is not None and settings.api_keys.get_secret_value().strip():
@@ -221,7 +221,7 @@ async def gatekeeper(settings: Settings, store: JobStore) -> Gatekeeper:
     secret = (
         configured.get_secret_value().encode()
         if configured is not None
-        else await store.shared_secret()
+        else await store.workers.shared_secret()
         if keyring is not None
         else b""
     )
@@ -329,7 +329,7 @@ class WorkerThread:
 
 @contextlib.asynccontextmanager
 async def open_workers(
-    url: str, keys: Keys, settings: Settings, where: WorkersIn, store: JobStore, hub: Hub
+    url: str, keys: Keys, settings: Settings, where: WorkersIn, store: Store, hub: Hub
 ) -> AsyncIterator[Producers]:
     """The workers of one process, started ``where`` it runs them (see the module docstring)."""
     if where == "inline":
@@ -339,7 +339,7 @@ async def open_workers(
     producers: WorkerThread | WorkerProcess = (
         WorkerThread(url, keys, settings)
         if where == "thread"
-        else WorkerProcess(url, settings, store)
+        else WorkerProcess(url, settings, store.workers)
     )
     await producers.start()
     try:
@@ -363,7 +363,7 @@ async def open_runtime(
         stack.push_async_callback(redis.aclose)
         keys = Keys(settings.key_prefix, settings.queue_shards)
         store = job_store(redis, keys, settings)
-        await store.ensure_group()
+        await store.queue.ensure_group()
         hub = hub_for(redis, keys, settings)
         await hub.start()
         stack.push_async_callback(hub.aclose)

@@ -23,7 +23,7 @@ from .models import Batch, JobEnd, JobNotice, JobPage, JobStatus, ReviewRequest
 from .providers import default_model, validate_job
 from .runtime import Runtime
 from .settings import Settings
-from .store import JobStore, Snapshot, new_job_id
+from .store import Snapshot, Store, new_job_id
 from .tenancy import Gatekeeper, Principal
 from .wire import long_poll_answer, page_json
 from .worker import Producers
@@ -124,7 +124,7 @@ class Hold:
 @dataclass
 class ReviewService:
     settings: Settings
-    store: JobStore
+    store: Store
     hub: Hub
     gate: Gatekeeper
     admission: Admission
@@ -183,7 +183,7 @@ class ReviewService:
 
     async def poll(self, job_id: str, offset: int, limit: int | None, caller: Principal) -> JobPage:
         """Short poll: the stored tokens from ``offset`` on, now."""
-        snapshot = await self.store.read(job_id, offset, limit or self.settings.page_size)
+        snapshot = await self.store.jobs.read(job_id, offset, limit or self.settings.page_size)
         _check_may_see(caller, job_id, snapshot.tenant)
         self.watchers.polled(job_id)
         return page_of(snapshot)
@@ -250,7 +250,7 @@ class ReviewService:
         self.followers += 1
         try:
             async with self.hub.join(job_id) as feed:
-                follower = Follower(self.store, feed, job_id, offset, self.follow_options)
+                follower = Follower(self.store.jobs, feed, job_id, offset, self.follow_options)
                 await follower.start()  # proves the job exists, so routes can answer 404 first
                 _check_may_see(caller, job_id, follower.tenant)
                 self.watchers.opened(job_id)
@@ -276,7 +276,7 @@ class ReviewService:
     async def cancel(self, job_id: str, caller: Principal) -> None:
         """End the job as cancelled; ``JobFinished`` if it had ended already."""
         by_key = not caller.open and caller.job_id is None
-        _check_may_see(caller, job_id, await self.store.tenant_of(job_id) if by_key else "")
+        _check_may_see(caller, job_id, await self.store.jobs.tenant_of(job_id) if by_key else "")
         await self.store.cancel(job_id)
 
 

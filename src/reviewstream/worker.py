@@ -44,7 +44,7 @@ from .providers import build_prompt, build_provider
 from .providers.base import Provider
 from .providers.resilience import resilient_stream
 from .settings import Settings
-from .store import Claim, JobStore, QueueEntry, Renewal, Requeue
+from .store import Claim, QueueEntry, Renewal, Requeue, Store
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def max_attempts(settings: Settings) -> int:
 
 
 async def let_go(
-    store: JobStore,
+    store: Store,
     settings: Settings,
     job_id: str,
     cause: str,
@@ -103,7 +103,7 @@ class Worker:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         hub: Hub,
         settings: Settings,
         http: httpx.AsyncClient,
@@ -132,7 +132,7 @@ class Worker:
         return len(self._jobs)
 
     async def start(self) -> None:
-        await self.store.ensure_group()
+        await self.store.queue.ensure_group()
         await self._beat()  # ready to take jobs from now on: API processes may accept them
         self._readers = [
             asyncio.create_task(self._claim_loop(shard), name=f"worker-claim-{shard}-{self.name}")
@@ -163,7 +163,7 @@ class Worker:
             await asyncio.wait(pending, timeout=1.0)
         self._loops, self._readers = [], []
         with contextlib.suppress(StoreError):
-            await self.store.forget_worker(self.name)  # take no new jobs for this worker
+            await self.store.workers.forget_worker(self.name)  # take no new jobs for this worker
         assert self._hand_over_at is not None
         remaining = self._hand_over_at - time.monotonic()
         if self._jobs and remaining > 0:
@@ -188,7 +188,7 @@ class Worker:
         while not self._stopping.is_set():
             await self._slots.acquire()
             try:
-                entries = await self.store.next_entries(
+                entries = await self.store.queue.next_entries(
                     self.name, count=1, block_ms=1000, shard=shard
                 )
             except StoreError as e:
@@ -229,7 +229,7 @@ class Worker:
 
     async def _beat(self) -> None:
         forget_ms = int(self.settings.worker_heartbeat_timeout_seconds * 10_000)
-        await self.store.heartbeat(self.name, forget_ms)
+        await self.store.workers.heartbeat(self.name, forget_ms)
 
     async def _heartbeat_loop(self) -> None:
         """Announce this worker every third of the heartbeat window (sooner after a failure)."""
@@ -261,7 +261,7 @@ class Worker:
         """Take over one abandoned entry of ``shard`` when a slot is free."""
         if self._stopping.is_set() or self._slots.locked():
             return
-        for entry in await self.store.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
+        for entry in await self.store.queue.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
             if self._stopping.is_set():
                 return  # it stays pending: another worker reclaims it
             await self._slots.acquire()
@@ -343,12 +343,12 @@ class Worker:
 
     async def _produce(self, claim: Claim) -> None:
         job_id = claim.job_id
-        meta = await self.store.meta(job_id)
+        meta = await self.store.jobs.meta(job_id)
         request = ReviewRequest.model_validate_json(meta["request"])
         provider = self._provider(meta["provider"])
         continuation = ""
         if claim.offset and self.settings.on_producer_loss == "continue":
-            continuation = "".join(await self.store.text(job_id))
+            continuation = "".join(await self.store.jobs.text(job_id))
         prompt = build_prompt(request, meta["model"], self.settings, continuation=continuation)
         s = self.settings
         usage: Usage | None = None
@@ -382,9 +382,9 @@ class Worker:
             log.info("job %s failed upstream: %s", job_id, e)
             earlier = json.loads(meta.get("causes") or "[]")
             error = f"{e}; earlier: {'; '.join(earlier)}" if earlier else str(e)
-            await self.store.finish(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
+            await self.store.end(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
             return
-        await self.store.finish(
+        await self.store.end(
             job_id,
             JobStatus.DONE,
             usage=usage.model_dump() if usage is not None else None,
@@ -401,7 +401,9 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                return await self.store.append(claim.job_id, claim.owner, [token], offset=offset)
+                return await self.store.jobs.append(
+                    claim.job_id, claim.owner, [token], offset=offset
+                )
             except StoreError as e:
                 now = time.monotonic()
                 if give_up_at is None:
@@ -426,7 +428,7 @@ class Worker:
 
     async def _end_quietly(self, claim: Claim, status: JobStatus, error: str) -> None:
         with contextlib.suppress(ReviewstreamError, JobNotFound):
-            await self.store.finish(claim.job_id, status, error=error, owner=claim.owner)
+            await self.store.end(claim.job_id, status, error=error, owner=claim.owner)
 
 
 class Reaper:
@@ -435,7 +437,7 @@ class Reaper:
 
     - Lapsed leases: a running job whose producer stopped renewing goes back to the queue (or
       fails when its attempts are spent); the shard's script acts for exactly one process. A
-      lease left behind by an attempt that ended (its finish's second step never ran) is
+      lease left behind by an attempt that ended (the second step of its end never ran) is
       dropped.
     - Queued jobs that no worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS`` of
       entering the queue end as failed (so does a job whose requeue was left half done and
@@ -447,7 +449,7 @@ class Reaper:
     producers that kept their tokens through the outage renew first.
     """
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
         self._stopping = asyncio.Event()
@@ -485,7 +487,7 @@ class Reaper:
         """Requeue (or fail) every running job whose lease lapsed (on ``shard``, or on each);
         returns the ids acted on."""
         acted = []
-        for lease in await self._store.lapsed_leases(shard=shard):
+        for lease in await self._store.queue.lapsed_leases(shard=shard):
             try:
                 outcome = await let_go(
                     self._store,
@@ -496,7 +498,7 @@ class Reaper:
                     only_if_lease_lapsed=True,
                 )
             except JobNotFound:
-                await self._store.drop_lease(lease)
+                await self._store.queue.drop_lease(lease)
                 continue
             except StoreError as e:  # this job's keys cannot be reached: the next round retries
                 log.warning("job %s: its lapsed lease stays for now: %s", lease.job_id, e)
@@ -513,12 +515,12 @@ class Reaper:
         timeout = self._settings.queued_timeout_seconds
         cutoff_ms = int((time.time() - timeout) * 1000)
         failed = []
-        for entry in await self._store.queued_before(cutoff_ms, count=100, shard=shard):
+        for entry in await self._store.queue.queued_before(cutoff_ms, count=100, shard=shard):
             # Only the job this entry queued: at the attempt it names, still queued (or still
             # running the attempt it says was lost: a requeue left half done).
             statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if entry.attempt else JobStatus.QUEUED
             try:
-                if await self._store.finish(
+                if await self._store.end(
                     entry.job_id,
                     JobStatus.FAILED,
                     error=f"no worker started the job within {timeout:g} s of queueing it",

@@ -43,8 +43,8 @@ from redis.asyncio.cluster import RedisCluster
 from ..errors import JobNotFound, StoreError
 from ..keys import Keys
 from ..models import Batch, JobEnd, JobNotice
-from ..notices import parse_notice
 from ..store import JobStore
+from ..store.notices import parse_notice
 from .subscribers import PlainSubscriber, ShardedSubscriber, Subscriber
 
 log = logging.getLogger(__name__)
