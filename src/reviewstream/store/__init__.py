@@ -8,8 +8,8 @@ One module per concern:
 - ``lifecycle``: ``Store``, the three parts together, and the transitions that take a job
   through the queue (create, claim, renew, requeue, end, cancel, retire), each two single-slot
   steps ordered so that a cut between them is repaired;
-- ``types``: what they hand each other and their callers (``Snapshot``, ``QueueEntry``,
-  ``Lease``, ``Claim``);
+- ``types``: what they hand each other and their callers (``Snapshot``, ``Attempts``,
+  ``QueueEntry``, ``Lease``, ``Claim``);
 - ``scripts``: the Lua they run, one module per area, each script's reply an enum beside it;
 - ``notices``: what a job's channel carries — the Lua that writes it and the parser;
 - ``boundary``: ``redis_errors`` (Redis failures as ``StoreError``) and ``Script``.
