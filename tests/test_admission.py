@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from reviewstream.keys import Keys
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore
+from reviewstream.store import Store
 from reviewstream.web import create_app, server_options
 
 from conftest import serve
@@ -110,9 +110,9 @@ async def test_a_queued_job_nobody_starts_fails_after_the_timeout(
     settings: Settings, redis: aioredis.Redis
 ) -> None:
     s = keyed(settings, queued_timeout_seconds=0.5)
-    store = JobStore(redis, Keys(), retention_seconds=60)
+    store = Store(redis, Keys(), retention_seconds=60)
     async with api(s, run_worker=False) as c:
-        await store.heartbeat("a-worker-that-never-claims", 60_000)
+        await store.workers.heartbeat("a-worker-that-never-claims", 60_000)
         job = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
         # Unclaimed, its meta expires when it would have, failed at the timeout: should its
         # queue entry never have been added (the creating process died), it goes all the same.

@@ -131,17 +131,18 @@ async def test_a_lapsed_lease_is_reaped_and_the_job_continued(cluster: LocalClus
     store = job_store(redis, Keys(settings.key_prefix, settings.queue_shards), settings)
     try:
         async with app(settings, run_worker=False) as (base, client):
-            await store.heartbeat("dead", 60_000)  # a live worker, as far as admission knows
+            await store.workers.heartbeat("dead", 60_000)  # alive, as far as admission knows
             jobs = await jobs_on_every_master(cluster, client, length_words=100)
             entries = {
                 e.job_id: e
                 for shard in store.keys.shards
-                for e in await store.next_entries("dead", 100, 100, shard=shard)
+                for e in await store.queue.next_entries("dead", 100, 100, shard=shard)
             }
             for job in jobs:
                 claim = await store.claim(entries[job], "dead", 300)
                 assert claim is not None
-                assert await store.append(job, claim.owner, ["One ", "two ", "three "], offset=0)
+                tokens = ["One ", "two ", "three "]
+                assert await store.jobs.append(job, claim.owner, tokens, offset=0)
             for job in jobs:  # requeued by the API process's reaper: queued, attempt 1 lost
                 async with asyncio.timeout(10):
                     while (await client.get(f"/jobs/{job}")).json()["status"] != "queued":
@@ -156,7 +157,7 @@ async def test_a_lapsed_lease_is_reaped_and_the_job_continued(cluster: LocalClus
                     assert result.tokens == page["tokens"]
                     digest = hashlib.sha256(result.text.encode()).hexdigest()
                     assert result.ends[0]["sha256"] == digest
-                    causes = json.loads((await store.meta(job))["causes"])
+                    causes = json.loads((await store.jobs.meta(job))["causes"])
                     assert len(causes) == 1 and "lease" in causes[0], causes
     finally:
         await redis.aclose()
@@ -173,7 +174,7 @@ async def test_a_dead_master_holds_back_no_other_shards_reaping(cluster: LocalCl
     shard = next(s for s in store.keys.shards if cluster.node_of(store.keys.queue(s)) != victim)
     try:
         async with app(settings, run_worker=False) as (_, client):
-            await store.heartbeat("dead", 60_000)  # a live worker, as far as admission knows
+            await store.workers.heartbeat("dead", 60_000)  # alive, as far as admission knows
             stuck = kept = None  # keys on the victim / on a live master, both queued on `shard`
             for _ in range(200):
                 job = await new_job(client)
@@ -185,7 +186,8 @@ async def test_a_dead_master_holds_back_no_other_shards_reaping(cluster: LocalCl
                 if stuck and kept:
                     break
             assert stuck and kept
-            entries = {e.job_id: e for e in await store.next_entries("dead", 200, 100, shard=shard)}
+            read = await store.queue.next_entries("dead", 200, 100, shard=shard)
+            entries = {e.job_id: e for e in read}
             for job in (stuck, kept):  # the stuck one's lease lapses first
                 assert await store.claim(entries[job], "dead", 300) is not None
             victim.kill()
@@ -312,7 +314,7 @@ async def test_scripts_run_on_a_master_new_to_them_while_another_is_down(
         live.client().script_flush()
         victim.kill()
         assert await count(keys=[f"{{{job}}}:n"], args=[]) == 1
-        await store.seen([job])
+        await store.jobs.seen([job])
         assert await client.hget(meta, "seen_ms")
     finally:
         await client.aclose()

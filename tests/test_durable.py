@@ -28,7 +28,7 @@ from reviewstream.keys import Keys
 from reviewstream.models import JobStatus
 from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore
+from reviewstream.store import Store
 from reviewstream.web import create_app
 
 import followers as fl
@@ -343,7 +343,7 @@ async def test_a_job_nobody_follows_is_cancelled_and_a_followed_one_is_not(
 ) -> None:
     abandon = 1.0
     local = tuned(settings, abandon_seconds=abandon, sim_tokens_per_second=25, lease_seconds=0.6)
-    store = JobStore(redis, Keys(local.key_prefix), retention_seconds=60)
+    store = Store(redis, Keys(local.key_prefix), retention_seconds=60)
     async with serve(create_app(local)) as base:
         async with httpx.AsyncClient(base_url=base, timeout=30) as c:
             lonely = await create(c)
@@ -353,7 +353,7 @@ async def test_a_job_nobody_follows_is_cancelled_and_a_followed_one_is_not(
             r = await c.get(f"/jobs/{lonely}/long-poll", params={"timeout": 0.1})
             assert r.status_code == 200
             read_at = time.monotonic()
-            while not (snap := await store.read(lonely, 0, 0)).status.terminal:
+            while not (snap := await store.jobs.read(lonely, 0, 0)).status.terminal:
                 assert time.monotonic() - read_at < 10, snap
                 await asyncio.sleep(0.02)
             took = time.monotonic() - read_at

@@ -24,7 +24,7 @@ from reviewstream.follow import Follower, FollowOptions
 from reviewstream.hub import Feed, Hub
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, JobEnd, JobStatus, ReviewRequest
-from reviewstream.store import JobStore
+from reviewstream.store import JobStore, Store
 
 REQUEST = ReviewRequest(employee_name="Dorothy Vaughan", employee_review_points="Taught FORTRAN.")
 WORKER = "w"
@@ -32,24 +32,24 @@ OWNER = "w#1"  # the owner token of WORKER's first attempt
 
 
 @pytest.fixture
-async def store(redis: aioredis.Redis) -> JobStore:
-    store = JobStore(redis, Keys(), retention_seconds=60)
-    await store.ensure_group()
+async def store(redis: aioredis.Redis) -> Store:
+    store = Store(redis, Keys(), retention_seconds=60)
+    await store.queue.ensure_group()
     return store
 
 
 @pytest.fixture
-async def job_id(store: JobStore) -> str:
+async def job_id(store: Store) -> str:
     """A running job that ``OWNER`` may write to, with no tokens yet."""
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries(WORKER, 1, 100)
+    [entry] = await store.queue.next_entries(WORKER, 1, 100)
     assert await store.claim(entry, WORKER, 60_000)
     return job_id
 
 
 @contextlib.asynccontextmanager
 async def following(
-    store: JobStore,
+    store: Store,
     job_id: str,
     *,
     buffer_tokens: int = 1024,
@@ -67,7 +67,7 @@ async def following(
 
 @contextlib.asynccontextmanager
 async def crowd(
-    store: JobStore,
+    store: Store,
     job_id: str,
     n: int,
     buffer_tokens: int = 1024,
@@ -77,13 +77,19 @@ async def crowd(
 ) -> AsyncIterator[tuple[list[Follower], Feed]]:
     """``n`` followers of ``job_id`` from ``offset`` on a hub of their own, and their feed."""
     hub = Hub(
-        store.redis, store.keys, store, buffer_tokens=buffer_tokens, resync_seconds=resync_seconds
+        store.redis,
+        store.keys,
+        store.jobs,
+        buffer_tokens=buffer_tokens,
+        resync_seconds=resync_seconds,
     )
     await hub.start()
     try:
         async with contextlib.AsyncExitStack() as stack:
             options = FollowOptions(page_size)
-            followers = [await follow(stack, hub, store, job_id, offset, options) for _ in range(n)]
+            followers = [
+                await follow(stack, hub, store.jobs, job_id, offset, options) for _ in range(n)
+            ]
             feed = await stack.enter_async_context(hub.join(job_id))
             yield followers, feed
     finally:
@@ -106,7 +112,7 @@ async def follow(
     return follower
 
 
-async def unannounced(store: JobStore, job_id: str, *tokens: str) -> None:
+async def unannounced(store: Store, job_id: str, *tokens: str) -> None:
     """Put tokens on the job's list with no notification, as a lost message leaves them."""
     await store.redis.rpush(store.keys.chunks(job_id), *tokens)
     await store.redis.rpush(store.keys.times(job_id), *(["1.0"] * len(tokens)))
@@ -126,10 +132,10 @@ async def next_end(follower: Follower) -> JobEnd:
 
 @pytest.mark.parametrize("new_epoch", [Feed.resync, Feed.resubscribed], ids=lambda f: f.__name__)
 async def test_a_new_epoch_makes_a_caught_up_follower_read_what_it_was_never_told(
-    store: JobStore, job_id: str, new_epoch: Callable[[Feed], None]
+    store: Store, job_id: str, new_epoch: Callable[[Feed], None]
 ) -> None:
     async with following(store, job_id) as (follower, feed):
-        assert await store.append(job_id, OWNER, ["one"])
+        assert await store.jobs.append(job_id, OWNER, ["one"])
         assert await next_batch(follower) == (0, ["one"])
         await unannounced(store, job_id, " two")
         waiting = asyncio.create_task(next_batch(follower))
@@ -137,17 +143,17 @@ async def test_a_new_epoch_makes_a_caught_up_follower_read_what_it_was_never_tol
         assert not waiting.done()  # caught up with the feed, which knows nothing of " two"
         new_epoch(feed)
         assert await waiting == (1, [" two"])
-        assert await store.append(job_id, OWNER, [" three"])  # and back on the feed, once each
+        assert await store.jobs.append(job_id, OWNER, [" three"])  # and back on the feed, once each
         assert await next_batch(follower) == (2, [" three"])
 
 
 async def test_a_follower_behind_the_buffer_reads_the_list_in_pages(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with following(store, job_id, buffer_tokens=4, page_size=3) as (follower, feed):
         tokens = [f" t{i}" for i in range(20)]
         for token in tokens:  # one notification each; the feed keeps only the last four
-            assert await store.append(job_id, OWNER, [token])
+            assert await store.jobs.append(job_id, OWNER, [token])
         async with asyncio.timeout(2):
             while not feed.covers(len(tokens)):
                 await asyncio.sleep(0.01)
@@ -159,20 +165,20 @@ async def test_a_follower_behind_the_buffer_reads_the_list_in_pages(
         assert [len(got) for _, got in batches] == [3] * 6 + [2]
         assert [t for _, got in batches for t in got] == tokens
         # Caught up again: the next token comes from the feed, then the end.
-        assert await store.append(job_id, OWNER, [" last"])
+        assert await store.jobs.append(job_id, OWNER, [" last"])
         assert await next_batch(follower) == (20, [" last"])
-        assert await store.finish(job_id, JobStatus.DONE, owner=OWNER)
+        assert await store.end(job_id, JobStatus.DONE, owner=OWNER)
         assert (await next_end(follower)).next_offset == 21
 
 
 async def test_an_end_past_what_the_follower_got_reads_the_rest_first(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with following(store, job_id) as (follower, feed):
-        assert await store.append(job_id, OWNER, ["one"])
+        assert await store.jobs.append(job_id, OWNER, ["one"])
         assert await next_batch(follower) == (0, ["one"])
         await unannounced(store, job_id, " two", " three")
-        assert await store.finish(job_id, JobStatus.DONE, owner=OWNER)
+        assert await store.end(job_id, JobStatus.DONE, owner=OWNER)
         await asyncio.wait_for(feed.ended.wait(), 2)
         assert feed.end is not None and feed.end.next_offset == 3
         assert await next_batch(follower) == (1, [" two", " three"])
@@ -204,7 +210,7 @@ async def waiting(feed: Feed, offset: int, waits: list[asyncio.Task[object]]) ->
 
 
 async def test_idle_followers_cost_one_check_per_feed_not_a_read_each(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     """20 or 200 idle followers: the same few commands (status and count), nobody woken."""
     costs = {}
@@ -224,10 +230,10 @@ async def test_idle_followers_cost_one_check_per_feed_not_a_read_each(
 
 
 async def test_a_lost_notification_reaches_idle_followers_with_one_read(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with crowd(store, job_id, 50, resync_seconds=QUICK) as (followers, feed):
-        assert await store.append(job_id, OWNER, ["one"])
+        assert await store.jobs.append(job_id, OWNER, ["one"])
         for f in followers:
             assert await next_batch(f) == (0, ["one"])
         waits: list[asyncio.Task[object]] = [asyncio.create_task(f.next()) for f in followers]
@@ -242,16 +248,16 @@ async def test_a_lost_notification_reaches_idle_followers_with_one_read(
         cost = await commands(store.redis) - before
         assert cost["lrange"] == 2, cost  # one read of the missing range, for all 50
         # Back on the feed afterwards, once each.
-        assert await store.append(job_id, OWNER, [" four"])
+        assert await store.jobs.append(job_id, OWNER, [" four"])
         for f in followers:
             assert await next_batch(f) == (3, [" four"])
 
 
 async def test_an_end_whose_notice_was_lost_reaches_idle_followers(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with crowd(store, job_id, 20, resync_seconds=QUICK) as (followers, feed):
-        assert await store.append(job_id, OWNER, ["one"])
+        assert await store.jobs.append(job_id, OWNER, ["one"])
         for f in followers:
             assert await next_batch(f) == (0, ["one"])
         waits: list[asyncio.Task[object]] = [asyncio.create_task(f.next()) for f in followers]
@@ -267,13 +273,13 @@ async def test_an_end_whose_notice_was_lost_reaches_idle_followers(
 
 
 async def test_a_gap_wider_than_the_buffer_makes_followers_read_the_list(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with following(store, job_id, buffer_tokens=4, page_size=3, resync_seconds=QUICK) as (
         follower,
         feed,
     ):
-        assert await store.append(job_id, OWNER, ["t0"])
+        assert await store.jobs.append(job_id, OWNER, ["t0"])
         assert await next_batch(follower) == (0, ["t0"])
         tokens = [f" t{i}" for i in range(1, 11)]
         await unannounced(store, job_id, *tokens)
@@ -286,7 +292,7 @@ async def test_a_gap_wider_than_the_buffer_makes_followers_read_the_list(
 
 
 async def test_a_job_gone_from_redis_is_not_found_for_its_idle_followers(
-    store: JobStore, job_id: str
+    store: Store, job_id: str
 ) -> None:
     async with following(store, job_id, resync_seconds=QUICK) as (follower, feed):
         waits: list[asyncio.Task[object]] = [asyncio.create_task(follower.next())]
@@ -298,12 +304,12 @@ async def test_a_job_gone_from_redis_is_not_found_for_its_idle_followers(
 
 @pytest.mark.parametrize("offset", [0, 1])
 async def test_a_job_ended_before_the_follower_came_ends_right_after_its_last_tokens(
-    store: JobStore, job_id: str, offset: int
+    store: Store, job_id: str, offset: int
 ) -> None:
     # Its end was announced to nobody here: the list read that brings the last tokens must
     # bring the end too (the hub's resync, far off here, is not what ends a replay).
-    assert await store.append(job_id, OWNER, ["one", " two", " three"])
-    assert await store.finish(job_id, JobStatus.DONE, owner=OWNER)
+    assert await store.jobs.append(job_id, OWNER, ["one", " two", " three"])
+    assert await store.end(job_id, JobStatus.DONE, owner=OWNER)
     async with following(store, job_id, offset=offset) as (follower, _):
         assert await next_batch(follower) == (offset, ["one", " two", " three"][offset:])
         end = await next_end(follower)

@@ -226,7 +226,7 @@ async def test_the_runtime_opens_a_cluster_client_and_a_sharded_hub(cluster: Loc
         async with runtime.hub.join(jobs[0]) as feed:
             await heard(feed, runtime.redis, 0, "a")
         # The hub's check of quiet jobs: one pipeline, split per node by the cluster client.
-        assert await runtime.store.progress(jobs) == [(None, 0)] * 3
+        assert await runtime.store.jobs.progress(jobs) == [(None, 0)] * 3
 
 
 def test_a_cluster_needs_a_url() -> None:

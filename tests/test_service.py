@@ -25,7 +25,7 @@ from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.runtime import open_runtime
 from reviewstream.service import Holds, ReviewService
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore
+from reviewstream.store import Store
 from reviewstream.tenancy import OPEN
 
 REQUEST = ReviewRequest(employee_name="Mary Jackson", employee_review_points="Wind tunnels.")
@@ -38,10 +38,10 @@ async def serving(settings: Settings, **changes: Any) -> AsyncIterator[ReviewSer
         yield ReviewService.on(runtime)
 
 
-async def running_job(store: JobStore) -> str:
+async def running_job(store: Store) -> str:
     """A job that ``OWNER`` may write to, with no tokens yet."""
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("w", 1, 100)
+    [entry] = await store.queue.next_entries("w", 1, 100)
     assert await store.claim(entry, "w", 60_000)
     return job_id
 
@@ -63,14 +63,14 @@ async def warm(service: ReviewService, job_id: str, tokens: list[str]) -> Feed:
     store = service.store
     *before, last = tokens
     if before:
-        assert await store.append(job_id, OWNER, before, offset=0)
+        assert await store.jobs.append(job_id, OWNER, before, offset=0)
     waiting = poll(service, job_id, len(before))
     await held(service, 1)
     async with service.hub.join(job_id) as feed:
         async with asyncio.timeout(5):
             while feed.waiting_from is None:  # the first poll read the list, then waits
                 await asyncio.sleep(0.01)
-        assert await store.append(job_id, OWNER, [last], offset=len(before))
+        assert await store.jobs.append(job_id, OWNER, [last], offset=len(before))
         assert json.loads(await waiting)["tokens"] == [last]
         assert feed.covers(len(tokens))
         return feed
@@ -92,7 +92,7 @@ async def test_pollers_woken_at_one_offset_share_one_encoded_answer(settings: Se
         await warm(service, job_id, ["It", " was"])
         polls = [poll(service, job_id, 2) for _ in range(20)]
         await held(service, 20)
-        assert await service.store.append(job_id, OWNER, [" a", " good"], offset=2)
+        assert await service.store.jobs.append(job_id, OWNER, [" a", " good"], offset=2)
         bodies = await asyncio.gather(*polls)
         assert all(body is bodies[0] for body in bodies)  # one encoding, twenty answers
         answer = page(bodies[0])
@@ -118,7 +118,7 @@ async def test_pollers_behind_by_several_batches_share_one_merged_answer(
         job_id = await running_job(service.store)
         feed = await warm(service, job_id, ["One"])
         for offset, token in enumerate([" two", " three", " four"], start=1):
-            assert await service.store.append(job_id, OWNER, [token], offset=offset)
+            assert await service.store.jobs.append(job_id, OWNER, [token], offset=offset)
         async with asyncio.timeout(5):
             while feed.next_offset != 4:
                 await asyncio.sleep(0.01)
@@ -138,7 +138,7 @@ async def test_a_poller_behind_the_buffer_pages_from_redis(settings: Settings) -
         tokens = [f" t{i}" for i in range(8)]
         feed = await warm(service, job_id, tokens[:2])
         for offset in range(2, len(tokens)):  # one notification each; the feed keeps two
-            assert await service.store.append(job_id, OWNER, [tokens[offset]], offset=offset)
+            assert await service.store.jobs.append(job_id, OWNER, [tokens[offset]], offset=offset)
         async with asyncio.timeout(5):
             while feed.next_offset != len(tokens):
                 await asyncio.sleep(0.01)
@@ -186,7 +186,7 @@ async def test_a_held_poll_answers_the_end_with_the_text_hash(settings: Settings
         await warm(service, job_id, tokens)
         waiting = [poll(service, job_id, 2) for _ in range(3)]
         await held(service, 3)
-        assert await service.store.finish(job_id, JobStatus.DONE, owner=OWNER)
+        assert await service.store.end(job_id, JobStatus.DONE, owner=OWNER)
         answers = [page(body) for body in await asyncio.gather(*waiting)]
         digest = hashlib.sha256("".join(tokens).encode()).hexdigest()
         for answer in answers:

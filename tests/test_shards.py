@@ -28,14 +28,15 @@ from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.settings import Settings
 from reviewstream.store import (
     Claim,
-    JobStore,
     Lease,
     Renewal,
     Requeue,
     Script,
+    Store,
     new_job_id,
     text_digest,
 )
+from reviewstream.store.scripts.jobs import AttemptStart
 from reviewstream.tenancy import Principal
 from reviewstream.web import create_app, server_options
 from reviewstream.workers import Reaper, Worker
@@ -69,14 +70,14 @@ def tuned(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
-def store(redis: aioredis.Redis, tuned: Settings) -> JobStore:
-    return JobStore(redis, Keys(tuned.key_prefix, tuned.queue_shards), retention_seconds=60)
+def store(redis: aioredis.Redis, tuned: Settings) -> Store:
+    return Store(redis, Keys(tuned.key_prefix, tuned.queue_shards), retention_seconds=60)
 
 
 @contextlib.asynccontextmanager
-async def running(store: JobStore, settings: Settings) -> AsyncIterator[Worker]:
+async def running(store: Store, settings: Settings) -> AsyncIterator[Worker]:
     """A worker and a reaper on ``store``, as a worker process runs them."""
-    hub = Hub(store.redis, store.keys, store)
+    hub = Hub(store.redis, store.keys, store.jobs)
     await hub.start()
     reaper = Reaper(store, settings)
     await reaper.start()
@@ -93,11 +94,11 @@ async def running(store: JobStore, settings: Settings) -> AsyncIterator[Worker]:
         await hub.aclose()
 
 
-async def until(store: JobStore, job_id: str, predicate: Any, timeout: float) -> float:
+async def until(store: Store, job_id: str, predicate: Any, timeout: float) -> float:
     """Seconds until ``predicate(snapshot)`` holds; fails after ``timeout``."""
     start = time.monotonic()
     while True:
-        snap = await store.read(job_id, 0, 100_000)
+        snap = await store.jobs.read(job_id, 0, 100_000)
         if predicate(snap):
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
@@ -105,42 +106,42 @@ async def until(store: JobStore, job_id: str, predicate: Any, timeout: float) ->
         await asyncio.sleep(0.02)
 
 
-async def claim_next(store: JobStore, worker: str = "w1", lease_ms: int = 5000) -> Claim:
-    await store.ensure_group()
+async def claim_next(store: Store, worker: str = "w1", lease_ms: int = 5000) -> Claim:
+    await store.queue.ensure_group()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries(worker, 1, 100, shard=store.keys.shard_of(job_id))
+    [entry] = await store.queue.next_entries(worker, 1, 100, shard=store.keys.shard_of(job_id))
     claim = await store.claim(entry, worker, lease_ms)
     assert claim is not None and claim.job_id == job_id
     return claim
 
 
-async def lease_deadline(store: JobStore, lease: Lease) -> float | None:
+async def lease_deadline(store: Store, lease: Lease) -> float | None:
     score = await store.redis.zscore(store.keys.leases(lease.shard), lease.member)
     return None if score is None else float(score)
 
 
-async def causes(store: JobStore, job_id: str) -> list[str]:
-    return list(json.loads((await store.meta(job_id)).get("causes") or "[]"))
+async def causes(store: Store, job_id: str) -> list[str]:
+    return list(json.loads((await store.jobs.meta(job_id)).get("causes") or "[]"))
 
 
 # -- placement --------------------------------------------------------------------------------
 
 
 async def test_jobs_spread_over_the_shards_and_workers_read_every_one(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
     keys = store.keys
     ids = ids_on_every_shard(keys)
     for job_id in ids:
         await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
     for shard, job_id in zip(keys.shards, ids, strict=True):
-        assert (await store.meta(job_id))["shard"] == str(shard)
+        assert (await store.jobs.meta(job_id))["shard"] == str(shard)
         assert await store.redis.xlen(keys.queue(shard)) == 1
-    assert await store.queue_length() == len(ids)
+    assert await store.queue.queue_length() == len(ids)
     async with running(store, tuned):
         for job_id in ids:
             await until(store, job_id, lambda s: s.status is JobStatus.DONE, 20)
-    assert await store.queue_length() == 0 and await store.lapsed_leases() == []
+    assert await store.queue.queue_length() == 0 and await store.queue.lapsed_leases() == []
 
 
 async def test_jobs_on_every_shard_outlive_a_killed_worker_process(
@@ -149,7 +150,7 @@ async def test_jobs_on_every_shard_outlive_a_killed_worker_process(
     """``reviewstream worker`` processes on three shards: one is SIGKILLed mid-stream, another
     continues each of its jobs after the stored text."""
     keys = Keys(settings.key_prefix, 3)
-    store = JobStore(redis, keys, retention_seconds=60)
+    store = Store(redis, keys, retention_seconds=60)
     env = environment(
         str(settings.redis_url),
         {
@@ -169,27 +170,27 @@ async def test_jobs_on_every_shard_outlive_a_killed_worker_process(
             await until(store, job_id, lambda s: len(s.tokens) >= 3, 30)
         started[0].proc.send_signal(signal.SIGKILL)
         await started[0].proc.wait()
-        before = {j: (await store.read(j, 0, 100_000)).tokens for j in ids}
+        before = {j: (await store.jobs.read(j, 0, 100_000)).tokens for j in ids}
         started.append(await start("worker-2", ["worker"], env, tmp_path))
         for job_id in ids:
             await until(store, job_id, lambda s: s.status.terminal, 60)
     finally:
         await stop_all(started)
     for job_id in ids:
-        snap = await store.read(job_id, 0, 100_000)
+        snap = await store.jobs.read(job_id, 0, 100_000)
         assert (snap.status, snap.attempts) == (JobStatus.DONE, 2), snap
         assert snap.tokens[: len(before[job_id])] == before[job_id]
         assert snap.sha256 == text_digest(snap.tokens)
         assert "Barbara Liskov" in "".join(snap.tokens)
-    assert await store.queue_length() == 0 and await store.lapsed_leases() == []
+    assert await store.queue.queue_length() == 0 and await store.queue.lapsed_leases() == []
 
 
 # -- create: the job's meta, then its entry -----------------------------------------------------
 
 
-async def test_a_job_whose_entry_was_never_added_expires(store: JobStore) -> None:
+async def test_a_job_whose_entry_was_never_added_expires(store: Store) -> None:
     job_id = new_job_id()
-    await store.write_job(
+    await store.jobs.write(
         job_id,
         REQUEST,
         provider="simulated",
@@ -199,115 +200,115 @@ async def test_a_job_whose_entry_was_never_added_expires(store: JobStore) -> Non
         ttl_seconds=0.3,
     )
     # The creating process died here: a queued job that no entry names.
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.QUEUED
-    assert await store.queue_length() == 0
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.QUEUED
+    assert await store.queue.queue_length() == 0
     await asyncio.sleep(0.4)
     with pytest.raises(JobNotFound):
-        await store.read(job_id, 0, 1)
+        await store.jobs.read(job_id, 0, 1)
 
 
-async def test_a_claimed_job_no_longer_expires(store: JobStore) -> None:
-    await store.ensure_group()
+async def test_a_claimed_job_no_longer_expires(store: Store) -> None:
+    await store.queue.ensure_group()
     job_id = await store.create(
         REQUEST, provider="simulated", model="sim-default", unclaimed_ttl_seconds=1.0
     )
     assert 0 < await store.redis.pttl(store.keys.meta(job_id)) <= 1000
-    [entry] = await store.next_entries("w", 1, 100, shard=store.keys.shard_of(job_id))
+    [entry] = await store.queue.next_entries("w", 1, 100, shard=store.keys.shard_of(job_id))
     assert await store.claim(entry, "w", 5000) is not None
     assert await store.redis.pttl(store.keys.meta(job_id)) == -1
     await asyncio.sleep(1.05)
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.RUNNING
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.RUNNING
 
 
-async def test_a_job_whose_entry_cannot_be_added_fails(store: JobStore) -> None:
+async def test_a_job_whose_entry_cannot_be_added_fails(store: Store) -> None:
     job_id = new_job_id()
     # The shard's queue key holds a string: XADD fails (WRONGTYPE), as when its node fails.
     await store.redis.set(store.keys.queue(store.keys.shard_of(job_id)), "not a stream")
     with pytest.raises(StoreError):
         await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
-    snap = await store.read(job_id, 0, 1)
+    snap = await store.jobs.read(job_id, 0, 1)
     assert snap.status is JobStatus.FAILED and "could not be queued" in (snap.error or "")
 
 
 # -- claim: the job starts the attempt, then the shard drops the entry and adds the lease -------
 
 
-async def test_an_entry_delivered_twice_starts_one_attempt(store: JobStore) -> None:
-    await store.ensure_group()
+async def test_an_entry_delivered_twice_starts_one_attempt(store: Store) -> None:
+    await store.queue.ensure_group()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("w1", 1, 100, shard=store.keys.shard_of(job_id))
+    [entry] = await store.queue.next_entries("w1", 1, 100, shard=store.keys.shard_of(job_id))
     first = await store.claim(entry, "w1", 5000)
     assert first is not None
     assert await store.claim(entry, "w2", 5000) is None  # a slow worker's copy of the entry
-    assert (await store.meta(job_id))["owner"] == "w1#1"
+    assert (await store.jobs.meta(job_id))["owner"] == "w1#1"
     assert await lease_deadline(store, first.lease) is not None
 
 
 async def test_a_claim_cut_after_its_job_side_is_completed_by_the_next_claim(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
-    await store.ensure_group()
+    await store.queue.ensure_group()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("dead", 1, 100, shard=store.keys.shard_of(job_id))
-    assert (await store.start_attempt(entry, "dead"))[0] == 1
+    [entry] = await store.queue.next_entries("dead", 1, 100, shard=store.keys.shard_of(job_id))
+    assert (await store.jobs.start_attempt(entry, "dead"))[0] is AttemptStart.STARTED
     # The worker died here: attempt 1 runs nowhere, has no lease, and its entry is pending.
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.RUNNING
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.RUNNING
     assert await lease_deadline(store, Lease(job_id, 1, entry.shard)) is None
     async with running(store, tuned):
         took = await until(store, job_id, lambda s: s.status.terminal, 20)
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
     assert snap.sha256 == text_digest(snap.tokens)
     assert await causes(store, job_id) == [f"attempt 1: {LOST}"]
     # Taken over after claim_idle, given its lease, which lapsed and was reaped; then the run.
     s = tuned
     assert took < s.claim_idle_seconds + s.lease_seconds + 4 * s.reap_interval_seconds + 5.0
-    assert await store.queue_length() == 0 and await store.lapsed_leases() == []
+    assert await store.queue.queue_length() == 0 and await store.queue.lapsed_leases() == []
 
 
 async def test_an_old_entry_whose_claim_was_cut_gives_the_attempt_its_lease(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
     """The queued-timeout reaper drops old entries, but not the only trace of a cut claim."""
-    await store.ensure_group()
+    await store.queue.ensure_group()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("dead", 1, 100, shard=store.keys.shard_of(job_id))
-    assert (await store.start_attempt(entry, "dead"))[0] == 1
+    [entry] = await store.queue.next_entries("dead", 1, 100, shard=store.keys.shard_of(job_id))
+    assert (await store.jobs.start_attempt(entry, "dead"))[0] is AttemptStart.STARTED
     await asyncio.sleep(0.1)
     reaper = Reaper(store, tuned.model_copy(update={"queued_timeout_seconds": 0.05}))
     assert await reaper.reap_queued() == []  # it was not queued any more: not failed
-    assert await store.queue_length() == 0
+    assert await store.queue.queue_length() == 0
     assert await lease_deadline(store, Lease(job_id, 1, entry.shard)) is not None
     await asyncio.sleep(tuned.lease_seconds + 0.05)
     assert await reaper.reap_leases() == [job_id]  # the lease lapsed: attempt 2 is queued
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.QUEUED
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.QUEUED
 
 
 # -- losing an attempt: the shard takes the lease and adds the entry, then the job is queued ----
 
 
 async def test_a_lapse_cut_after_its_shard_side_is_completed_by_the_claim_of_its_entry(
-    store: JobStore, tuned: Settings, redis: aioredis.Redis
+    store: Store, tuned: Settings, redis: aioredis.Redis
 ) -> None:
     claim = await claim_next(store)
     job_id = claim.job_id
-    assert await store.append(job_id, claim.owner, ["Once", " upon"], offset=0)
+    assert await store.jobs.append(job_id, claim.owner, ["Once", " upon"], offset=0)
     pubsub = redis.pubsub()
     await pubsub.subscribe(store.keys.channel(job_id))
     await pubsub.get_message(timeout=1)
-    entry = await store.take_lease(claim.lease, "worker lost")
+    entry = await store.queue.take_lease(claim.lease, "worker lost")
     assert entry is not None and (entry.attempt, entry.cause) == (1, "worker lost")
-    assert await store.take_lease(claim.lease, "worker lost") is None  # exactly one winner
+    assert await store.queue.take_lease(claim.lease, "worker lost") is None  # exactly one winner
     # The reaper died here: the job still says running, but its producer's lease is gone.
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.RUNNING
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.RUNNING
     assert await store.renew(claim, 5000) is Renewal.LOST
     async with running(store, tuned):
         await until(store, job_id, lambda s: s.status.terminal, 20)
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
     assert snap.tokens[:2] == ["Once", " upon"] and snap.sha256 == text_digest(snap.tokens)
     assert await causes(store, job_id) == ["attempt 1: worker lost"]
-    assert not await store.append(job_id, claim.owner, ["!"])  # the old attempt is fenced off
+    assert not await store.jobs.append(job_id, claim.owner, ["!"])  # the old attempt is fenced off
     notices = []
     while msg := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2):
         if "status" in (data := json.loads(msg["data"])):
@@ -320,51 +321,51 @@ async def test_a_lapse_cut_after_its_shard_side_is_completed_by_the_claim_of_its
 
 
 async def test_a_cut_lapse_of_a_job_whose_attempts_are_spent_ends_it_failed(
-    store: JobStore,
+    store: Store,
 ) -> None:
     claim = await claim_next(store)
-    entry = await store.take_lease(claim.lease, "worker lost")
+    entry = await store.queue.take_lease(claim.lease, "worker lost")
     assert entry is not None
     assert await store.claim(entry, "w2", 5000, max_attempts=1) is None
-    snap = await store.read(claim.job_id, 0, 1)
+    snap = await store.jobs.read(claim.job_id, 0, 1)
     assert snap.status is JobStatus.FAILED
     assert snap.error == "gave up after 1 attempt: attempt 1: worker lost"
-    assert await store.queue_length() == 0 and await store.lapsed_leases() == []
+    assert await store.queue.queue_length() == 0 and await store.queue.lapsed_leases() == []
 
 
 async def test_a_cut_lapse_nobody_claims_fails_at_the_queued_timeout(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
     claim = await claim_next(store)
-    assert await store.take_lease(claim.lease, "worker lost") is not None
+    assert await store.queue.take_lease(claim.lease, "worker lost") is not None
     await asyncio.sleep(0.1)
     reaper = Reaper(store, tuned.model_copy(update={"queued_timeout_seconds": 0.05}))
     assert await reaper.reap_queued() == [claim.job_id]
-    snap = await store.read(claim.job_id, 0, 1)
+    snap = await store.jobs.read(claim.job_id, 0, 1)
     assert snap.status is JobStatus.FAILED and "no worker started" in (snap.error or "")
-    assert await store.queue_length() == 0
+    assert await store.queue.queue_length() == 0
 
 
 async def test_concurrent_reapers_requeue_each_lapsed_job_once(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
     claims = [await claim_next(store, lease_ms=50) for _ in range(4)]
     await asyncio.sleep(0.1)
     reapers = [Reaper(store, tuned) for _ in range(5)]
     acted = await asyncio.gather(*(r.reap_leases() for r in reapers))
     assert sorted(j for each in acted for j in each) == sorted(c.job_id for c in claims)
-    assert await store.queue_length() == len(claims)
+    assert await store.queue.queue_length() == len(claims)
     for claim in claims:
-        snap = await store.read(claim.job_id, 0, 1)
+        snap = await store.jobs.read(claim.job_id, 0, 1)
         assert (snap.status, snap.attempts) == (JobStatus.QUEUED, 1)
         assert await causes(store, claim.job_id) == [f"attempt 1: {LOST}"]
 
 
-async def test_a_stale_owner_cannot_let_a_later_attempt_go(store: JobStore) -> None:
+async def test_a_stale_owner_cannot_let_a_later_attempt_go(store: Store) -> None:
     first = await claim_next(store)
     outcome, _ = await store.requeue(first.job_id, "x", max_attempts=3, owner=first.owner)
     assert outcome is Requeue.QUEUED
-    [entry] = await store.next_entries("w2", 1, 100, shard=first.shard)
+    [entry] = await store.queue.next_entries("w2", 1, 100, shard=first.shard)
     second = await store.claim(entry, "w2", 5000)
     assert second is not None and second.attempt == 2
     for owner, attempt in ((first.owner, None), ("", 1), (first.owner, 1)):
@@ -380,11 +381,11 @@ async def test_a_stale_owner_cannot_let_a_later_attempt_go(store: JobStore) -> N
 
 
 async def test_a_finish_cut_after_its_job_side_leaves_a_lease_the_reaper_drops(
-    store: JobStore, tuned: Settings
+    store: Store, tuned: Settings
 ) -> None:
     claim = await claim_next(store, lease_ms=200)
-    assert await store.append(claim.job_id, claim.owner, ["Done."], offset=0)
-    ended, lease = await store.end_job(claim.job_id, JobStatus.DONE, owner=claim.owner)
+    assert await store.jobs.append(claim.job_id, claim.owner, ["Done."], offset=0)
+    ended, lease = await store.jobs.end(claim.job_id, JobStatus.DONE, owner=claim.owner)
     assert ended and lease == claim.lease
     # The worker died here: the ended job's lease is left behind.
     assert await lease_deadline(store, lease) is not None
@@ -397,9 +398,9 @@ async def test_a_finish_cut_after_its_job_side_leaves_a_lease_the_reaper_drops(
             await asyncio.sleep(0.02)
     finally:
         await reaper.aclose()
-    snap = await store.read(claim.job_id, 0, 10)
+    snap = await store.jobs.read(claim.job_id, 0, 10)
     assert (snap.status, snap.attempts, snap.tokens) == (JobStatus.DONE, 1, ["Done."])
-    assert await store.queue_length() == 0  # dropped, not requeued
+    assert await store.queue.queue_length() == 0  # dropped, not requeued
 
 
 # -- one slot per script ------------------------------------------------------------------------
@@ -448,12 +449,12 @@ async def test_every_script_and_transaction_touches_one_slot(
     }
     s = Settings(_env_file=None, **values)  # type: ignore[call-arg]
     keys = Keys(s.key_prefix, s.queue_shards)
-    store = JobStore(redis, keys, retention_seconds=60)
+    store = Store(redis, keys, retention_seconds=60)
     admission = Admission(store, s)
-    await store.ensure_group()
-    await store.heartbeat("w", 60_000)
-    assert await store.workers_alive(10_000) == 1
-    await store.shared_secret()
+    await store.queue.ensure_group()
+    await store.workers.heartbeat("w", 60_000)
+    assert await store.workers.workers_alive(10_000) == 1
+    await store.workers.shared_secret()
     await admission.check_capacity()
 
     # Every step of every transition, on every shard.
@@ -463,36 +464,36 @@ async def test_every_script_and_transaction_touches_one_slot(
         await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
     claims = []
     for shard in keys.shards:
-        [entry] = await store.next_entries("w", 1, 100, shard=shard)
+        [entry] = await store.queue.next_entries("w", 1, 100, shard=shard)
         claim = await store.claim(entry, "w", 5000)
         assert claim is not None and claim.shard == shard
         claims.append(claim)
     for claim in claims:
-        assert await store.append(claim.job_id, claim.owner, ["a", "b"], offset=0)
-        await store.seen([claim.job_id])
+        assert await store.jobs.append(claim.job_id, claim.owner, ["a", "b"], offset=0)
+        await store.jobs.seen([claim.job_id])
         assert await store.renew(claim, 5000, abandon_ms=30_000) is Renewal.RENEWED
-        await store.read(claim.job_id, 0, 10)
-        await store.progress([claim.job_id])
+        await store.jobs.read(claim.job_id, 0, 10)
+        await store.jobs.progress([claim.job_id])
         # Lost by its owner, claimed again (a reclaimed entry), lapsed, reaped, claimed, ended.
         outcome, _ = await store.requeue(
             claim.job_id, "handed over", max_attempts=5, owner=claim.owner, attempt=claim.attempt
         )
         assert outcome is Requeue.QUEUED
-        [entry] = await store.next_entries("dead", 1, 100, shard=claim.shard)
+        [entry] = await store.queue.next_entries("dead", 1, 100, shard=claim.shard)
         await asyncio.sleep(0.02)
-        [entry] = await store.reclaim_entries("w", 10, 1, shard=claim.shard)
+        [entry] = await store.queue.reclaim_entries("w", 10, 1, shard=claim.shard)
         again = await store.claim(entry, "w", 10)
         assert again is not None
         await asyncio.sleep(0.02)
         assert await Reaper(store, s).reap_leases() == [claim.job_id]
-        [entry] = await store.next_entries("w", 1, 100, shard=claim.shard)
+        [entry] = await store.queue.next_entries("w", 1, 100, shard=claim.shard)
         third = await store.claim(entry, "w", 5000)
         assert third is not None and third.attempt == 3
-        assert await store.finish(claim.job_id, JobStatus.DONE, owner=third.owner)
+        assert await store.end(claim.job_id, JobStatus.DONE, owner=third.owner)
     # A cancel, a queued timeout, attempts spent, a stale lease.
     cancelled = await store.create(REQUEST, provider="simulated", model="sim-default")
     await store.cancel(cancelled)
-    [entry] = await store.next_entries("w", 1, 100, shard=keys.shard_of(cancelled))
+    [entry] = await store.queue.next_entries("w", 1, 100, shard=keys.shard_of(cancelled))
     assert await store.claim(entry, "w", 5000) is None
     timed_out = await store.create(REQUEST, provider="simulated", model="sim-default")
     await asyncio.sleep(0.02)
@@ -501,11 +502,11 @@ async def test_every_script_and_transaction_touches_one_slot(
     spent = await claim_next(store, "w")
     assert (await store.requeue(spent.job_id, "x", max_attempts=1))[0] is Requeue.SPENT
     ended = await claim_next(store, "w", lease_ms=10)
-    await store.end_job(ended.job_id, JobStatus.DONE, owner=ended.owner)
+    await store.jobs.end(ended.job_id, JobStatus.DONE, owner=ended.owner)
     await asyncio.sleep(0.02)
     assert await reaper.reap_leases() == []
-    assert await store.lapsed_leases() == [] and await store.queue_length() == 0
-    await store.forget_worker("w")
+    assert await store.queue.lapsed_leases() == [] and await store.queue.queue_length() == 0
+    await store.workers.forget_worker("w")
 
     # The whole service: keys, quotas, four delivery modes, a worker, a reaper, a cancel.
     async with serve(create_app(s), **server_options(s)) as base:
@@ -524,7 +525,8 @@ async def test_every_script_and_transaction_touches_one_slot(
                 *(fl.follow(mode, c, base, j) for mode in modes for j in placed.values())
             )
             assert all(len(res.ends) == 1 for res in results)
-    assert slot_check.scripts.keys() >= script_shas(store, admission), "a script was not run"
+    shas = script_shas(store.jobs, store.queue, store.workers, admission)
+    assert slot_check.scripts.keys() >= shas, "a script was not run"
     assert slot_check.commands["MULTI"] == 0  # transactions are checked as their stacks
     assert slot_check.violations == []
 
@@ -537,7 +539,7 @@ async def test_a_store_on_sharded_pubsub_announces_with_spublish(
 ) -> None:
     """SPUBLISH needs Redis >= 7: the suite's own server is (tests/test_embedded.py checks)."""
     keys = Keys(queue_shards=3)
-    store = JobStore(redis, keys, retention_seconds=60, sharded_pubsub=True)
+    store = Store(redis, keys, retention_seconds=60, sharded_pubsub=True)
     claim = await claim_next(store)
     channel = store.keys.channel(claim.job_id)
     sharded, plain = redis.pubsub(), redis.pubsub()
@@ -545,12 +547,12 @@ async def test_a_store_on_sharded_pubsub_announces_with_spublish(
     await plain.subscribe(channel)
     for pubsub in (sharded, plain):
         await pubsub.get_message(timeout=1)  # the subscription's confirmation
-    assert await store.append(claim.job_id, claim.owner, ["Hi"], offset=0)
+    assert await store.jobs.append(claim.job_id, claim.owner, ["Hi"], offset=0)
     await store.requeue(claim.job_id, "handed over", max_attempts=3, owner=claim.owner)
-    [entry] = await store.next_entries("w2", 1, 100, shard=claim.shard)
+    [entry] = await store.queue.next_entries("w2", 1, 100, shard=claim.shard)
     second = await store.claim(entry, "w2", 5000)
     assert second is not None
-    assert await store.finish(claim.job_id, JobStatus.DONE, owner=second.owner)
+    assert await store.end(claim.job_id, JobStatus.DONE, owner=second.owner)
     got = []
     while (msg := await sharded.get_message(timeout=0.5)) is not None:
         assert msg["type"] == "smessage"
@@ -562,18 +564,18 @@ async def test_a_store_on_sharded_pubsub_announces_with_spublish(
     await plain.aclose()
 
 
-async def test_the_queue_length_counts_the_shards_that_answer(store: JobStore) -> None:
+async def test_the_queue_length_counts_the_shards_that_answer(store: Store) -> None:
     """A shard that fails (on a cluster: its master is down) is left out of the capacity check
     instead of refusing every job; every shard failing is an error."""
     keys = store.keys
     for job_id in ids_on_every_shard(keys):
         await store.create(REQUEST, provider="simulated", model="sim-default", job_id=job_id)
-    assert await store.queue_length() == keys.queue_shards
+    assert await store.queue.queue_length() == keys.queue_shards
     broken = keys.queue(keys.queue_shards - 1)
     await store.redis.delete(broken)
     await store.redis.set(broken, "not a stream")  # XLEN on it fails: WRONGTYPE
     if keys.queue_shards == 1:
         with pytest.raises(StoreError):
-            await store.queue_length()
+            await store.queue.queue_length()
     else:
-        assert await store.queue_length() == keys.queue_shards - 1
+        assert await store.queue.queue_length() == keys.queue_shards - 1

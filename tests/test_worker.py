@@ -19,7 +19,7 @@ from reviewstream.hub import Hub
 from reviewstream.keys import Keys
 from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore, text_digest
+from reviewstream.store import Store, text_digest
 from reviewstream.workers import Reaper, Worker
 
 from upstreams import Reply, ScriptedUpstream, openai_frames
@@ -53,15 +53,15 @@ def settings(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 
 
 @pytest.fixture
-def store(redis: aioredis.Redis, settings: Settings) -> JobStore:
-    return JobStore(redis, Keys(settings.key_prefix, settings.queue_shards), retention_seconds=60)
+def store(redis: aioredis.Redis, settings: Settings) -> Store:
+    return Store(redis, Keys(settings.key_prefix, settings.queue_shards), retention_seconds=60)
 
 
 @pytest.fixture
 async def in_process_worker(
-    store: JobStore, redis: aioredis.Redis, settings: Settings
+    store: Store, redis: aioredis.Redis, settings: Settings
 ) -> AsyncIterator[Worker]:
-    hub = Hub(redis, store.keys, store)
+    hub = Hub(redis, store.keys, store.jobs)
     await hub.start()
     reaper = Reaper(store, settings)  # every process runs one
     await reaper.start()
@@ -73,28 +73,28 @@ async def in_process_worker(
     await hub.aclose()
 
 
-async def wait_for(store: JobStore, job_id: str, predicate: object, timeout: float) -> float:
+async def wait_for(store: Store, job_id: str, predicate: object, timeout: float) -> float:
     """Seconds until ``predicate(snapshot)`` holds; fails after ``timeout``."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
-        snap = await store.read(job_id, 0, 100_000)
+        snap = await store.jobs.read(job_id, 0, 100_000)
         if predicate(snap):  # type: ignore[operator]
             return time.monotonic() - start
         await asyncio.sleep(0.02)
     pytest.fail(f"job {job_id} did not get there in {timeout}s: {snap}")
 
 
-async def test_worker_writes_job_to_the_end(in_process_worker: Worker, store: JobStore) -> None:
+async def test_worker_writes_job_to_the_end(in_process_worker: Worker, store: Store) -> None:
     await in_process_worker.start()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
     await wait_for(store, job_id, lambda s: s.done, 20)
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert snap.status is JobStatus.DONE and "Grace Hopper" in "".join(snap.tokens)
     assert snap.usage is not None and snap.usage["output_tokens"] == len(snap.tokens)
 
 
 async def test_job_queued_while_a_worker_died_is_finished_by_another(
-    settings: Settings, store: JobStore, in_process_worker: Worker
+    settings: Settings, store: Store, in_process_worker: Worker
 ) -> None:
     """A worker killed before pickup loses nothing: the job waits in the queue."""
     proc = worker_process(settings)
@@ -103,18 +103,18 @@ async def test_job_queued_while_a_worker_died_is_finished_by_another(
     proc.wait()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
     await asyncio.sleep(0.2)
-    assert (await store.read(job_id, 0, 1)).status is JobStatus.QUEUED
+    assert (await store.jobs.read(job_id, 0, 1)).status is JobStatus.QUEUED
     await in_process_worker.start()
     await wait_for(store, job_id, lambda s: s.status is JobStatus.DONE, 20)
 
 
 async def test_entry_read_by_dead_worker_is_taken_over(
-    store: JobStore, in_process_worker: Worker
+    store: Store, in_process_worker: Worker
 ) -> None:
     """A worker that read the queue entry but died before claiming it: another takes over."""
-    await store.ensure_group()
+    await store.queue.ensure_group()
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("died-before-claim", count=1, block_ms=100)
+    [entry] = await store.queue.next_entries("died-before-claim", count=1, block_ms=100)
     assert entry.job_id == job_id
     await in_process_worker.start()
     elapsed = await wait_for(store, job_id, lambda s: s.status is JobStatus.DONE, 20)
@@ -122,7 +122,7 @@ async def test_entry_read_by_dead_worker_is_taken_over(
 
 
 async def test_worker_killed_mid_stream_with_on_loss_fail_fails_within_lease_bound(
-    settings: Settings, store: JobStore
+    settings: Settings, store: Store
 ) -> None:
     """``REVIEWSTREAM_ON_PRODUCER_LOSS=fail``: the behaviour before durable jobs."""
     proc = worker_process(settings, REVIEWSTREAM_SIM_TOKENS_PER_SECOND="20")
@@ -140,7 +140,7 @@ async def test_worker_killed_mid_stream_with_on_loss_fail_fails_within_lease_bou
     finally:
         if proc.poll() is None:
             proc.kill()
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert snap.status is JobStatus.FAILED and "lease" in (snap.error or "")
     assert snap.attempts == 1
     bound = settings.lease_seconds + 2 * settings.reap_interval_seconds + 1.0
@@ -148,7 +148,7 @@ async def test_worker_killed_mid_stream_with_on_loss_fail_fails_within_lease_bou
 
 
 async def test_graceful_shutdown_hands_running_jobs_over(
-    settings: Settings, store: JobStore, in_process_worker: Worker
+    settings: Settings, store: Store, in_process_worker: Worker
 ) -> None:
     """A worker that shuts down requeues its job; another continues after the stored text."""
     slow = Worker(
@@ -162,25 +162,25 @@ async def test_graceful_shutdown_hands_running_jobs_over(
     job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
     await wait_for(store, job_id, lambda s: len(s.tokens) >= 2, 10)
     await slow.aclose()
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.QUEUED, 1)
     before = snap.tokens
     await in_process_worker.start()
     await wait_for(store, job_id, lambda s: s.status.terminal, 20)
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
     assert snap.tokens[: len(before)] == before
     assert snap.sha256 == text_digest(snap.tokens)
 
 
 async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt(
-    settings: Settings, store: JobStore, redis: aioredis.Redis, upstream: ScriptedUpstream
+    settings: Settings, store: Store, redis: aioredis.Redis, upstream: ScriptedUpstream
 ) -> None:
     """Each attempt continues after the stored text until MAX_ATTEMPTS is spent."""
     for texts in (["One", " two"], [" three", " four"], [" five", " six"]):
         upstream.script(Reply(frames=openai_frames(texts, usage=None, done=False), cut=True))
     tuned = settings.model_copy(update={"openai_base_url": upstream.url + "/v1", "max_attempts": 3})
-    hub = Hub(redis, store.keys, store)
+    hub = Hub(redis, store.keys, store.jobs)
     await hub.start()
     async with httpx.AsyncClient() as http:
         worker = Worker(store, hub, tuned, http, grace_seconds=0.1)
@@ -191,7 +191,7 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
         finally:
             await worker.aclose()
             await hub.aclose()
-    snap = await store.read(job_id, 0, 100)
+    snap = await store.jobs.read(job_id, 0, 100)
     assert (snap.status, snap.attempts) == (JobStatus.FAILED, 3)
     assert snap.tokens == ["One", " two", " three", " four", " five", " six"]
     error = snap.error or ""
@@ -206,7 +206,7 @@ async def test_upstream_that_always_breaks_mid_stream_fails_naming_every_attempt
 
 
 async def test_on_producer_loss_restart_writes_again_after_the_stored_tokens(
-    settings: Settings, store: JobStore, redis: aioredis.Redis, in_process_worker: Worker
+    settings: Settings, store: Store, redis: aioredis.Redis, in_process_worker: Worker
 ) -> None:
     """``restart``: the next attempt starts from the prompt, announced with ``reset``."""
     restart = settings.model_copy(update={"on_producer_loss": "restart"})
@@ -223,14 +223,14 @@ async def test_on_producer_loss_restart_writes_again_after_the_stored_tokens(
     await pubsub.subscribe(store.keys.channel(job_id))
     await wait_for(store, job_id, lambda s: len(s.tokens) >= 3, 10)
     await slow.aclose()
-    before = (await store.read(job_id, 0, 100_000)).tokens
+    before = (await store.jobs.read(job_id, 0, 100_000)).tokens
     again = Worker(store, in_process_worker.hub, restart, in_process_worker.http)
     await again.start()
     try:
         await wait_for(store, job_id, lambda s: s.status.terminal, 20)
     finally:
         await again.aclose()
-    snap = await store.read(job_id, 0, 100_000)
+    snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.DONE, 2)
     rewritten = snap.tokens[len(before) :]
     assert snap.tokens[: len(before)] == before

@@ -32,11 +32,11 @@ import time
 import uuid
 from typing import Any
 
-from . import scripts
 from .errors import Overloaded, QuotaExceeded, StoreError
 from .models import JobStatus
 from .settings import Settings
-from .store import JobStore, Script, redis_errors
+from .store import Script, Store, redis_errors
+from .store.scripts.tenants import ADMIT, Quota
 from .tenancy import Principal
 
 log = logging.getLogger(__name__)
@@ -48,22 +48,24 @@ STREAM_ENTRY_SECONDS = 5.0  # how long a process's published stream count stays 
 class Admission:
     """Decides whether a new job may be queued: per-key quotas, queue room, a live worker."""
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
-        self._admit = Script(store.redis, scripts.ADMIT)
+        self._admit = Script(store.redis, ADMIT)
 
     async def check_capacity(self) -> None:
         """``Overloaded`` when no worker is alive or the queue is full."""
         s = self._settings
-        alive = await self._store.workers_alive(int(s.worker_heartbeat_timeout_seconds * 1000))
+        alive = await self._store.workers.workers_alive(
+            int(s.worker_heartbeat_timeout_seconds * 1000)
+        )
         if not alive:
             raise Overloaded(
                 "no worker is running: the job would wait in a queue nobody reads",
                 limit="workers",
                 retry_after=RETRY_SECONDS,
             )
-        if await self._store.queue_length() >= s.max_queued_jobs:
+        if await self._store.queue.queue_length() >= s.max_queued_jobs:
             raise Overloaded(
                 f"the queue is full ({s.max_queued_jobs} jobs wait for a worker)",
                 limit="REVIEWSTREAM_MAX_QUEUED_JOBS",
@@ -77,12 +79,16 @@ class Admission:
             return
         for attempt in range(2):
             limit, retry_ms = await self._run_admit(principal.tenant, job_id)
-            if limit == 0:
+            if limit is Quota.ADMITTED:
                 return
-            if limit == 1 and attempt == 0 and await self._forget_ended(principal.tenant):
+            if (
+                limit is Quota.ACTIVE_JOBS
+                and attempt == 0
+                and await self._forget_ended(principal.tenant)
+            ):
                 continue  # some counted jobs had ended: try once more
             break
-        if limit == 1:
+        if limit is Quota.ACTIVE_JOBS:
             raise QuotaExceeded(
                 f"key {principal.tenant!r} has {s.max_active_jobs_per_key} jobs queued or"
                 " running (REVIEWSTREAM_MAX_ACTIVE_JOBS_PER_KEY)",
@@ -96,7 +102,7 @@ class Admission:
             retry_after=max(retry_ms / 1000, 1.0),
         )
 
-    async def _run_admit(self, tenant: str, job_id: str) -> tuple[int, int]:
+    async def _run_admit(self, tenant: str, job_id: str) -> tuple[Quota, int]:
         keys = self._store.keys
         s = self._settings
         with redis_errors("admit job"):
@@ -104,7 +110,7 @@ class Admission:
                 keys=[keys.tenant_active(tenant), keys.tenant_starts(tenant)],
                 args=[job_id, s.max_active_jobs_per_key, s.jobs_per_minute_per_key],
             )
-        return int(limit), int(retry_ms)
+        return Quota(int(limit)), int(retry_ms)
 
     async def _forget_ended(self, tenant: str) -> bool:
         """Drop the tenant's counted jobs that have ended or expired; True if any were."""
@@ -139,7 +145,7 @@ class StreamCounter:
     before they closed or their process died.
     """
 
-    def __init__(self, store: JobStore, limit: int, *, interval: float = 1.0) -> None:
+    def __init__(self, store: Store, limit: int, *, interval: float = 1.0) -> None:
         self._store = store
         self.limit = limit
         self._interval = interval
@@ -258,7 +264,7 @@ class Watchers:
     jobs watched here, whatever the number of followers; nothing at all when the setting is 0.
     """
 
-    def __init__(self, store: JobStore, abandon_seconds: float) -> None:
+    def __init__(self, store: Store, abandon_seconds: float) -> None:
         self._store = store
         self.enabled = abandon_seconds > 0
         self._interval = min(max(abandon_seconds / 4, 0.1), 5.0)
@@ -301,6 +307,6 @@ class Watchers:
             if not seen:
                 continue
             try:
-                await self._store.seen(sorted(seen))
+                await self._store.jobs.seen(sorted(seen))
             except StoreError as e:
                 log.warning("marking watched jobs failed: %s", e)

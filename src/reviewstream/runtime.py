@@ -34,7 +34,7 @@ from .hub import Hub
 from .keys import Keys
 from .processes.redis_server import EmbeddedRedis
 from .settings import Settings, WorkersIn
-from .store import JobStore
+from .store import Store
 from .tenancy import Gatekeeper, Keyring, StreamTokens
 from .workers import Producers, Reaper, Worker, open_workers
 
@@ -47,7 +47,7 @@ class Runtime:
 
     settings: Settings
     redis: RedisClient
-    store: JobStore
+    store: Store
     hub: Hub
     gate: Gatekeeper
     admission: Admission
@@ -148,12 +148,12 @@ class CommandTable(AsyncCommandsParser):
             return await super()._get_moveable_keys(*args)
 
 
-def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> JobStore:
+def job_store(redis: RedisClient, keys: Keys, settings: Settings) -> Store:
     """The store every process builds on ``redis`` (one place for its settings). On a cluster
-    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``JobStore``
+    its scripts announce with SPUBLISH, which the hub's sharded subscriber hears. ``Store``
     is typed for ``redis.asyncio.Redis``; the cluster client has the same commands (routed by
     their keys' slot), hence the cast."""
-    return JobStore(
+    return Store(
         cast(aioredis.Redis, redis),
         keys,
         retention_seconds=settings.retention_seconds,
@@ -185,12 +185,12 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         await embedded.aclose()
 
 
-def hub_for(redis: RedisClient, store: JobStore, settings: Settings) -> Hub:
-    """The process's hub on ``redis``; it checks quiet jobs through ``store``."""
+def hub_for(redis: RedisClient, store: Store, settings: Settings) -> Hub:
+    """The process's hub on ``redis``; it checks quiet jobs through ``store.jobs``."""
     return Hub(
         redis,
         store.keys,
-        store,
+        store.jobs,
         buffer_tokens=settings.hub_buffer_tokens,
         subscribe_timeout=settings.subscribe_timeout_seconds,
         linger_seconds=settings.feed_linger_seconds,
@@ -199,7 +199,7 @@ def hub_for(redis: RedisClient, store: JobStore, settings: Settings) -> Hub:
     )
 
 
-async def gatekeeper(settings: Settings, store: JobStore) -> Gatekeeper:
+async def gatekeeper(settings: Settings, store: Store) -> Gatekeeper:
     """API keys from the settings; the token secret from the settings or shared via Redis."""
     keyring = None
     if settings.api_keys is not None and settings.api_keys.get_secret_value().strip():
@@ -213,7 +213,7 @@ async def gatekeeper(settings: Settings, store: JobStore) -> Gatekeeper:
     secret = (
         configured.get_secret_value().encode()
         if configured is not None
-        else await store.shared_secret()
+        else await store.workers.shared_secret()
         if keyring is not None
         else b""
     )
@@ -256,7 +256,7 @@ async def open_runtime(
         stack.push_async_callback(redis.aclose)
         keys = Keys(settings.key_prefix, settings.queue_shards)
         store = job_store(redis, keys, settings)
-        await store.ensure_group()
+        await store.queue.ensure_group()
         hub = hub_for(redis, store, settings)
         await hub.start()
         stack.push_async_callback(hub.aclose)

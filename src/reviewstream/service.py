@@ -21,7 +21,7 @@ from .models import Batch, BatchPage, JobEnd, JobNotice, JobPage, JobStatus, Rev
 from .providers import default_model, validate_job
 from .runtime import Runtime
 from .settings import Settings
-from .store import JobStore, Snapshot, new_job_id
+from .store import Snapshot, Store, new_job_id
 from .tenancy import Gatekeeper, Principal
 from .workers import Producers
 
@@ -45,7 +45,7 @@ def page_of(snapshot: Snapshot) -> JobPage:
 @dataclass
 class ReviewService:
     settings: Settings
-    store: JobStore
+    store: Store
     hub: Hub
     gate: Gatekeeper
     admission: Admission
@@ -104,7 +104,7 @@ class ReviewService:
 
     async def poll(self, job_id: str, offset: int, limit: int | None, caller: Principal) -> JobPage:
         """Short poll: the stored tokens from ``offset`` on, now."""
-        snapshot = await self.store.read(job_id, offset, limit or self.settings.page_size)
+        snapshot = await self.store.jobs.read(job_id, offset, limit or self.settings.page_size)
         _check_may_see(caller, job_id, snapshot.tenant)
         self.watchers.polled(job_id)
         return page_of(snapshot)
@@ -166,7 +166,7 @@ class ReviewService:
         self.followers += 1
         try:
             async with self.hub.join(job_id) as feed:
-                follower = Follower(self.store, feed, job_id, offset, self.follow_options)
+                follower = Follower(self.store.jobs, feed, job_id, offset, self.follow_options)
                 await follower.start()  # proves the job exists, so routes can answer 404 first
                 _check_may_see(caller, job_id, follower.tenant)
                 self.watchers.opened(job_id)
@@ -192,7 +192,7 @@ class ReviewService:
     async def cancel(self, job_id: str, caller: Principal) -> None:
         """End the job as cancelled; ``JobFinished`` if it had ended already."""
         by_key = not caller.open and caller.job_id is None
-        _check_may_see(caller, job_id, await self.store.tenant_of(job_id) if by_key else "")
+        _check_may_see(caller, job_id, await self.store.jobs.tenant_of(job_id) if by_key else "")
         await self.store.cancel(job_id)
 
 

@@ -300,20 +300,20 @@ async def test_a_lost_notification_is_recovered_by_resync(
     """A token that reached the list without its notification still reaches the follower."""
     from reviewstream.keys import Keys
     from reviewstream.models import ReviewRequest
-    from reviewstream.store import JobStore
+    from reviewstream.store import Store
 
     quick = tuned(settings, resync_seconds=0.5)
-    store = JobStore(redis, Keys(), retention_seconds=60)
-    await store.ensure_group()
+    store = Store(redis, Keys(), retention_seconds=60)
+    await store.queue.ensure_group()
     job_id = await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
-    [entry] = await store.next_entries("w", 1, 100)
+    [entry] = await store.queue.next_entries("w", 1, 100)
     claim = await store.claim(entry, "w", 60_000)
     assert claim is not None
     async with serve(create_app(quick, run_worker=False)) as base:
         async with httpx.AsyncClient(base_url=base) as c:
             follower = asyncio.create_task(fl.sse(c, job_id, stop_after=2))
             await asyncio.sleep(0.3)
-            assert await store.append(job_id, claim.owner, ["one"])
+            assert await store.jobs.append(job_id, claim.owner, ["one"])
             # Written behind the hub's back: no notification is published for it.
             await redis.rpush(Keys().chunks(job_id), " two")
             await redis.rpush(Keys().times(job_id), "1.0")

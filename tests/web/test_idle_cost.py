@@ -19,7 +19,7 @@ from reviewstream.bench.conn import Endpoint, HttpConnection
 from reviewstream.keys import Keys
 from reviewstream.models import ReviewRequest
 from reviewstream.settings import Settings
-from reviewstream.store import JobStore
+from reviewstream.store import Store
 from reviewstream.web import create_app
 
 from conftest import serve
@@ -41,13 +41,13 @@ async def calls(redis: aioredis.Redis) -> int:
 
 async def quiet_jobs(redis: aioredis.Redis, n: int) -> list[str]:
     """``n`` running jobs whose worker never writes a token."""
-    store = JobStore(redis, Keys(), retention_seconds=60)
-    await store.ensure_group()
+    store = Store(redis, Keys(), retention_seconds=60)
+    await store.queue.ensure_group()
     jobs = [
         await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
         for _ in range(n)
     ]
-    for entry in await store.next_entries("silent", n, 100):
+    for entry in await store.queue.next_entries("silent", n, 100):
         assert await store.claim(entry, "silent", 600_000)
     return jobs
 

@@ -35,8 +35,8 @@ from redis.asyncio.cluster import RedisCluster
 from ..errors import JobNotFound, StoreError
 from ..keys import Keys
 from ..models import Batch, JobEnd, JobStatus
-from ..notices import parse_notice
 from ..store import Snapshot
+from ..store.notices import parse_notice
 from .feed import Feed
 from .subscribers import PlainSubscriber, ShardedSubscriber, Subscriber
 

@@ -104,7 +104,7 @@ async def worker_process(url: str, settings: Settings) -> AsyncIterator[WorkerPr
     redis = redis_client(url, settings)
     try:
         store = job_store(redis, Keys(settings.key_prefix, settings.queue_shards), settings)
-        workers = WorkerProcess(url, settings, store)
+        workers = WorkerProcess(url, settings, store.workers)
         await workers.start()
         try:
             yield workers

@@ -10,7 +10,7 @@ next attempt continues after the stored text (``REVIEWSTREAM_ON_PRODUCER_LOSS``)
 from __future__ import annotations
 
 from ..settings import Settings
-from ..store import JobStore, Requeue
+from ..store import Requeue, Store
 
 
 def max_attempts(settings: Settings) -> int:
@@ -19,7 +19,7 @@ def max_attempts(settings: Settings) -> int:
 
 
 async def let_go(
-    store: JobStore,
+    store: Store,
     settings: Settings,
     job_id: str,
     cause: str,

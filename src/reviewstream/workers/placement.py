@@ -21,7 +21,7 @@ from typing import Protocol
 
 from ..hub import Hub
 from ..settings import Settings, WorkersIn
-from ..store import JobStore
+from ..store import Store
 from .process import WorkerProcess
 from .thread import WorkerThread
 from .worker import Worker
@@ -51,7 +51,7 @@ async def open_workers(
     hub: Hub,
     url: str,
     settings: Settings,
-    store: JobStore,
+    store: Store,
 ) -> AsyncIterator[Producers]:
     """The workers of one process, started ``where`` it runs them (see the module docstring):
     inline on the process's ``hub``; a thread's or a child process's on Redis at ``url``."""
@@ -62,7 +62,7 @@ async def open_workers(
     producers: WorkerThread | WorkerProcess = (
         WorkerThread(lambda: open_worker(None))
         if where == "thread"
-        else WorkerProcess(url, settings, store)
+        else WorkerProcess(url, settings, store.workers)
     )
     await producers.start()
     try:

@@ -22,7 +22,7 @@ from redis.exceptions import RedisError
 from ..errors import StoreError
 from ..processes.redis_server import die_with_parent
 from ..settings import Settings
-from ..store import JobStore
+from ..store import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class WorkerProcess:
     STOP_MARGIN_SECONDS = 5.0
     RESTART_MIN_SECONDS, RESTART_MAX_SECONDS = 1.0, 30.0  # backoff while restarts fail
 
-    def __init__(self, url: str, settings: Settings, store: JobStore) -> None:
+    def __init__(self, url: str, settings: Settings, store: WorkerRegistry) -> None:
         self._url = url
         self._settings = settings
         self._store = store

@@ -10,7 +10,7 @@ import time
 from ..errors import JobNotFound, StoreError
 from ..models import JobStatus
 from ..settings import Settings
-from ..store import JobStore, Requeue
+from ..store import Requeue, Store
 from .handover import let_go
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,7 @@ class Reaper:
 
     - Lapsed leases: a running job whose producer stopped renewing goes back to the queue (or
       fails when its attempts are spent); the shard's script acts for exactly one process. A
-      lease left behind by an attempt that ended (its finish's second step never ran) is
+      lease left behind by an attempt that ended (the second step of its end never ran) is
       dropped.
     - Queued jobs that no worker started within ``REVIEWSTREAM_QUEUED_TIMEOUT_SECONDS`` of
       entering the queue end as failed (so does a job whose requeue was left half done and
@@ -34,7 +34,7 @@ class Reaper:
     producers that kept their tokens through the outage renew first.
     """
 
-    def __init__(self, store: JobStore, settings: Settings) -> None:
+    def __init__(self, store: Store, settings: Settings) -> None:
         self._store = store
         self._settings = settings
         self._stopping = asyncio.Event()
@@ -72,7 +72,7 @@ class Reaper:
         """Requeue (or fail) every running job whose lease lapsed (on ``shard``, or on each);
         returns the ids acted on."""
         acted = []
-        for lease in await self._store.lapsed_leases(shard=shard):
+        for lease in await self._store.queue.lapsed_leases(shard=shard):
             try:
                 outcome = await let_go(
                     self._store,
@@ -83,7 +83,7 @@ class Reaper:
                     only_if_lease_lapsed=True,
                 )
             except JobNotFound:
-                await self._store.drop_lease(lease)
+                await self._store.queue.drop_lease(lease)
                 continue
             except StoreError as e:  # this job's keys cannot be reached: the next round retries
                 log.warning("job %s: its lapsed lease stays for now: %s", lease.job_id, e)
@@ -100,12 +100,12 @@ class Reaper:
         timeout = self._settings.queued_timeout_seconds
         cutoff_ms = int((time.time() - timeout) * 1000)
         failed = []
-        for entry in await self._store.queued_before(cutoff_ms, count=100, shard=shard):
+        for entry in await self._store.queue.queued_before(cutoff_ms, count=100, shard=shard):
             # Only the job this entry queued: at the attempt it names, still queued (or still
             # running the attempt it says was lost: a requeue left half done).
             statuses = (JobStatus.QUEUED, JobStatus.RUNNING) if entry.attempt else JobStatus.QUEUED
             try:
-                if await self._store.finish(
+                if await self._store.end(
                     entry.job_id,
                     JobStatus.FAILED,
                     error=f"no worker started the job within {timeout:g} s of queueing it",

@@ -43,7 +43,7 @@ from ..providers import build_prompt, build_provider
 from ..providers.base import Provider
 from ..providers.resilience import resilient_stream
 from ..settings import Settings
-from ..store import Claim, JobStore, QueueEntry, Renewal, Requeue
+from ..store import Claim, QueueEntry, Renewal, Requeue, Store
 from .handover import let_go, max_attempts
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ class Worker:
 
     def __init__(
         self,
-        store: JobStore,
+        store: Store,
         hub: Hub,
         settings: Settings,
         http: httpx.AsyncClient,
@@ -88,7 +88,7 @@ class Worker:
         return len(self._jobs)
 
     async def start(self) -> None:
-        await self.store.ensure_group()
+        await self.store.queue.ensure_group()
         await self._beat()  # ready to take jobs from now on: API processes may accept them
         self._readers = [
             asyncio.create_task(self._claim_loop(shard), name=f"worker-claim-{shard}-{self.name}")
@@ -119,7 +119,7 @@ class Worker:
             await asyncio.wait(pending, timeout=1.0)
         self._loops, self._readers = [], []
         with contextlib.suppress(StoreError):
-            await self.store.forget_worker(self.name)  # take no new jobs for this worker
+            await self.store.workers.forget_worker(self.name)  # take no new jobs for this worker
         assert self._hand_over_at is not None
         remaining = self._hand_over_at - time.monotonic()
         if self._jobs and remaining > 0:
@@ -144,7 +144,7 @@ class Worker:
         while not self._stopping.is_set():
             await self._slots.acquire()
             try:
-                entries = await self.store.next_entries(
+                entries = await self.store.queue.next_entries(
                     self.name, count=1, block_ms=1000, shard=shard
                 )
             except StoreError as e:
@@ -185,7 +185,7 @@ class Worker:
 
     async def _beat(self) -> None:
         forget_ms = int(self.settings.worker_heartbeat_timeout_seconds * 10_000)
-        await self.store.heartbeat(self.name, forget_ms)
+        await self.store.workers.heartbeat(self.name, forget_ms)
 
     async def _heartbeat_loop(self) -> None:
         """Announce this worker every third of the heartbeat window (sooner after a failure)."""
@@ -217,7 +217,7 @@ class Worker:
         """Take over one abandoned entry of ``shard`` when a slot is free."""
         if self._stopping.is_set() or self._slots.locked():
             return
-        for entry in await self.store.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
+        for entry in await self.store.queue.reclaim_entries(self.name, min_idle_ms, 1, shard=shard):
             if self._stopping.is_set():
                 return  # it stays pending: another worker reclaims it
             await self._slots.acquire()
@@ -299,12 +299,12 @@ class Worker:
 
     async def _produce(self, claim: Claim) -> None:
         job_id = claim.job_id
-        meta = await self.store.meta(job_id)
+        meta = await self.store.jobs.meta(job_id)
         request = ReviewRequest.model_validate_json(meta["request"])
         provider = self._provider(meta["provider"])
         continuation = ""
         if claim.offset and self.settings.on_producer_loss == "continue":
-            continuation = "".join(await self.store.text(job_id))
+            continuation = "".join(await self.store.jobs.text(job_id))
         prompt = build_prompt(request, meta["model"], self.settings, continuation=continuation)
         s = self.settings
         usage: Usage | None = None
@@ -338,9 +338,9 @@ class Worker:
             log.info("job %s failed upstream: %s", job_id, e)
             earlier = json.loads(meta.get("causes") or "[]")
             error = f"{e}; earlier: {'; '.join(earlier)}" if earlier else str(e)
-            await self.store.finish(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
+            await self.store.end(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
             return
-        await self.store.finish(
+        await self.store.end(
             job_id,
             JobStatus.DONE,
             usage=usage.model_dump() if usage is not None else None,
@@ -357,7 +357,9 @@ class Worker:
         delay = 0.05
         while True:
             try:
-                return await self.store.append(claim.job_id, claim.owner, [token], offset=offset)
+                return await self.store.jobs.append(
+                    claim.job_id, claim.owner, [token], offset=offset
+                )
             except StoreError as e:
                 now = time.monotonic()
                 if give_up_at is None:
@@ -382,4 +384,4 @@ class Worker:
 
     async def _end_quietly(self, claim: Claim, status: JobStatus, error: str) -> None:
         with contextlib.suppress(ReviewstreamError, JobNotFound):
-            await self.store.finish(claim.job_id, status, error=error, owner=claim.owner)
+            await self.store.end(claim.job_id, status, error=error, owner=claim.owner)

@@ -29,7 +29,7 @@ async def readyz(service: Service) -> JSONResponse:
     """Ready to take a job: Redis answers and some worker's heartbeat is fresh."""
     window_ms = int(service.settings.worker_heartbeat_timeout_seconds * 1000)
     try:
-        alive = await service.store.workers_alive(window_ms)
+        alive = await service.store.workers.workers_alive(window_ms)
     except StoreError as e:
         log.warning("readyz: %s (%r)", e, e.__cause__)
         return _unavailable("Redis is unreachable")

@@ -1,6 +1,6 @@
 """The notices a job's channel carries: written by the store's Lua scripts, read by the hub.
 
-Two shapes, and this module is the only one that knows them:
+Three shapes, and this module is the only one that knows them:
 
 - tokens: ``{"offset": N, "ts": T, "tokens": [...]}`` — tokens ``[N, N + len)``, all appended
   at Redis time ``T``;
@@ -9,17 +9,18 @@ Two shapes, and this module is the only one that knows them:
 - status: ``{"status": {"status", "attempt", "offset", "reason"?, "reset"?}}`` — an attempt was
   lost and the job queued again, or a new attempt began (``models.JobNotice``).
 
-The ``LUA_*`` expressions are spliced into ``scripts``; ``parse_notice`` reads what they write.
-The scripts announce with ``PUBLISH``; ``publishing(script, sharded=True)`` is the same script
-announcing with ``SPUBLISH`` (sharded pub/sub, Redis >= 7), which a Redis Cluster delivers only
-to the nodes serving the channel's slot instead of broadcasting it to every node.
+The ``LUA_*`` expressions are composed into the scripts (``scripts.jobs``); ``parse_notice``
+reads what they write. A publishing script announces with ``redis.call(publish, channel,
+...)``: the local ``publish`` is set by the line ``announcing`` gives, which the store puts
+before each script. So both variants are whole sources, each cached by its own SHA, and an
+announcement costs the same one command in either.
 """
 
 from __future__ import annotations
 
 import json
 
-from .models import Batch, JobEnd, JobNotice
+from ..models import Batch, JobEnd, JobNotice
 
 # A Lua string expression; needs the locals ``offset``, ``now`` and ``tokens`` (a Lua array).
 LUA_TOKENS = """'{"offset":' .. offset .. ',"ts":' .. now .. ',"tokens":' .. cjson.encode(tokens)
@@ -36,14 +37,15 @@ LUA_END = """'{"end":{"status":"' .. new_status .. '","next_offset":' .. count
 LUA_STATUS = """'{"status":{"status":"' .. new_status .. '","attempt":' .. attempt
   .. ',"offset":' .. count .. extra .. '}}'"""
 
+_PUBLISH = "local publish = 'PUBLISH'\n"
+_SPUBLISH = "local publish = 'SPUBLISH'\n"
 
-_PUBLISH = "redis.call('PUBLISH', "
-_SPUBLISH = "redis.call('SPUBLISH', "
 
-
-def publishing(script: str, *, sharded: bool) -> str:
-    """``script`` announcing with SPUBLISH when ``sharded``, else as written (PUBLISH)."""
-    return script.replace(_PUBLISH, _SPUBLISH) if sharded else script
+def announcing(*, sharded: bool) -> str:
+    """The Lua line that sets ``publish``, the command the scripts announce with: SPUBLISH
+    when ``sharded`` (sharded pub/sub, Redis >= 7, which a Redis Cluster delivers only to the
+    nodes serving the channel's slot instead of broadcasting it to every node), else PUBLISH."""
+    return _SPUBLISH if sharded else _PUBLISH
 
 
 def parse_notice(data: str | bytes) -> Batch | JobEnd | JobNotice:
