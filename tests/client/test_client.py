@@ -28,7 +28,8 @@ from reviewstream.client import (
     TokenBatch,
 )
 from reviewstream.client import cli as client_cli
-from reviewstream.client._client import _Cursor, _Retry
+from reviewstream.client._errors import Retry
+from reviewstream.client._follow import Cursor
 from reviewstream.wire import MODES
 
 from conftest import free_port
@@ -107,7 +108,7 @@ async def test_follow_from_the_middle_starts_there(client: ReviewstreamClient, m
 def test_cursor_trims_what_the_client_has(
     have: int, batch_offset: int, tokens: list[str], fresh: list[str] | None
 ) -> None:
-    cursor = _Cursor("job", have)
+    cursor = Cursor("job", have)
     got = cursor.take(TokenBatch(batch_offset, tokens, [1.0] * len(tokens)))
     assert (got.tokens if got else None) == fresh
     assert cursor.offset == max(have, batch_offset + len(tokens))
@@ -116,7 +117,7 @@ def test_cursor_trims_what_the_client_has(
 
 
 def test_cursor_proves_the_text_followed_from_the_start() -> None:
-    cursor = _Cursor("job", 0)
+    cursor = Cursor("job", 0)
     cursor.take(TokenBatch(0, ["Grüße", " aus"]))
     cursor.take(TokenBatch(1, [" aus", " Wien"]))  # an overlap after a resume: hashed once
     right = hashlib.sha256("Grüße aus Wien".encode()).hexdigest()
@@ -124,7 +125,7 @@ def test_cursor_proves_the_text_followed_from_the_start() -> None:
     with pytest.raises(IntegrityError, match=f"the server's is {'0' * 64}"):
         cursor.check(End("done", 3, sha256="0" * 64))
     # Followed from the middle, or an end beyond what was delivered: nothing to prove.
-    _Cursor("job", 5).check(End("done", 5, sha256="0" * 64))
+    Cursor("job", 5).check(End("done", 5, sha256="0" * 64))
     cursor.check(End("done", 9, sha256="0" * 64))
 
 
@@ -143,8 +144,8 @@ async def test_follow_raises_when_the_text_does_not_match_its_digest(
 
 
 def test_cursor_refuses_a_gap() -> None:
-    cursor = _Cursor("job", 2)
-    with pytest.raises(_Retry, match="expected offset 2, got 5"):
+    cursor = Cursor("job", 2)
+    with pytest.raises(Retry, match="expected offset 2, got 5"):
         cursor.take(TokenBatch(5, ["x"]))
     assert cursor.offset == 2
 

@@ -22,22 +22,18 @@ The exception tree::
     └── IntegrityError       the text followed from offset 0 does not match the end's ``sha256``
 
 ``websockets`` is needed only for ``mode="websocket"`` and is imported there, lazily.
+
+The modules, each private and re-exported here: ``_client`` (``ReviewstreamClient``: requests,
+each mode's connection, the reconnecting ``follow()``), ``_follow`` (the cursor and what each
+mode's messages mean), ``_models`` (what the client returns), ``_errors`` (the tree above).
 """
 
 from __future__ import annotations
 
-from ._client import (
-    MODES,
-    ClientError,
-    ConnectionLost,
-    End,
-    IntegrityError,
-    Job,
-    Mode,
-    Page,
-    ReviewstreamClient,
-    TokenBatch,
-)
+from ..wire import MODES, Mode
+from ._client import ReviewstreamClient
+from ._errors import ClientError, ConnectionLost, IntegrityError
+from ._models import End, Job, Page, TokenBatch
 
 __all__ = [
     "ClientError",

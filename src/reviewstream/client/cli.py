@@ -18,7 +18,10 @@ from typing import TextIO
 
 import httpx
 
-from ._client import MODES, ClientError, End, ReviewstreamClient, TokenBatch
+from ..wire import MODES
+from ._client import ReviewstreamClient
+from ._errors import ClientError
+from ._models import End, TokenBatch
 
 EXIT_DONE = 0
 EXIT_JOB_FAILED = 1
@@ -128,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run ``review`` as a standalone command (``python -m reviewstream.client_cli``)."""
+    """Run ``review`` as a standalone command (``python -m reviewstream.client.cli``)."""
     parser = argparse.ArgumentParser(prog="reviewstream review", description=__doc__)
     add_arguments(parser)
     return run(parser.parse_args(argv))
