@@ -27,6 +27,7 @@ from reviewstream.service import Holds, ReviewService
 from reviewstream.settings import Settings
 from reviewstream.store import Store
 from reviewstream.tenancy import OPEN
+from reviewstream.wire import long_poll_body
 
 REQUEST = ReviewRequest(employee_name="Mary Jackson", employee_review_points="Wind tunnels.")
 OWNER = "w#1"  # the owner token of worker "w"'s first attempt
@@ -47,7 +48,12 @@ async def running_job(store: Store) -> str:
 
 
 def poll(service: ReviewService, job_id: str, offset: int, hold: float = 10.0) -> Any:
-    return asyncio.create_task(service.long_poll(job_id, offset, None, hold, OPEN))
+    """A long poll's answer, encoded as the route encodes it (``wire.long_poll_body``)."""
+
+    async def answer() -> bytes:
+        return long_poll_body(await service.long_poll(job_id, offset, None, hold, OPEN))
+
+    return asyncio.create_task(answer())
 
 
 async def held(service: ReviewService, polls: int) -> None:
