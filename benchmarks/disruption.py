@@ -190,7 +190,7 @@ class Lab:
             if not proc.alive:
                 raise Failure(f"{proc.name} exited with {proc.process.returncode}; see {proc.log}")
             members = await self.db.zrange(KEYS.workers, 0, -1)
-            return any(_pid_of(m) in _tree(proc) for m in members)
+            return any(_pid_of(str(m)) in _tree(proc) for m in members)
 
         await until(beating, 30, f"{proc.name}'s heartbeat")
 

@@ -8,8 +8,8 @@ adds only what scripts need beyond one ``reviewstream bench`` run:
 - **children**: processes a script starts and signals itself (``Children``, ``Child``), each
   started as ``reviewstream.bench.server`` starts its own (it dies with the script, its output
   goes to a log), with the environment of a reviewstream child (``child_env``);
-- **waiting**: ``until`` (a check polled to a deadline), ``wait_healthy``; ``Failure`` is a step
-  the script could not carry out, which is not a finding about the service;
+- **waiting**: ``until`` (a check polled to a deadline), ``wait_healthy``, ``wait_ready``;
+  ``Failure`` is a step the script could not carry out, which is not a finding about the service;
 - **a script's frame**: ``say`` (progress on stderr), ``machine`` (what it ran on, to put beside
   its figures), ``command`` (how it was run), ``run`` (the event loop, and a clean stop on
   SIGTERM or Ctrl-C).
@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
+import httpx
+
 import reviewstream
 from reviewstream.bench.cli import run_loop
 from reviewstream.bench.machine import describe
@@ -39,7 +41,7 @@ from reviewstream.bench.suite import stderr_progress as say
 
 __all__ = [
     "Child", "Children", "Failure", "child_env", "command", "machine", "run", "say", "until",
-    "wait_healthy",
+    "wait_healthy", "wait_ready",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -153,6 +155,18 @@ async def wait_healthy(url: str, child: Child, within: float = STARTUP_SECONDS) 
         await _wait_healthy(url, child.process, within, child.log)
     except RuntimeError as e:
         raise Failure(f"{child.name}: {e}") from None
+
+
+async def wait_ready(url: str, within: float = STARTUP_SECONDS) -> None:
+    """Until ``url/readyz`` answers 200: the service takes jobs (a worker is alive)."""
+    async with httpx.AsyncClient(timeout=2) as client:
+
+        async def ready() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return (await client.get(url + "/readyz")).status_code == 200
+            return False
+
+        await until(ready, within, f"{url}/readyz")
 
 
 def machine(redis_version: str | None = None) -> dict[str, Any]:

@@ -73,7 +73,7 @@ async def main() -> None:
     routes = app.router.routes
     routes[:] = [FixedRoute() if isinstance(r, long_poll.PlainLongPoll) else r for r in routes]
     if hasattr(long_poll, "answer"):
-        long_poll.answer = fixed_answer  # type: ignore[assignment]
+        long_poll.answer = fixed_answer
     route = FixedRoute()
 
     async def route_alone(s: Scope, r: Receive, send: Send) -> None:

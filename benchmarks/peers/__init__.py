@@ -181,7 +181,7 @@ class NodePackage:
             env = {k: v for k, v in os.environ.items() if not k.startswith("NODE_")}
             process = await start_process(["node", launcher, str(port)], env, str(workdir), log)
             await self._listening("127.0.0.1", port, process, log, 30)
-            yield System(f"http://127.0.0.1:{port}", server_pid=process.pid, log_path=log)
+            yield System(f"http://127.0.0.1:{port}", server_pid=process.pid)
         finally:
             if process is not None:
                 await stop_process(process, 5)

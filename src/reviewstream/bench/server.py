@@ -219,11 +219,6 @@ class RedisProcess:
         assert self.client is not None
         return counted_calls(await self.client.info("commandstats"), {})
 
-    async def version(self) -> str:
-        assert self.client is not None
-        info = await self.client.info("server")
-        return str(info.get("redis_version", "?"))
-
     async def aclose(self) -> None:
         if self.client is not None:
             await self.client.aclose()
@@ -290,8 +285,6 @@ class System:
     base_url: str
     server_pid: int | None = None
     redis: RedisProcess | ExternalRedis | None = None
-    config: ServerConfig | None = None
-    log_path: Path | None = None
 
     @property
     def redis_pid(self) -> int | None:
@@ -413,7 +406,7 @@ async def started_system(
         server = await start_process(argv, env, str(workdir), log_path)
         base_url = f"http://127.0.0.1:{port}"
         await wait_healthy(base_url, server, 60, log_path)
-        yield System(base_url, server.pid, redis, config, log_path)
+        yield System(base_url, server.pid, redis)
     finally:
         if server is not None:
             await stop_process(server, graceful_seconds + 5)
