@@ -54,7 +54,18 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from harness import Child, Children, Failure, command, machine, run, say, until, wait_healthy
+from harness import (
+    STARTUP_SECONDS,
+    Child,
+    Children,
+    Failure,
+    command,
+    machine,
+    run,
+    say,
+    until,
+    wait_healthy,
+)
 from redis.exceptions import RedisError
 
 from reviewstream.bench.conn import Endpoint, HttpConnection, WebSocketConnection
@@ -192,7 +203,7 @@ class Lab:
             members = await self.db.zrange(KEYS.workers, 0, -1)
             return any(_pid_of(str(m)) in _tree(proc) for m in members)
 
-        await until(beating, 30, f"{proc.name}'s heartbeat")
+        await until(beating, STARTUP_SECONDS, f"{proc.name}'s heartbeat")
 
     def owner_of(self, owner: str, candidates: Sequence[Child]) -> Child:
         """The process whose worker holds ``owner`` (``host:pid:id#attempt``)."""
@@ -688,8 +699,8 @@ def defects_of(r: dict[str, Any]) -> list[str]:
 
 
 async def post_job(c: httpx.AsyncClient, body: dict[str, Any]) -> str:
-    """``POST /jobs``, retried while refused (no worker yet, or Redis away) for 30 s."""
-    deadline = time.monotonic() + 30
+    """``POST /jobs``, retried while refused (no worker yet, or Redis away)."""
+    deadline = time.monotonic() + STARTUP_SECONDS
     while True:
         with contextlib.suppress(httpx.TransportError):
             r = await c.post("/jobs", json=body)
@@ -698,7 +709,7 @@ async def post_job(c: httpx.AsyncClient, body: dict[str, Any]) -> str:
             if r.status_code != 503:
                 raise Failure(f"POST /jobs: {r.status_code} {r.text[:300]}")
         if time.monotonic() > deadline:
-            raise Failure("POST /jobs refused for 30 s")
+            raise Failure(f"POST /jobs refused for {STARTUP_SECONDS:g} s")
         await asyncio.sleep(0.05)
 
 

@@ -40,8 +40,8 @@ from reviewstream.bench.server import wait_healthy as _wait_healthy
 from reviewstream.bench.suite import stderr_progress as say
 
 __all__ = [
-    "Child", "Children", "Failure", "child_env", "command", "machine", "run", "say", "until",
-    "wait_healthy", "wait_ready",
+    "STARTUP_SECONDS", "Child", "Children", "Failure", "child_env", "command", "machine", "run",
+    "say", "until", "wait_healthy", "wait_ready",
 ]  # fmt: skip
 
 T = TypeVar("T")
