@@ -15,8 +15,7 @@ with no error — and that divided by the processes: the followers one API proce
     python benchmarks/capacity.py --processes 1,2 --followers 500,1000,2000 --repeat 2 \\
         --output benchmarks/results/capacity
 
-Each sweep takes about 10 minutes on a 2-core machine. It runs whatever ``reviewstream`` Python
-imports (``PYTHONPATH=some/src`` to compare trees).
+It runs whatever ``reviewstream`` Python imports (``PYTHONPATH=some/src`` to compare trees).
 """
 
 from __future__ import annotations
@@ -27,6 +26,10 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from harness import command, machine
+
+from reviewstream.bench.report import fmt
 
 P99_MS = 50.0  # the latency a follower count must hold to count as served
 MODES = ("short_poll", "long_poll", "sse", "websocket")
@@ -83,10 +86,6 @@ def served(table: list[dict[str, Any]], mode: str, processes: int) -> int:
     return max(ok, default=0)
 
 
-def fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
-
-
 def render(table: list[dict[str, Any]], process_counts: list[int]) -> str:
     head = (
         f"{'mode':<11}{'procs':>6}{'followers':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}"
@@ -117,7 +116,7 @@ def render(table: list[dict[str, Any]], process_counts: list[int]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--processes", default="1,2", help="API process counts (default 1,2)")
     parser.add_argument("--followers", default="500,1000,2000", help="followers per mode")
     parser.add_argument("--modes", default=",".join(MODES))
@@ -136,9 +135,9 @@ def main() -> None:
         mode: {str(n): served(table, mode, n) for n in counts}
         for mode in {r["mode"] for r in table}
     }
-    (args.output / "capacity.json").write_text(
-        json.dumps({"rows": table, "served_at_p99_50ms": served_by}, indent=2)
-    )
+    document = {"command": command(), "machine": machine(), "rows": table}
+    document["served_at_p99_50ms"] = served_by
+    (args.output / "capacity.json").write_text(json.dumps(document, indent=2))
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ For each scenario the benchmark starts, on 127.0.0.1, its own redis-server (appe
 ``appendfsync always``, so a restart keeps every acknowledged write), one ``reviewstream serve
 --api-only`` and, for each run, fresh ``reviewstream worker`` processes (a short lease, a fast
 reaper, the simulated model at ``PACE`` tokens/s). It creates a job, follows it in all four
-modes at once (short poll, long poll, SSE, WebSocket; lean clients on httpx, httpx-sse and
-websockets that resume by offset, and ride out 503s), disrupts the job's producer mid-review,
-and records:
+modes at once (short poll, long poll, SSE, WebSocket: ``reviewstream bench``'s lean connections,
+which here resume by offset and ride out 503s), disrupts the job's producer mid-review, and
+records:
 
 - the job's final status and attempts, the tokens stored before the disruption and at the end;
 - per follower: gaps and duplicates against the stored tokens (by offset; both must be 0), its
@@ -25,14 +25,15 @@ Scenarios (``--scenarios``, comma-separated; all by default):
   redis-restart      redis-server stopped for 5 s mid-review, restarted on the same port and
                      directory; plus a job created right after the restart
   kill-no-worker     only the API alive: the worker SIGKILLed; when followers hear ``queued``
-  term-serve         ``serve`` (API with its in-process worker) SIGTERMed (--graceful-timeout 1)
+  term-serve         ``serve`` (the API and its workers) SIGTERMed (--graceful-timeout 1)
                      mid-review, a standalone worker alive
 
     python benchmarks/disruption.py --runs 3 [--scenarios kill-mid,term-mid] [--output out.json]
 
-It runs whatever ``reviewstream`` Python imports (``PYTHONPATH=some/src`` to measure a tree).
-The exit status is 1 if any run shows a defect (a gap, a duplicate, a wrong digest, a job not
-done, an exit past its bound); the logs are then kept and their path printed.
+It runs whatever ``reviewstream`` Python imports (``PYTHONPATH=some/src`` to measure a tree);
+its processes are ``harness.Children``. The exit status is 1 if any run shows a defect (a gap,
+a duplicate, a wrong digest, a job not done, an exit past its bound); the logs are then kept
+and their path printed.
 """
 
 from __future__ import annotations
@@ -40,15 +41,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
-import os
-import platform
 import shutil
 import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -58,12 +54,24 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-import websockets
-from httpx_sse import SSEError, aconnect_sse
+from harness import (
+    STARTUP_SECONDS,
+    Child,
+    Children,
+    Failure,
+    command,
+    machine,
+    run,
+    say,
+    until,
+    wait_healthy,
+)
 from redis.exceptions import RedisError
 
-import reviewstream
-from reviewstream.bench.server import free_port
+from reviewstream.bench.conn import Endpoint, HttpConnection, WebSocketConnection
+from reviewstream.bench.followers import SseReader
+from reviewstream.bench.server import descendants_of, free_port
+from reviewstream.bench.suite import redis_version
 from reviewstream.keys import Keys
 from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.store import text_digest
@@ -75,99 +83,35 @@ REAP_INTERVAL_SECONDS = 0.2
 GRACE_SECONDS = 1.0  # --graceful-timeout of the SIGTERMed processes
 EXIT_SLACK_SECONDS = 1.0  # "the process exits within about a second more" (README)
 OUTAGE_SECONDS = 5.0
-DISRUPT_AT = 20  # tokens stored when the disruption comes (about a quarter of the review)
+DISRUPT_AT = 20  # tokens stored when the disruption comes: early in the review
 REVIEW = {
     "employee_name": "Katherine Johnson",
     "employee_review_points": "Trajectory analysis; mentoring; clear writing; could delegate",
-    "length_words": 60,  # ~80 tokens: ~2.7 s at PACE
+    "length_words": 60,
 }
 SHORT_POLL_INTERVAL = 0.1
 LONG_POLL_TIMEOUT = 5.0
-STARTUP_SECONDS = 30.0  # a Python process importing the app on a busy 2-core machine
 JOB_SECONDS = 60.0  # bound on any job's end
 FOLLOWER_SECONDS = 20.0  # bound on the followers' ends once the job has ended
 MODES = ("short_poll", "long_poll", "sse", "websocket")
 KEYS = Keys("rs")
-SRC = Path(reviewstream.__file__).resolve().parents[1]
-
-
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-class Failure(Exception):
-    """The benchmark could not carry out a step (not a finding about the service)."""
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-async def until(check: Callable[[], Awaitable[Any]], within: float, what: str) -> Any:
-    """``check()``'s first truthy answer, polled every 20 ms; ``Failure`` after ``within`` s."""
-    deadline = time.monotonic() + within
-    while True:
-        answer = await check()
-        if answer:
-            return answer
-        if time.monotonic() > deadline:
-            raise Failure(f"{what}: not within {within:g} s")
-        await asyncio.sleep(0.02)
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-@dataclass
-class Proc:
-    """A child process with its output in a log file."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    log: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.process.returncode is None
-
-    def signal(self, sig: int) -> None:
-        if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.send_signal(sig)
-
-    async def stop(self, within: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL past ``within`` seconds."""
-        self.signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(self.process.wait(), within)
-        except TimeoutError:
-            self.signal(signal.SIGKILL)
-            await self.process.wait()
-
-    async def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        await self.process.wait()
 
 
 class Lab:
     """One scenario's processes: redis-server, an API-only server and the runs' workers."""
 
     def __init__(self, logs: Path) -> None:
-        self.logs = logs
+        self.children = Children(logs)
         self.redis_port = free_port()
         self.api_port = free_port()
         self.redis_dir = logs / "redis-data"
         self.redis_dir.mkdir(parents=True)
-        self.procs: list[Proc] = []
-        self.redis_proc: Proc | None = None
+        self.redis_proc: Child | None = None
         self.redis: aioredis.Redis | None = None
         self.reference: list[str] | None = None  # the uninterrupted review's tokens
-        self._names: dict[str, int] = {}
 
     @property
     def redis_url(self) -> str:
@@ -183,10 +127,9 @@ class Lab:
             raise Failure("redis-server is not running")
         return self.redis
 
-    def env(self, **settings: str) -> dict[str, str]:
-        """This environment without REVIEWSTREAM_* variables, then the scenario's settings."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
-        base = {
+    def settings(self, **overrides: str) -> dict[str, str]:
+        """The scenario's settings of every reviewstream process, then ``overrides``."""
+        return {
             "redis_url": self.redis_url,
             "lease_seconds": f"{LEASE_SECONDS:g}",
             "reap_interval_seconds": f"{REAP_INTERVAL_SECONDS:g}",
@@ -194,30 +137,8 @@ class Lab:
             "worker_grace_seconds": f"{GRACE_SECONDS:g}",
             "sim_tokens_per_second": f"{PACE:g}",
             "sim_first_token_ms": f"{FIRST_TOKEN_MS:g}",
+            **overrides,
         }
-        env.update(
-            PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), env.get("PYTHONPATH")])),
-            PYTHONUNBUFFERED="1",
-            **{f"REVIEWSTREAM_{k.upper()}": v for k, v in {**base, **settings}.items()},
-        )
-        return env
-
-    async def spawn(self, name: str, argv: Sequence[str], env: dict[str, str]) -> Proc:
-        n = self._names[name] = self._names.get(name, 0) + 1
-        log = self.logs / f"{name}-{n}.log"
-        with log.open("ab") as out:  # the child holds its own descriptor
-            process = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=self.logs,  # no stray .env file is read
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=out,
-                stderr=asyncio.subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
-            )
-        proc = Proc(f"{name}-{n}", process, log)
-        self.procs.append(proc)
-        return proc
 
     async def start_redis(self) -> None:
         """redis-server on the lab's port and directory, the same after a restart."""
@@ -226,7 +147,7 @@ class Lab:
             "--save", "", "--appendonly", "yes", "--appendfsync", "always",
             "--dir", str(self.redis_dir),
         ]  # fmt: skip
-        self.redis_proc = await self.spawn("redis", argv, dict(os.environ))
+        self.redis_proc = await self.children.start("redis", argv)
         self.redis = aioredis.Redis(
             host="127.0.0.1", port=self.redis_port, decode_responses=True, socket_timeout=5
         )
@@ -248,73 +169,71 @@ class Lab:
         if self.redis_proc is not None:
             await self.redis_proc.stop(10)
 
-    async def start_api(self) -> Proc:
-        argv = [sys.executable, "-m", "reviewstream", "serve", "--api-only"]
-        argv += ["--port", str(self.api_port), "--log-level", "warning"]
-        api = await self.spawn("api", argv, self.env())
+    async def start_api(self) -> Child:
+        args = ["serve", "--api-only", "--port", str(self.api_port), "--log-level", "warning"]
+        api = await self.children.reviewstream("api", *args, **self.settings())
         await wait_healthy(self.api_url, api)
         return api
 
-    async def start_worker(self, *args: str, **settings: str) -> Proc:
+    async def start_worker(self, *args: str, **settings: str) -> Child:
         """``reviewstream worker``, once its heartbeat is in Redis (ready to claim)."""
-        argv = [sys.executable, "-m", "reviewstream", "worker", *args]
-        worker = await self.spawn("worker", argv, self.env(**settings))
+        worker = await self.children.reviewstream(
+            "worker", "worker", *args, **self.settings(**settings)
+        )
         await self.wait_heartbeat(worker)
         return worker
 
-    async def start_serve(self, *args: str, **settings: str) -> tuple[Proc, str]:
+    async def start_serve(self, *args: str, **settings: str) -> tuple[Child, str]:
         """``reviewstream serve`` with its in-process worker, on a port of its own."""
-        url = f"http://127.0.0.1:{free_port()}"
-        argv = [sys.executable, "-m", "reviewstream", "serve", "--port", url.rsplit(":", 1)[1]]
-        argv += ["--log-level", "warning", *args]
-        serve = await self.spawn("serve", argv, self.env(**settings))
+        port = free_port()
+        argv = ["serve", "--port", str(port), "--log-level", "warning", *args]
+        serve = await self.children.reviewstream("serve", *argv, **self.settings(**settings))
+        url = f"http://127.0.0.1:{port}"
         await wait_healthy(url, serve)
         await self.wait_heartbeat(serve)
         return serve, url
 
-    async def wait_heartbeat(self, proc: Proc) -> None:
-        """Until a worker named after ``proc``'s pid (host:pid:id) is in the heartbeat set."""
-        tag = f":{proc.pid}:"
+    async def wait_heartbeat(self, proc: Child) -> None:
+        """Until a worker of ``proc`` (``host:pid:id``: its own pid, or a child's when ``serve``
+        runs its workers in a process) is in the heartbeat set."""
 
         async def beating() -> bool:
             if not proc.alive:
                 raise Failure(f"{proc.name} exited with {proc.process.returncode}; see {proc.log}")
             members = await self.db.zrange(KEYS.workers, 0, -1)
-            return any(tag in m for m in members)
+            return any(_pid_of(str(m)) in _tree(proc) for m in members)
 
         await until(beating, STARTUP_SECONDS, f"{proc.name}'s heartbeat")
 
-    def owner_of(self, owner: str, candidates: Sequence[Proc]) -> Proc:
+    def owner_of(self, owner: str, candidates: Sequence[Child]) -> Child:
         """The process whose worker holds ``owner`` (``host:pid:id#attempt``)."""
-        pid = int(owner.rsplit("#", 1)[0].split(":")[-2])
+        pid = _pid_of(owner.rsplit("#", 1)[0])
         for proc in candidates:
-            if proc.pid == pid:
+            if pid in _tree(proc):
                 return proc
         raise Failure(f"owner {owner!r} is none of {[p.name for p in candidates]}")
 
     async def stop_workers(self) -> None:
         """The runs' survivors: SIGTERM, bounded."""
-        mine = [p for p in self.procs if p.alive and p.name.split("-")[0] in ("worker", "serve")]
+        mine = [
+            p for p in self.children.started
+            if p.alive and p.name.split("-")[0] in ("worker", "serve")
+        ]  # fmt: skip
         await asyncio.gather(*(p.stop() for p in mine))
 
     async def aclose(self) -> None:
-        for proc in self.procs:
-            if proc.alive:
-                proc.signal(signal.SIGKILL)
-        for proc in self.procs:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.process.wait(), 5)
+        await self.children.aclose()
         if self.redis is not None:
             with contextlib.suppress(RedisError, OSError):
                 await self.redis.aclose()
 
     def log_sizes(self) -> dict[Path, int]:
-        return {p.log: p.log.stat().st_size for p in self.procs if p.log.exists()}
+        return {p.log: p.log.stat().st_size for p in self.children.started if p.log.exists()}
 
     def log_lines_since(self, sizes: dict[Path, int]) -> list[str]:
         """WARNING/ERROR lines and tracebacks the service logged since ``sizes``."""
         lines: list[str] = []
-        for proc in self.procs:
+        for proc in self.children.started:
             if proc.name.startswith("redis") or not proc.log.exists():
                 continue
             with proc.log.open("rb") as f:
@@ -328,17 +247,13 @@ class Lab:
         return lines
 
 
-async def wait_healthy(url: str, proc: Proc) -> None:
-    async with httpx.AsyncClient(base_url=url, timeout=2) as c:
+def _pid_of(worker: str) -> int:
+    """The pid in a worker's name (``host:pid:id``)."""
+    return int(worker.split(":")[-2])
 
-        async def healthy() -> bool:
-            if not proc.alive:
-                raise Failure(f"{proc.name} exited with {proc.process.returncode}; see {proc.log}")
-            with contextlib.suppress(httpx.TransportError):
-                return (await c.get("/healthz")).status_code == 200
-            return False
 
-        await until(healthy, STARTUP_SECONDS, f"{proc.name} /healthz")
+def _tree(proc: Child) -> set[int]:
+    return {proc.pid, *descendants_of(proc.pid)}
 
 
 # -- followers ------------------------------------------------------------------------------
@@ -385,94 +300,167 @@ class Follower:
         )
 
 
-async def poll(c: httpx.AsyncClient, job_id: str, f: Follower, *, long: bool) -> None:
+async def poll(endpoint: Endpoint, job_id: str, f: Follower, *, long: bool) -> None:
     """A short or long poller: keeps its offset, rides out 503s and dropped connections."""
     path = f"/jobs/{job_id}/long-poll" if long else f"/jobs/{job_id}"
-    while True:
-        params: dict[str, Any] = {"offset": f.next_offset}
-        if long:
-            params["timeout"] = LONG_POLL_TIMEOUT
-        try:
-            r = await c.get(path, params=params)
-        except httpx.TransportError:
-            f.refusals += 1
-            await asyncio.sleep(0.1)
-            continue
-        if r.status_code == 503:
-            f.refusals += 1
-            await asyncio.sleep(0.1)
-            continue
-        if r.status_code != 200:
-            raise Failure(f"{f.mode}: {r.status_code} {r.text[:300]}")
-        f.connections += 1
-        page = r.json()
-        f.take(int(page["offset"]), page["tokens"])
-        f.saw(str(page["status"]), int(page["attempts"]))
-        if page["done"]:
-            f.ends.append(page)
-            return
-        if not long:
-            await asyncio.sleep(SHORT_POLL_INTERVAL)
+    wait = f"&timeout={LONG_POLL_TIMEOUT:g}" if long else ""
+    conn: HttpConnection | None = None
+    try:
+        while True:
+            try:
+                if conn is None or not conn.is_open:
+                    conn = await HttpConnection.open(endpoint)
+                response = conn.request("GET", f"{path}?offset={f.next_offset}{wait}")
+                await response.done
+            except OSError:
+                f.refusals += 1
+                await asyncio.sleep(0.1)
+                continue
+            if response.status == 503:
+                f.refusals += 1
+                await asyncio.sleep(0.1)
+                continue
+            if response.status != 200:
+                raise Failure(f"{f.mode}: {response.status} {_text(response.body)}")
+            f.connections += 1
+            page = json.loads(response.body)
+            f.take(int(page["offset"]), page["tokens"])
+            f.saw(str(page["status"]), int(page["attempts"]))
+            if page["done"]:
+                f.ends.append(page)
+                return
+            if not long:
+                await asyncio.sleep(SHORT_POLL_INTERVAL)
+    finally:
+        if conn is not None:
+            conn.close()
 
 
-async def sse(c: httpx.AsyncClient, job_id: str, f: Follower) -> None:
+def _text(body: bytes | bytearray) -> str:
+    return bytes(body[:300]).decode(errors="replace")
+
+
+class _Events(SseReader):
+    """reviewstream's SSE events, into a follower."""
+
+    def __init__(self, f: Follower, ended: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.f = f
+        self.ended = ended
+
+    def on_event(self, event: str, data: list[bytes], now: float) -> None:
+        payload = b"\n".join(data)
+        if event == "token":
+            message = json.loads(payload)
+            self.f.take(int(message["offset"]), message["tokens"])
+        elif event == "status":
+            self.f.notice(json.loads(payload))
+        elif event == "end":
+            self.f.ends.append(json.loads(payload))
+            if not self.ended.done():
+                self.ended.set_result(None)
+        elif event == "error":
+            self.f.drops.append(f"error event: {_text(payload)}")
+
+
+async def sse(endpoint: Endpoint, job_id: str, f: Follower) -> None:
     """An SSE follower that reconnects from its offset when a stream ends without an end."""
     while True:
-        try:
-            params = {"offset": f.next_offset}
-            async with aconnect_sse(c, "GET", f"/jobs/{job_id}/events", params=params) as source:
-                status = source.response.status_code
-                if status == 503:
-                    f.refusals += 1
-                    await asyncio.sleep(0.1)
-                    continue
-                if status != 200:
-                    body = (await source.response.aread()).decode(errors="replace")
-                    raise Failure(f"sse: {status} {body[:300]}")
-                f.connections += 1
-                async for event in source.aiter_sse():
-                    if event.event == "token":
-                        data = json.loads(event.data)
-                        f.take(int(data["offset"]), data["tokens"])
-                    elif event.event == "status":
-                        f.notice(json.loads(event.data))
-                    elif event.event == "end":
-                        f.ends.append(json.loads(event.data))
-                        return
-                    elif event.event == "error":
-                        f.drops.append(f"error event: {event.data}")
-                f.drops.append("stream closed without an end")
-        except (httpx.TransportError, SSEError) as e:
-            f.refusals += 1
-            f.drops.append(f"{type(e).__name__}: {e}")
+        if await _sse_stream(endpoint, job_id, f):
+            return
         await asyncio.sleep(0.1)
 
 
-async def websocket(base: str, job_id: str, f: Follower) -> None:
+async def _sse_stream(endpoint: Endpoint, job_id: str, f: Follower) -> bool:
+    """One SSE response from the follower's offset; True once it delivered the end."""
+    ended: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    reader = _Events(f, ended)
+    conn: HttpConnection | None = None
+
+    def on_body(data: bytes, now: float) -> None:
+        if response.status == 200:
+            reader.feed(data, now)
+        else:
+            response.body += data
+
+    try:
+        conn = await HttpConnection.open(endpoint)
+        target = f"/jobs/{job_id}/events?offset={f.next_offset}"
+        headers = {"Accept": "text/event-stream"}
+        response = conn.request("GET", target, headers=headers, on_body=on_body)
+        status = await response.headers
+        if status == 503:
+            f.refusals += 1
+            return False
+        if status != 200:
+            with contextlib.suppress(TimeoutError, ConnectionError):
+                await asyncio.wait_for(asyncio.shield(response.done), 1.0)
+            raise Failure(f"sse: {status} {_text(response.body)}")
+        f.connections += 1
+        await asyncio.wait([ended, response.done], return_when=asyncio.FIRST_COMPLETED)
+        if ended.done():
+            return True
+        cut = response.done.exception()
+        if cut is not None:
+            f.refusals += 1
+            f.drops.append(f"{type(cut).__name__}: {cut}")
+        else:
+            f.drops.append("stream closed without an end")
+    except OSError as e:
+        f.refusals += 1
+        f.drops.append(f"{type(e).__name__}: {e}")
+    finally:
+        if conn is not None:
+            conn.close()
+        if not ended.done():
+            ended.cancel()
+    return False
+
+
+async def websocket(endpoint: Endpoint, job_id: str, f: Follower) -> None:
     """A WebSocket follower that reconnects from its offset when closed before the end."""
     while True:
-        url = base.replace("http://", "ws://") + f"/jobs/{job_id}/ws?offset={f.next_offset}"
-        try:
-            async with websockets.connect(url, max_size=2**22, open_timeout=10) as ws:
-                f.connections += 1
-                async for raw in ws:
-                    message = json.loads(raw)
-                    if message["type"] == "tokens":
-                        f.take(int(message["offset"]), message["tokens"])
-                    elif message["type"] == "status":
-                        f.notice(message)
-                    elif message["type"] == "end":
-                        f.ends.append(message)
-                        return
-                f.drops.append(f"closed without an end: {ws.close_code} {ws.close_reason}")
-        except websockets.InvalidStatus as e:
-            if e.response.status_code != 503:
-                raise Failure(f"websocket: handshake answered {e.response.status_code}") from e
-            f.refusals += 1
-        except (OSError, TimeoutError, websockets.WebSocketException) as e:
-            f.refusals += 1
-            f.drops.append(f"{type(e).__name__}: {e}")
+        if await _websocket_session(endpoint, job_id, f):
+            return
         await asyncio.sleep(0.1)
+
+
+async def _websocket_session(endpoint: Endpoint, job_id: str, f: Follower) -> bool:
+    """One WebSocket session from the follower's offset; True once it delivered the end."""
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[None] = loop.create_future()
+
+    def on_message(payload: bytes, now: float) -> None:
+        message = json.loads(payload)
+        if message["type"] == "tokens":
+            f.take(int(message["offset"]), message["tokens"])
+        elif message["type"] == "status":
+            f.notice(message)
+        elif message["type"] == "end":
+            f.ends.append(message)
+            if not ended.done():
+                ended.set_result(None)
+
+    conn = WebSocketConnection(endpoint, f"/jobs/{job_id}/ws?offset={f.next_offset}", on_message)
+    try:
+        await loop.create_connection(lambda: conn, endpoint.host, endpoint.port)
+        await conn.handshake
+        f.connections += 1
+        await asyncio.wait([ended, conn.closed], return_when=asyncio.FIRST_COMPLETED)
+        if ended.done():
+            return True
+        f.drops.append(f"closed without an end: {conn.close_code}")
+    except OSError as e:
+        if conn.status not in (0, 503):
+            raise Failure(f"websocket: handshake answered {conn.status}") from e
+        f.refusals += 1
+        if conn.status != 503:
+            f.drops.append(f"{type(e).__name__}: {e}")
+    finally:
+        conn.close()
+        if not ended.done():
+            ended.cancel()
+    return False
 
 
 def audit(f: Follower, stored: list[str], digest: str) -> dict[str, Any]:
@@ -552,13 +540,14 @@ class Trial:
         return self.job_id
 
     async def _follow(self, f: Follower) -> None:
+        endpoint = Endpoint.from_url(self.lab.api_url)
         try:
             if f.mode in ("short_poll", "long_poll"):
-                await poll(self.client, self.job_id, f, long=f.mode == "long_poll")
+                await poll(endpoint, self.job_id, f, long=f.mode == "long_poll")
             elif f.mode == "sse":
-                await sse(self.client, self.job_id, f)
+                await sse(endpoint, self.job_id, f)
             else:
-                await websocket(self.lab.api_url, self.job_id, f)
+                await websocket(endpoint, self.job_id, f)
         except asyncio.CancelledError:
             f.error = f.error or "cancelled before its end"
             raise
@@ -591,7 +580,7 @@ class Trial:
         self.disrupted_at = time.time()
         return self.disrupted_at
 
-    async def sigterm(self, proc: Proc) -> None:
+    async def sigterm(self, proc: Child) -> None:
         """SIGTERM ``proc`` now (the disruption) and time its exit."""
         bound = GRACE_SECONDS + EXIT_SLACK_SECONDS
         size = proc.log.stat().st_size
@@ -710,6 +699,7 @@ def defects_of(r: dict[str, Any]) -> list[str]:
 
 
 async def post_job(c: httpx.AsyncClient, body: dict[str, Any]) -> str:
+    """``POST /jobs``, retried while refused (no worker yet, or Redis away)."""
     deadline = time.monotonic() + STARTUP_SECONDS
     while True:
         with contextlib.suppress(httpx.TransportError):
@@ -833,8 +823,9 @@ async def kill_no_worker(lab: Lab, t: Trial) -> None:
 
 
 async def term_serve(lab: Lab, t: Trial) -> None:
-    """``serve`` (API + in-process worker) SIGTERMed mid-review (--graceful-timeout 1) while a
-    standalone worker is alive; the followers are on the API-only process.
+    """``serve`` (the API and its workers, placed where ``serve`` places them) SIGTERMed
+    mid-review (--graceful-timeout 1) while a standalone worker is alive; the followers are on
+    the API-only process.
 
     The standalone worker starts once ``serve``'s worker has claimed the job (else either might
     claim it); ``serve``'s first token waits a few seconds meanwhile, so that the disruption
@@ -1017,26 +1008,8 @@ def _size(value: Any) -> int:
     return len(value) if isinstance(value, list) else int(value)
 
 
-def machine() -> dict[str, Any]:
-    """Where and on what the figures were taken."""
-    commit = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(
-            ["git", "-C", str(SRC), "rev-parse", "--short", "HEAD"],
-            capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()  # fmt: skip
-    return {
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
-        "cpus": os.cpu_count(),
-        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
-        "python": sys.version.split()[0],
-        "platform": platform.platform(),
-        "redis_server": redis_server_binary(),
-    }
-
-
-async def main_async(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace) -> int:
+    """Run the scenarios; print the table, the notes and every defect; write the JSON."""
     names = args.scenarios.split(",") if args.scenarios else list(SCENARIOS)
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -1075,9 +1048,9 @@ async def main_async(args: argparse.Namespace) -> int:
                     print(f"    {line}")
     if args.output:
         payload = {
-            "command": " ".join(sys.argv),
+            "command": command(),
             "seconds": round(took, 1),
-            "machine": machine(),
+            "machine": machine(await redis_version()),
             "settings": {
                 "pace": PACE,
                 "first_token_ms": FIRST_TOKEN_MS,
@@ -1095,26 +1068,10 @@ async def main_async(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def main() -> None:
+if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=3, help="runs per scenario")
     parser.add_argument("--scenarios", help=f"comma-separated, of: {', '.join(SCENARIOS)}")
     parser.add_argument("--output", help="also write every run's figures here (JSON)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the logs of a clean run")
-    args = parser.parse_args()
-
-    async def guarded() -> int:
-        task = asyncio.current_task()
-        assert task is not None
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        return await main_async(args)
-
-    try:
-        sys.exit(asyncio.run(guarded()))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        say("interrupted: every process started was stopped")
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()
+    run(main(parser.parse_args()))

@@ -18,12 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from harness import run, say
 
 from reviewstream.bench.conn import Endpoint, HttpConnection
 from reviewstream.bench.plan import ServerConfig
@@ -154,10 +154,8 @@ async def running_jobs(base_url: str, n: int) -> list[str]:
     return jobs
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
-    def say(message: str) -> None:
-        print(message, file=sys.stderr, flush=True)
-
+async def measure_idle(args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline window, then the streams opened and their idle window."""
     config = ServerConfig(rate=20, coalesce_ms=0, first_token_ms=NEVER_MS)
     extra = {"REVIEWSTREAM_RESYNC_SECONDS": f"{args.resync_seconds:g}"}
     conns: list[HttpConnection] = []
@@ -225,8 +223,18 @@ def report(result: dict[str, Any]) -> str:
     )  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+async def main(args: argparse.Namespace) -> int:
+    raise_open_files_limit()
+    result = await measure_idle(args)
+    print(report(result))
+    if args.json:
+        with open(args.json, "w") as f:  # noqa: ASYNC230 - once, at the end
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=3000)
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=30.0, help="the idle window measured")
@@ -234,14 +242,4 @@ def main() -> None:
     parser.add_argument("--settle-seconds", type=float, default=6.0, help="after the last connect")
     parser.add_argument("--resync-seconds", type=float, default=5.0)
     parser.add_argument("--json", help="also write the result here")
-    args = parser.parse_args()
-    raise_open_files_limit()
-    result = asyncio.run(run(args))
-    print(report(result))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-
-
-if __name__ == "__main__":
-    main()
+    run(main(parser.parse_args()))

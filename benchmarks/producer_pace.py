@@ -34,18 +34,18 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from harness import command, run, say
 
 from reviewstream.bench.conn import Endpoint
 from reviewstream.bench.followers import FollowOptions, JobHandle, Trace, follow
 from reviewstream.bench.plan import ServerConfig
-from reviewstream.bench.runner import EndWatcher, job_body
+from reviewstream.bench.runner import TOKENS_PER_WORD, EndWatcher, job_body
 from reviewstream.bench.server import (
     System,
     cpu_seconds,
@@ -112,7 +112,7 @@ async def one_run(system: System, args: argparse.Namespace, modes: tuple[str, ..
     body = job_body(args.length_words)
     tasks: list[asyncio.Task[None]] = []
     traces: list[Trace] = []
-    expected = args.first_token_ms / 1000 + args.length_words * 1.4 / args.rate
+    expected = args.first_token_ms / 1000 + args.length_words * TOKENS_PER_WORD / args.rate
     deadline = 15 * expected + 30  # a starved producer is slow, not lost: measure it
     limits = httpx.Limits(max_connections=32, max_keepalive_connections=32)
     workers = descendants_of(system.server_pid) if system.server_pid else []
@@ -202,10 +202,6 @@ class Variant:
         return {"variant": self.name, "ratio": ratio, "unloaded": unloaded, "loaded": loaded}
 
 
-def say(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 async def measure(variant: str, args: argparse.Namespace, modes: tuple[str, ...]) -> Variant:
     config = ServerConfig(rate=args.rate, coalesce_ms=0, first_token_ms=args.first_token_ms)
     result = Variant(variant)
@@ -283,7 +279,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def main_async(args: argparse.Namespace) -> int:
+async def main(args: argparse.Namespace) -> int:
     modes = tuple(m.strip() for m in args.mode.split(",") if m.strip())
     unknown = set(modes) - set(MODES)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -296,15 +292,10 @@ async def main_async(args: argparse.Namespace) -> int:
     say(f"load average after: {os.getloadavg()[0]:.2f}")
     print(table(results, args, "+".join(modes)))
     if args.json is not None:
-        command = "python benchmarks/producer_pace.py " + " ".join(sys.argv[1:])
-        args.json.write_text(json.dumps({"command": command, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"command": command(), "results": results}, indent=2))
     failed = any(r["loaded"]["errors"] or r["unloaded"]["errors"] for r in results)
     return 1 if failed else 0
 
 
-def main() -> int:
-    return asyncio.run(main_async(parse_args()))
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main(parse_args()))

@@ -1,29 +1,31 @@
-"""What the app's layers cost a long poll, in process: the app against its long-poll route alone.
+"""What the app's layers cost a long poll, in process: the whole app against the route's own work.
 
-Builds the app (``create_app``; nothing started, no Redis), replaces the long poll's answer with
-a fixed 100-byte one (``long_poll.answer``, which the lane and ``PlainLongPoll`` both call),
-and calls, 20,000 times each and 5 rounds, (a) the route's own ``matches`` and ``handle`` and
-(b) the whole app, with the scope of a plain long poll and a ``send`` that drops messages. The
-difference is what the layers between uvicorn and the route cost per request: FastAPI's and
-Starlette's ``__call__`` (telemetry check), the middlewares, the lane or the routers.
+Builds the app (``create_app``; nothing started, no Redis) with the long-poll route's endpoint
+replaced by one that answers a fixed 100-byte body, and calls, 20,000 times each and 5 rounds,
+(a) ``Delivery`` holding that route alone (the caller, the parameters, the endpoint: the route's
+own work) and (b) the whole app, with the scope of a long poll and a ``send`` that drops
+messages. The difference is what the layers between uvicorn and the route cost per request:
+FastAPI's and Starlette's ``__call__``, the error middleware, the connection cap.
 
     python benchmarks/request_layers.py
-    PYTHONPATH=/tmp/before/src python benchmarks/request_layers.py   # another tree
-
-An older tree without ``long_poll.answer`` gets the same fixed answer through its route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import statistics
 import time
+from types import SimpleNamespace
 from typing import Any
 
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from reviewstream.settings import Settings
-from reviewstream.web import create_app
+from reviewstream.tenancy import Gatekeeper, StreamTokens
+from reviewstream.web import app as web_app
+from reviewstream.web.delivery import Delivery
+from reviewstream.web.deps import JsonAnswer
 from reviewstream.web.routes import long_poll
 
 BODY = b'{"id":"x","status":"running","offset":5,"next_offset":6,"tokens":["hi"],"done":false}'
@@ -31,15 +33,12 @@ PATH = "/jobs/0123456789abcdef0123456789abcdef/long-poll"
 CALLS = 20_000
 
 
-async def fixed_answer(got: Any, scope: Scope, send: Send) -> None:
-    headers = [*long_poll._HEAD, (b"content-length", b"%d" % len(BODY)), long_poll._JSON]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
-    await send({"type": "http.response.body", "body": BODY})
+async def fixed(service: Any, params: Any, caller: Any) -> JsonAnswer:
+    return JsonAnswer(BODY)
 
 
-class FixedRoute(long_poll.PlainLongPoll):
-    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await fixed_answer(None, scope, send)
+FIXED = dataclasses.replace(long_poll.ROUTE, endpoint=fixed)
+SERVICE = SimpleNamespace(gate=Gatekeeper(None, StreamTokens(b"secret", 60)))
 
 
 def scope() -> Scope:
@@ -56,7 +55,7 @@ def scope() -> Scope:
         "headers": [(b"host", b"x")],
         "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 8000),
-        "state": {},
+        "state": {"service": SERVICE},
     }
 
 
@@ -68,20 +67,19 @@ async def dropped(message: Message) -> None:
     pass
 
 
+async def nowhere(scope: Scope, receive: Receive, send: Send) -> None:
+    raise AssertionError("the long poll went past Delivery")
+
+
 async def main() -> None:
-    app = create_app(Settings(_env_file=None, redis_url="redis://127.0.0.1:1"), run_worker=False)  # type: ignore[call-arg]
-    routes = app.router.routes
-    routes[:] = [FixedRoute() if isinstance(r, long_poll.PlainLongPoll) else r for r in routes]
-    if hasattr(long_poll, "answer"):
-        long_poll.answer = fixed_answer  # type: ignore[assignment]
-    route = FixedRoute()
-
-    async def route_alone(s: Scope, r: Receive, send: Send) -> None:
-        _, child = route.matches(s)
-        s.update(child)
-        await route.handle(s, r, send)
-
-    for name, target in (("the route alone", route_alone), ("the whole app", app)):
+    web_app.DELIVERY = tuple(FIXED if r.name == FIXED.name else r for r in web_app.DELIVERY)
+    settings = Settings(_env_file=None, redis_url="redis://127.0.0.1:1")  # type: ignore[call-arg]
+    app = web_app.create_app(settings, run_worker=False)
+    targets: list[tuple[str, ASGIApp]] = [
+        ("the route alone", Delivery(nowhere, [FIXED])),
+        ("the whole app", app),
+    ]
+    for name, target in targets:
         rounds = []
         for _ in range(5):
             started = time.perf_counter()

@@ -12,9 +12,9 @@ time, one PUBLISH.
 
 Per P the median of ``--runs`` runs is printed: tokens/s, Redis CPU (% of one core) and
 **tokens per Redis CPU-second** — the appends one shard's core could take if nothing else
-competed for it, which is the figure to size shards by. On a 2-core machine the workers and
-Redis share the cores, so the achieved tokens/s is bounded by the workers' CPU long before
-Redis' own; the projection is what the table reports as one shard's capacity.
+competed for it, which is the figure to size shards by. Where the workers and Redis share a few
+cores, the achieved tokens/s is bounded by the workers' CPU long before Redis' own; the
+projection is what the table reports as one shard's capacity.
 
     python benchmarks/shard_throughput.py
     python benchmarks/shard_throughput.py --worker-processes 1,2 --concurrency 64 --rate 200 \\
@@ -31,13 +31,13 @@ import json
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
+from harness import Children, run, wait_healthy, wait_ready
 
 from reviewstream.bench.runner import job_body
 from reviewstream.bench.server import (
@@ -46,9 +46,6 @@ from reviewstream.bench.server import (
     cpu_seconds,
     free_port,
     raise_open_files_limit,
-    start_process,
-    stop_process,
-    wait_healthy,
 )
 from reviewstream.keys import Keys
 
@@ -74,18 +71,14 @@ class Run:
         return self.tokens / self.redis_cpu if self.redis_cpu else 0.0
 
 
-def _env(redis_url: str, rate: float, concurrency: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
-    env.update(
-        {
-            "REVIEWSTREAM_REDIS_URL": redis_url,
-            "REVIEWSTREAM_PROVIDER": "simulated",
-            "REVIEWSTREAM_SIM_TOKENS_PER_SECOND": f"{rate:g}",
-            "REVIEWSTREAM_SIM_FIRST_TOKEN_MS": "0",
-            "REVIEWSTREAM_WORKER_CONCURRENCY": str(concurrency),
-        }
-    )
-    return env
+def _settings(redis_url: str, rate: float, concurrency: int) -> dict[str, str]:
+    return {
+        "redis_url": redis_url,
+        "provider": "simulated",
+        "sim_tokens_per_second": f"{rate:g}",
+        "sim_first_token_ms": "0",
+        "worker_concurrency": str(concurrency),
+    }
 
 
 async def _counts(redis: RedisProcess, keys: Keys, job_ids: list[str]) -> int:
@@ -104,60 +97,50 @@ async def _appends(redis: RedisProcess) -> int:
 async def one_run(args: argparse.Namespace, processes: int) -> Run:
     workdir = Path(tempfile.mkdtemp(prefix="reviewstream-shard-"))
     redis = RedisProcess(workdir)
-    children: list[asyncio.subprocess.Process] = []
     try:
-        await redis.start()
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        api_env = _env(redis.url, args.rate, args.concurrency)
-        api_env["REVIEWSTREAM_MAX_QUEUED_JOBS"] = str(args.concurrency * 8)
-        reviewstream = [sys.executable, "-m", "reviewstream"]
-        argv = [*reviewstream, "serve", "--api-only", "--host", "127.0.0.1", "--port", str(port),
-                "--log-level", "warning"]  # fmt: skip
-        children.append(await start_process(argv, api_env, str(workdir), workdir / "api.log"))
-        share = max(1, args.concurrency // processes)
-        workers = []
-        for n in range(processes):
-            env = _env(redis.url, args.rate, share)
-            log = workdir / f"worker{n}.log"
-            workers.append(await start_process([*reviewstream, "worker"], env, str(workdir), log))
-        children += workers
-        await wait_healthy(base, children[0], 60, workdir / "api.log")
-        keys = Keys()
-        job_ids: list[str] = []
-        async with httpx.AsyncClient(timeout=30) as client:
-            ready_by = time.monotonic() + 30
-            while (await client.get(base + "/readyz")).status_code != 200:
-                if time.monotonic() > ready_by:
-                    raise RuntimeError("no worker became ready")
-                await asyncio.sleep(0.1)
-            for _ in range(args.concurrency * 2):
-                reply = await client.post(base + "/jobs", json=job_body(1500))
-                reply.raise_for_status()
-                job_ids.append(reply.json()["id"])
-        await asyncio.sleep(args.warmup)
-        assert redis.pid is not None
-        pids = [w.pid for w in workers]
-        t0 = time.monotonic()
-        tokens0, appends0 = await _counts(redis, keys, job_ids), await _appends(redis)
-        redis0, client0 = cpu_seconds(redis.pid) or 0.0, client_cpu_seconds()
-        workers0 = sum(cpu_seconds(p) or 0.0 for p in pids)
-        await asyncio.sleep(args.seconds)
-        tokens1, appends1 = await _counts(redis, keys, job_ids), await _appends(redis)
-        redis1, client1 = cpu_seconds(redis.pid) or 0.0, client_cpu_seconds()
-        workers1 = sum(cpu_seconds(p) or 0.0 for p in pids)
-        return Run(
-            worker_processes=processes,
-            seconds=time.monotonic() - t0,
-            tokens=tokens1 - tokens0,
-            appends=appends1 - appends0,
-            redis_cpu=redis1 - redis0,
-            workers_cpu=workers1 - workers0,
-            client_cpu=client1 - client0,
-        )
+        async with Children(workdir) as children:
+            await redis.start()
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            api_settings = _settings(redis.url, args.rate, args.concurrency)
+            api_settings["max_queued_jobs"] = str(args.concurrency * 8)
+            serve = ["serve", "--api-only", "--host", "127.0.0.1", "--port", str(port),
+                     "--log-level", "warning"]  # fmt: skip
+            api = await children.reviewstream("api", *serve, **api_settings)
+            share = _settings(redis.url, args.rate, max(1, args.concurrency // processes))
+            workers = [
+                await children.reviewstream("worker", "worker", **share) for _ in range(processes)
+            ]
+            await wait_healthy(base, api, 60)
+            await wait_ready(base)
+            keys = Keys()
+            job_ids: list[str] = []
+            async with httpx.AsyncClient(timeout=30) as client:
+                for _ in range(args.concurrency * 2):
+                    reply = await client.post(base + "/jobs", json=job_body(1500))
+                    reply.raise_for_status()
+                    job_ids.append(reply.json()["id"])
+            await asyncio.sleep(args.warmup)
+            assert redis.pid is not None
+            pids = [w.pid for w in workers]
+            t0 = time.monotonic()
+            tokens0, appends0 = await _counts(redis, keys, job_ids), await _appends(redis)
+            redis0, client0 = cpu_seconds(redis.pid) or 0.0, client_cpu_seconds()
+            workers0 = sum(cpu_seconds(p) or 0.0 for p in pids)
+            await asyncio.sleep(args.seconds)
+            tokens1, appends1 = await _counts(redis, keys, job_ids), await _appends(redis)
+            redis1, client1 = cpu_seconds(redis.pid) or 0.0, client_cpu_seconds()
+            workers1 = sum(cpu_seconds(p) or 0.0 for p in pids)
+            return Run(
+                worker_processes=processes,
+                seconds=time.monotonic() - t0,
+                tokens=tokens1 - tokens0,
+                appends=appends1 - appends0,
+                redis_cpu=redis1 - redis0,
+                workers_cpu=workers1 - workers0,
+                client_cpu=client1 - client0,
+            )
     finally:
-        for child in reversed(children):
-            await stop_process(child, 5)
         await redis.aclose()
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -178,16 +161,7 @@ def summary(runs: list[Run]) -> dict[str, float]:
     }
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--worker-processes", default="1,2", help="comma-separated (default 1,2)")
-    parser.add_argument("--concurrency", type=int, default=64, help="jobs at once, all workers")
-    parser.add_argument("--rate", type=float, default=200.0, help="tokens/s per job (default 200)")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
-    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=Path, help="write the runs and medians here")
-    args = parser.parse_args()
+async def main(args: argparse.Namespace) -> int:
     raise_open_files_limit()
     results = []
     print(f"load: {args.concurrency} jobs at once at {args.rate:g} tok/s each, cores: "
@@ -206,7 +180,16 @@ async def main() -> None:
     if args.json is not None:
         args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)},
                                          "results": results}, indent=2))  # fmt: skip
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--worker-processes", default="1,2", help="comma-separated (default 1,2)")
+    parser.add_argument("--concurrency", type=int, default=64, help="jobs at once, all workers")
+    parser.add_argument("--rate", type=float, default=200.0, help="tokens/s per job (default 200)")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--json", type=Path, help="write the runs and medians here")
+    run(main(parser.parse_args()))

@@ -19,12 +19,8 @@ Modules, one purpose each:
 - ``report``: the table, ``results.json`` and the chart.
 - ``cli``: the command line and the orchestration.
 
-Side by side with a peer (``--peer durable-streams``), the same loads on another server:
-
-- ``peer_server``: the Durable Streams reference server, installed from npm on request.
-- ``peer_followers``: long-poll and SSE followers speaking the Durable Streams protocol.
-- ``peer_runner``: one run of one load against the peer, with the benchmark as its producer.
-- ``side_by_side``: each load on reviewstream then on the peer; ratios, targets, the table.
+Research that runs the same loads elsewhere (side by side with peer servers, disruptions,
+profiles) lives beside the package, in ``benchmarks/``, and builds on these modules.
 """
 
 from __future__ import annotations

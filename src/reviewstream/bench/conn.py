@@ -1,8 +1,8 @@
 """Lean client connections for the benchmark: HTTP/1.1 (keep-alive, streamed bodies) and
 WebSocket.
 
-Why not httpx, httpx-sse and websockets: at 1,000 followers the client receives about 20,000
-messages a second on the same two cores as the server, and a general-purpose client spends more
+Why not httpx, httpx-sse and websockets: at the largest fan-out the client receives a message per
+token per follower on the same cores as the server, and a general-purpose client spends more
 CPU per message than the server does, so the benchmark would measure itself. These are
 ``asyncio.Protocol``s that parse in ``data_received`` (httptools, a C parser, for HTTP; a few
 lines for WebSocket frames, which servers send unmasked), stamp every read with ``time.time()``
@@ -198,13 +198,15 @@ class HttpConnection(asyncio.Protocol):
 class WebSocketConnection(asyncio.Protocol):
     """A WebSocket client: text messages go to ``on_message`` with their arrival time.
 
-    Answers pings, echoes the server's close and then closes; sends nothing else.
+    Answers pings, echoes the server's close and then closes; sends nothing else. ``status`` is
+    the handshake's answer (101 once open), 0 until it arrives.
     """
 
     def __init__(self, endpoint: Endpoint, target: str, on_message: MessageCallback) -> None:
         self.endpoint = endpoint
         self.target = target
         self.on_message = on_message
+        self.status = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self.messages = 0
@@ -303,7 +305,9 @@ class WebSocketConnection(asyncio.Protocol):
             for name, _, value in (line.partition(":") for line in header_lines)
         }
         accept = base64.b64encode(hashlib.sha1(self._key + _WS_GUID).digest()).decode()
-        if status_line.split(" ")[1:2] != ["101"]:
+        code = status_line.split(" ")[1:2]
+        self.status = int(code[0]) if code and code[0].isdigit() else -1
+        if self.status != 101:
             self._refuse(f"handshake answered {status_line!r}")
             return False
         if headers.get("sec-websocket-accept") != accept:

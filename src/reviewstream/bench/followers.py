@@ -254,13 +254,15 @@ async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOpti
 class SseReader:
     """Splits a streamed body into SSE events; a subclass says what each event means.
 
-    Every live follower that reads SSE (reviewstream's, the peers') parses with this, so a
-    comparison between them measures the servers, not two parsers.
+    Every follower that reads SSE (reviewstream's, and the peers' in ``benchmarks/``) parses
+    with this, so a comparison between them measures the servers, not two parsers.
     """
 
-    def __init__(self, trace: Trace, ended: asyncio.Future[None]) -> None:
-        self.trace = trace
-        self.ended = ended
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def reset(self) -> None:
+        """A new response: drop what is left of an event the last one cut short."""
         self._buffer = b""
 
     def feed(self, data: bytes, now: float) -> None:
@@ -297,6 +299,11 @@ class SseReader:
 
 class _SseReader(SseReader):
     """reviewstream's events: ``token`` and ``end`` go to the trace."""
+
+    def __init__(self, trace: Trace, ended: asyncio.Future[None]) -> None:
+        super().__init__()
+        self.trace = trace
+        self.ended = ended
 
     def on_event(self, event: str, data: list[bytes], now: float) -> None:
         if event == "token":

@@ -96,10 +96,6 @@ class BenchOptions:
     queue_shards: int = 1  # REVIEWSTREAM_QUEUE_SHARDS of a started server
     memory: bool = False
     memory_connections: int = 2000
-    # --peer: run each load on reviewstream and on this peer instead of the plan (side_by_side).
-    peer: str | None = None
-    peer_dir: Path | None = None
-    peer_version: str | None = None
 
 
 def split_load(n: int, per_job: int) -> tuple[int, int]:

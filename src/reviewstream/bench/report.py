@@ -85,6 +85,25 @@ def _mode_row(name: str, m: dict[str, Any]) -> list[str]:
     ]  # fmt: skip
 
 
+def _coalesce_row(r: dict[str, Any]) -> list[str]:
+    lat = r["latency_ms"]
+    return [
+        r["mode"], fmt(r["coalesce_ms"], 0), fmt(r["rate"], 0), fmt(r["followers"], 0),
+        fmt(lat["p50"], 2), fmt(lat["p99"], 1), fmt(r.get("requests_per_job"), 1),
+        fmt(r.get("messages_per_job"), 1), fmt(r.get("cpu_s_per_1k_tokens"), 3),
+        fmt(r.get("errors"), 0),
+    ]  # fmt: skip
+
+
+def _memory_row(kind: str, m: dict[str, Any]) -> list[str]:
+    return [
+        kind, fmt(m["connections"], 0), fmt(m["kb_per_connection"], 1),
+        fmt(m["rss_before_mb"], 0), fmt(m["rss_after_mb"], 0), fmt(m["connect_ms_p50"], 1),
+        fmt(m["connect_ms_p99"], 1), fmt(m["server_cpu_ms_per_connect"], 2),
+        fmt(m["errors"], 0),
+    ]  # fmt: skip
+
+
 def table(results: dict[str, Any]) -> str:
     """The results as text tables (stdout)."""
     config = results["config"]
@@ -142,33 +161,10 @@ def table(results: dict[str, Any]) -> str:
     if results["coalesce"]:
         parts.append("\nCoalescing window:")
         header = [
-            "mode",
-            "window ms",
-            "tok/s",
-            "followers",
-            "p50 ms",
-            "p99 ms",
-            "req/job",
-            "msg/job",
-            "CPU s/1k tok",
-            "errors",
-        ]
-        rows = [
-            [
-                r["mode"],
-                fmt(r["coalesce_ms"], 0),
-                fmt(r["rate"], 0),
-                fmt(r["followers"], 0),
-                fmt(r["latency_ms"]["p50"], 2),
-                fmt(r["latency_ms"]["p99"], 1),
-                fmt(r.get("requests_per_job"), 1),
-                fmt(r.get("messages_per_job"), 1),
-                fmt(r.get("cpu_s_per_1k_tokens"), 3),
-                fmt(r.get("errors"), 0),
-            ]  # fmt: skip
-            for r in results["coalesce"]
-        ]
-        parts.append(grid(header, rows))
+            "mode", "window ms", "tok/s", "followers", "p50 ms", "p99 ms", "req/job", "msg/job",
+            "CPU s/1k tok", "errors",
+        ]  # fmt: skip
+        parts.append(grid(header, [_coalesce_row(r) for r in results["coalesce"]]))
     producing = results.get("producing")
     if producing and producing.get("redis_commands_per_appended_token") is not None:
         by_name = producing.get("redis_commands_per_appended_token_by_name") or {}
@@ -190,33 +186,12 @@ def table(results: dict[str, Any]) -> str:
             + ", ".join(cpu)
         )
     if results.get("memory"):
-        rows = [
-            [
-                kind,
-                fmt(m["connections"], 0),
-                fmt(m["kb_per_connection"], 1),
-                fmt(m["rss_before_mb"], 0),
-                fmt(m["rss_after_mb"], 0),
-                fmt(m["connect_ms_p50"], 1),
-                fmt(m["connect_ms_p99"], 1),
-                fmt(m["server_cpu_ms_per_connect"], 2),
-                fmt(m["errors"], 0),
-            ]  # fmt: skip
-            for kind, m in results["memory"].items()
-        ]
         parts.append("\nIdle connections (one server process):")
         header = [
-            "kind",
-            "open",
-            "KB each",
-            "RSS before MB",
-            "RSS after MB",
-            "connect p50 ms",
-            "connect p99 ms",
-            "CPU ms/connect",
-            "errors",
-        ]
-        parts.append(grid(header, rows))
+            "kind", "open", "KB each", "RSS before MB", "RSS after MB", "connect p50 ms",
+            "connect p99 ms", "CPU ms/connect", "errors",
+        ]  # fmt: skip
+        parts.append(grid(header, [_memory_row(k, m) for k, m in results["memory"].items()]))
     machine = results["machine"]
     redis_version = machine["redis_server"] or "unknown (remote)"
     parts.append(
@@ -289,34 +264,20 @@ def chart(results: dict[str, Any], path: Path) -> None:
     cost.margins(y=0.25)
 
     for mode, rows in results["fanout"].items():
-        if rows:
-            n = [r["followers"] for r in rows]
-            fan.plot(
-                n,
-                [r["latency_ms"]["p99"] for r in rows],
-                "o-",
-                color=COLOURS.get(mode),
-                label=f"{mode} p99",
+        if not rows:
+            continue
+        colour, n = COLOURS.get(mode), [r["followers"] for r in rows]
+        for q, style, alpha in (("p99", "o-", 1.0), ("p50", "x--", 0.6)):
+            latency = [r["latency_ms"][q] for r in rows]
+            fan.plot(n, latency, style, color=colour, alpha=alpha, label=f"{mode} {q}")
+        # One follower's delivery costs less than the noise of producing its job: from 10 on.
+        cpu_rows = [r for r in rows if r["followers"] >= 10] or rows
+        c = [r.get("cpu_s_per_1k_tokens") for r in cpu_rows]
+        if any(v is not None for v in c):
+            xs_cpu = [r["followers"] for r in cpu_rows]
+            cpu.plot(
+                xs_cpu, [math.nan if v is None else v for v in c], "o-", color=colour, label=mode
             )
-            fan.plot(
-                n,
-                [r["latency_ms"]["p50"] for r in rows],
-                "x--",
-                color=COLOURS.get(mode),
-                alpha=0.6,
-                label=f"{mode} p50",
-            )
-            # One follower's delivery costs less than the noise of producing its job: from 10 on.
-            cpu_rows = [r for r in rows if r["followers"] >= 10] or rows
-            c = [r.get("cpu_s_per_1k_tokens") for r in cpu_rows]
-            if any(v is not None for v in c):
-                cpu.plot(
-                    [r["followers"] for r in cpu_rows],
-                    [v if v is not None else float("nan") for v in c],
-                    "o-",
-                    color=COLOURS.get(mode),
-                    label=mode,
-                )
     fan.axhline(50, color="grey", linestyle=":", label="50 ms target")
     if any(results["fanout"].values()):
         fan.set_xscale("log")

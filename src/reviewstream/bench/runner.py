@@ -61,10 +61,10 @@ class RunResult:
 def collector_paused() -> Iterator[None]:
     """No cyclic garbage collection in the benchmark's process while a load is measured.
 
-    A full collection here stops every follower for 60-130 ms (a run keeps every token and its
-    arrival time), and the tokens that reach the server meanwhile are stamped late. reviewstream's
-    keep coming from its own producer; the peer's producer is this process and stops too, so a
-    pause inflated the latencies of one side only. Garbage with cycles waits until the run ends.
+    A full collection stops every follower at once (a run keeps every token and its arrival
+    time), and tokens that reach the server meanwhile are read late. A producer in this process
+    (a peer's, in ``benchmarks/side_by_side.py``) stops too, so the pause would inflate one
+    side's latencies only. Garbage with cycles waits until the run ends.
     """
     gc.collect()
     gc.freeze()

@@ -68,8 +68,8 @@ def raise_open_files_limit() -> int:
 def cpu_seconds(pid: int) -> float | None:
     """CPU seconds of process ``pid`` (its live threads), from /proc.
 
-    ``schedstat`` counts in nanoseconds; ``stat`` only in clock ticks (10 ms), too coarse for
-    a run that costs the server a few tens of milliseconds. ``stat`` is the fallback.
+    ``schedstat`` counts in nanoseconds; ``stat`` only in clock ticks, too coarse for a short
+    run. ``stat`` is the fallback.
     """
     total = 0
     try:
@@ -132,13 +132,12 @@ def client_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _log_file(path: Path) -> BinaryIO:
-    return open(path, "ab")
-
-
 def copy_log(log: Path, to: Path) -> None:
-    """Copy a child's log to where the results go (quietly: a missing log is no error)."""
+    """Copy a child's log to where the results go, unless it is empty (quietly: a missing log
+    is no error)."""
     with contextlib.suppress(OSError):
+        if not log.stat().st_size:
+            return
         to.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(log, to)
 
@@ -148,11 +147,15 @@ def log_tail(path: Path | None, chars: int = 800) -> str:
     return path.read_text(errors="replace")[-chars:] if path is not None and path.exists() else ""
 
 
+def _log_file(path: Path) -> BinaryIO:
+    return open(path, "ab")
+
+
 async def start_process(
     argv: list[str], env: dict[str, str], cwd: str, log_path: Path
 ) -> asyncio.subprocess.Process:
     """Start a child that dies with the benchmark, its output appended to ``log_path``."""
-    with _log_file(log_path) as out:
+    with _log_file(log_path) as out:  # the child holds its own descriptor
         return await asyncio.create_subprocess_exec(
             *argv,
             env=env,
@@ -215,11 +218,6 @@ class RedisProcess:
         """Calls per command since the server started (the benchmark's own excluded)."""
         assert self.client is not None
         return counted_calls(await self.client.info("commandstats"), {})
-
-    async def version(self) -> str:
-        assert self.client is not None
-        info = await self.client.info("server")
-        return str(info.get("redis_version", "?"))
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -287,8 +285,6 @@ class System:
     base_url: str
     server_pid: int | None = None
     redis: RedisProcess | ExternalRedis | None = None
-    config: ServerConfig | None = None
-    log_path: Path | None = None
 
     @property
     def redis_pid(self) -> int | None:
@@ -410,7 +406,7 @@ async def started_system(
         server = await start_process(argv, env, str(workdir), log_path)
         base_url = f"http://127.0.0.1:{port}"
         await wait_healthy(base_url, server, 60, log_path)
-        yield System(base_url, server.pid, redis, config, log_path)
+        yield System(base_url, server.pid, redis)
     finally:
         if server is not None:
             await stop_process(server, graceful_seconds + 5)

@@ -43,14 +43,18 @@ class Record:
     repetitions: int
 
 
-def _system(options: BenchOptions, config: ServerConfig) -> AbstractAsyncContextManager[System]:
+def system_for(
+    options: BenchOptions, config: ServerConfig, log_name: str | None = None
+) -> AbstractAsyncContextManager[System]:
+    """The server under test with ``config``: started as the options say, or the one at
+    ``--url``; a started server's log is kept as ``logs/<log_name>`` under ``--output``."""
     if options.url:
         return remote_system(options.url)
-    slug = f"server-{config.rate:g}tps-coalesce{config.coalesce_ms:g}ms.log"
+    log_name = log_name or f"server-{config.rate:g}tps-coalesce{config.coalesce_ms:g}ms.log"
     return started_system(
         config,
         worker_concurrency=options.worker_concurrency,
-        keep_log=options.output / "logs" / slug,
+        keep_log=options.output / "logs" / log_name,
         processes=options.processes,
         redis_url=options.redis_url,
         redis_cluster=options.redis_cluster,
@@ -78,7 +82,7 @@ async def _run_group(
     counter: Callable[[], str],
     progress: Progress,
 ) -> AsyncIterator[Record]:
-    async with _system(options, config) as system:
+    async with system_for(options, config) as system:
         warm = replace(
             scenarios[0], group="warm-up", kind="together", modes=options.modes, jobs=1, per_job=1
         )

@@ -1,50 +1,65 @@
-"""``reviewstream bench --peer durable-streams``: each load on reviewstream, then on the peer.
+"""Side by side with a peer server: each load on reviewstream, then on the peer.
 
-For each follower count and each mode (long poll, SSE), the same load runs on reviewstream
-(``serve`` with its in-process worker, coalescing off, the simulated model) and then on the
-Durable Streams reference server fed by the benchmark's producer (``peer_runner``): the same
-number of jobs (streams) and followers per job, the same token rate, the same tokens, the same
-time to first token, followers started as each job is created (so attached before its first
-token), the same client code (``conn``, ``followers``) and the same checks, one run each unless
-``--repeat`` says otherwise. Both servers stay up for the whole run — an idle one costs next to
-nothing — so alternating them load by load spreads the machine's background noise over both.
+    python benchmarks/side_by_side.py --peer durable-streams --output benchmarks/results
 
-Ratios are reviewstream ÷ peer: below 1, reviewstream's latency is the lower. The targets of
-issue 12 are judged on the loads that ran (``TARGETS``).
+For each follower count and each mode the peer speaks (long poll and SSE for Durable Streams),
+the same load runs on reviewstream (``serve`` with its in-process worker, coalescing off, the
+simulated model) and then on the peer (``peers/``, one module each): the same number of jobs
+(streams) and followers per job, the same token rate, the same tokens, the same time to first
+token, followers started as each job is created (so attached before its first token), the same
+client code (``reviewstream.bench``'s ``conn`` and ``followers``) and the same checks, one run
+each unless ``--repeat`` says otherwise. Both servers stay up for the whole run (an idle one
+costs next to nothing), so alternating them load by load spreads the machine's background noise
+over both.
+
+The options are ``reviewstream bench``'s (read by its ``options_from_args``) with defaults of
+their own (``LOADS``), and ``--peer``, ``--peer-dir``, ``--peer-version``. Ratios are
+reviewstream / peer: below 1, reviewstream's latency is the lower. The targets of issue 12 are
+judged on the loads that ran (``TARGETS``).
 
 Before the loads: the job's tokens are read once from reviewstream (a job of the simulated
-model's ``sim-fast`` preset: same request, same text, written in a fraction of a second), and
-``--warmup`` discarded runs per mode warm both servers up.
+model's ``sim-fast`` preset: same request, same text, written at once), and ``--warmup``
+discarded runs per mode warm both servers up.
+
+``side_by_side.json`` and ``side_by_side.txt`` go to ``--output``. The exit status is 2 when the
+peer cannot be installed or run (what is missing is said in one line), 1 when the smallest load
+had errors on either side.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
 import itertools
+import logging
 import math
+import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
+from harness import command, machine, run, say
+from peers import Install, Peer, PeerUnavailable, default_dir, durable_streams
 
-from .machine import describe, source_fingerprint
-from .peer_runner import run_peer_scenario
-from .peer_server import NAME, PACKAGE, PeerInstall, started_peer
-from .plan import BenchOptions, Scenario, ServerConfig, split_load
-from .report import fmt, grid
-from .runner import job_body, run_scenario, stored_tokens
-from .server import System, remote_system, started_system
-from .stats import combine, latency_summary, run_summary
-from .suite import redis_version
+from reviewstream.bench import cli as bench_cli
+from reviewstream.bench.machine import source_fingerprint
+from reviewstream.bench.plan import BenchOptions, Scenario, ServerConfig, split_load
+from reviewstream.bench.report import fmt, grid, write_json
+from reviewstream.bench.runner import job_body, run_scenario, stored_tokens
+from reviewstream.bench.server import System, raise_open_files_limit
+from reviewstream.bench.stats import combine, latency_summary, run_summary
+from reviewstream.bench.suite import redis_version, system_for
 
 Progress = Callable[[str], None]
-MODES = ("long_poll", "sse")
+PEERS: dict[str, Peer] = {durable_streams.NAME: durable_streams}
 RESULTS_NAME = "side_by_side.json"
 TABLE_NAME = "side_by_side.txt"
+# What the side-by-side runs unless told otherwise (--quick's options and explicit ones win):
+# issue 12's loads. The modes are the peer's.
+LOADS: dict[str, Any] = {"followers": (1, 100, 250, 500), "repeat": 1}
 # Issue 12's targets: (mode, followers, what is compared).
 TARGETS = (
     ("long_poll", 1, "p50"),
@@ -59,29 +74,56 @@ P50_TOLERANCE_MS = 1.0
 NOTES = (
     "latency = the client's arrival time.time() - the token's timestamp, same host, same clock",
     "reviewstream's timestamp: Redis TIME inside the append script (the token is at the server)",
-    "the peer's timestamp: the benchmark's producer, just before it writes the append request "
-    "(the peer has no append time): its latency includes the append's trip into the server; "
-    "append_ms is that request's round trip",
-    "reviewstream's server CPU includes producing (the in-process worker runs the model); the "
-    "peer's includes receiving the appends; Redis CPU is reviewstream's, apart",
-    "ratios are reviewstream / peer: below 1, reviewstream's figure is the lower",
 )
+RATIO_NOTE = "ratios are reviewstream / peer: below 1, reviewstream's figure is the lower"
 
 
-def _system(
-    options: BenchOptions, config: ServerConfig
-) -> contextlib.AbstractAsyncContextManager[System]:
-    if options.url:
-        return remote_system(options.url)
-    return started_system(
-        config,
-        worker_concurrency=options.worker_concurrency,
-        keep_log=options.output / "logs" / "side-by-side-reviewstream.log",
-        processes=options.processes,
-        redis_url=options.redis_url,
-        redis_cluster=options.redis_cluster,
-        queue_shards=options.queue_shards,
+# -- the command line ----------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    """``reviewstream bench``'s options, and the peer's."""
+    parser = argparse.ArgumentParser(prog="python benchmarks/side_by_side.py")
+    bench_cli.add_arguments(parser)
+    parser.description = (
+        "Each load on reviewstream, then on a peer server: latency, errors and CPU side by side."
     )
+    modes = "; ".join(f"{p.NAME}: {','.join(p.MODES)}" for p in PEERS.values())
+    followers = ",".join(map(str, LOADS["followers"]))
+    peer = parser.add_argument_group(
+        "side by side with a peer",
+        f"defaults here: the peer's modes ({modes}), followers {followers}, 1 run each",
+    )
+    peer.add_argument(
+        "--peer", choices=sorted(PEERS), default=durable_streams.NAME, help="the peer server"
+    )
+    peer.add_argument(
+        "--peer-dir", type=Path, help=f"where the peer is installed (default {default_dir()})"
+    )
+    peer.add_argument(
+        "--peer-version",
+        help="the peer package's version (default: "
+        + ", ".join(f"{p.NAME} {p.DEFAULT_VERSION}" for p in PEERS.values())
+        + ")",
+    )
+    return parser
+
+
+def options_from_args(args: argparse.Namespace) -> tuple[BenchOptions, Peer, Path, str]:
+    """The loads' options, the peer, where it is installed and its version."""
+    peer = PEERS[args.peer]
+    options = bench_cli.options_from_args(args, {**LOADS, "modes": peer.MODES})
+    other = [m for m in options.modes if m not in peer.MODES]
+    if other:
+        raise SystemExit(
+            f"--peer {peer.NAME} compares {' and '.join(peer.MODES)} only, not {other[0]}"
+        )
+    if options.memory:
+        raise SystemExit("--memory is not part of the side-by-side run")
+    return options, peer, args.peer_dir or default_dir(), args.peer_version or peer.DEFAULT_VERSION
+
+
+# -- the run -------------------------------------------------------------------------------
 
 
 async def job_tokens(system: System, length_words: int, seconds: float = 60.0) -> list[str]:
@@ -197,23 +239,12 @@ def judge(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return verdicts
 
 
-@contextlib.asynccontextmanager
-async def _both(
-    options: BenchOptions, config: ServerConfig, install: PeerInstall
-) -> AsyncIterator[tuple[System, System]]:
-    async with (
-        _system(options, config) as ours,
-        started_peer(install, options.output / "logs" / f"side-by-side-{NAME}.log") as peer,
-    ):
-        yield ours, peer
-
-
 async def run_side_by_side(
-    options: BenchOptions, install: PeerInstall, progress: Progress
+    options: BenchOptions, peer: Peer, install: Install, progress: Progress
 ) -> dict[str, Any]:
     """Run every load on both systems; returns the results document (see ``table``)."""
     started = time.monotonic()
-    machine = describe(None if options.url or options.redis_url else await redis_version())
+    ran_on = machine(None if options.url or options.redis_url else await redis_version())
     config = ServerConfig(options.fanout_rate, 0.0, options.first_token_ms)
     loads = [(n, *split_load(n, options.per_job)) for n in options.followers]
     modes = options.modes
@@ -242,15 +273,22 @@ async def run_side_by_side(
     def sub(line: str) -> None:
         progress(f"        {line}")
 
-    async with _both(options, config, install) as (ours, peer):
+    ours_log = "side-by-side-reviewstream.log"
+    peer_log = options.output / "logs" / f"side-by-side-{peer.NAME}.log"
+    async with (
+        system_for(options, config, ours_log) as ours,
+        peer.started(install, peer_log) as theirs,
+    ):
         tokens = await job_tokens(ours, options.length_words)
-        progress(f"the job: {len(tokens)} tokens; {PACKAGE}@{install.version} at {peer.base_url}")
+        progress(
+            f"the job: {len(tokens)} tokens; {peer.PACKAGE}@{install.version} at {theirs.base_url}"
+        )
         for i, mode in itertools.product(range(options.warmup), modes):
             warm = scenario(mode, 1, 1, "warm-up")
             step(f"warm-up {i + 1}/{options.warmup}, {mode}: reviewstream, discarded")
             await run_scenario(warm, ours, seed=10_000 + i)
-            step(f"warm-up {i + 1}/{options.warmup}, {mode}: {NAME}, discarded")
-            await run_peer_scenario(warm, peer, tokens, tag=f"warm{i}-{mode}", seed=10_000 + i)
+            step(f"warm-up {i + 1}/{options.warmup}, {mode}: {peer.NAME}, discarded")
+            await peer.run_load(warm, theirs, tokens, tag=f"warm{i}-{mode}", seed=10_000 + i)
         for (n, jobs, per_job), mode in itertools.product(loads, modes):
             load = scenario(mode, jobs, per_job, "side-by-side")
             ours_runs, peer_runs = [], []
@@ -260,12 +298,13 @@ async def run_side_by_side(
                 run = await run_scenario(load, ours, seed=rep, progress=sub)
                 ours_runs.append(run_summary(run))
                 sub(brief(ours_runs[-1], mode))
-                step(f"{label}: {NAME}")
-                peer_run = await run_peer_scenario(
-                    load, peer, tokens, tag=f"{mode}-{n}-{rep}", seed=rep, progress=sub
+                step(f"{label}: {peer.NAME}")
+                peer_run = await peer.run_load(
+                    load, theirs, tokens, tag=f"{mode}-{n}-{rep}", seed=rep, progress=sub
                 )
                 summary = run_summary(peer_run)
-                summary["append_ms"] = latency_summary(peer_run.append_ms)
+                if peer_run.append_ms:
+                    summary["append_ms"] = latency_summary(peer_run.append_ms)
                 peer_runs.append(summary)
                 sub(brief(summary, mode))
             row = compare(
@@ -275,24 +314,20 @@ async def run_side_by_side(
             )  # fmt: skip
             warnings += _doubts(row, len(tokens))
             rows.append(row)
-    if source_fingerprint() != machine["source_fingerprint"]:
+    if source_fingerprint() != ran_on["source_fingerprint"]:
         warnings.append("the server's source changed during the run: its figures mix two versions")
     return {
-        "peer": {
-            "name": NAME,
-            "package": PACKAGE,
-            "version": install.version,
-            "node": install.node,
-            "store": "in-memory",
-            "content_type": "application/json",
-        },
+        "peer": peer.describe(install),
         "tokens_per_job": len(tokens),
         "loads": rows,
         "targets": judge(rows),
-        "notes": list(NOTES),
-        "machine": machine,
+        "notes": [*NOTES, *peer.NOTES, RATIO_NOTE],
+        "machine": ran_on,
         "config": {
             **{k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()},
+            "peer": peer.NAME,
+            "peer_dir": str(install.directory),
+            "peer_version": install.version,
             "server": asdict(config),
         },
         "duration_s": time.monotonic() - started,
@@ -302,11 +337,11 @@ async def run_side_by_side(
 
 def table(results: dict[str, Any]) -> str:
     """The side-by-side results as text."""
-    peer, config = results["peer"], results["config"]
+    config = results["config"]
+    peer = PEERS[results["peer"]["name"]]
     runs = "one run" if config["repeat"] == 1 else f"medians of {config['repeat']} runs"
     head = (
-        f"Side by side with Durable Streams ({peer['package']} {peer['version']}, Node "
-        f"{peer['node']}, in-memory): {config['fanout_rate']:g} tokens/s, "
+        f"Side by side with {peer.title(results['peer'])}: {config['fanout_rate']:g} tokens/s, "
         f"{results['tokens_per_job']} tokens per job, {config['per_job']} followers per job, "
         f"followers attached before the first token, the same client; {runs} each. "
         "Ratio = reviewstream / peer."
@@ -355,3 +390,52 @@ def table(results: dict[str, Any]) -> str:
     )
     parts += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(parts)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+async def main(options: BenchOptions, peer: Peer, peer_dir: Path, version: str) -> int:
+    """Install the peer, run every load on both sides, write and print the results."""
+    try:
+        install = await peer.ensure_installed(peer_dir, version, say)
+    except PeerUnavailable as e:
+        print(e, file=sys.stderr)
+        return 2
+    results = await run_side_by_side(options, peer, install, say)
+    results["config"]["command"] = command()
+    text = table(results)
+    write_json(results, options.output / RESULTS_NAME)
+    (options.output / TABLE_NAME).write_text(text + "\n")
+    print(text, flush=True)
+    say(f"wrote {options.output / RESULTS_NAME} and {options.output / TABLE_NAME}")
+    smallest = min(options.followers)
+    errors = sum(
+        int(row[side]["errors"] or 0)
+        for row in results["loads"]
+        if row["followers"] == smallest
+        for side in ("reviewstream", "peer")
+    )
+    if errors:
+        say(f"the {smallest}-follower loads had {errors} errors")
+        return 1
+    return 0
+
+
+def start(argv: list[str] | None = None) -> NoReturn:
+    """Parse ``argv``; exit 2 at once when the peer's tools are missing, else run."""
+    options, peer, peer_dir, version = options_from_args(parser().parse_args(argv))
+    missing = peer.missing_tools(peer_dir, version)
+    if missing:
+        print(peer.missing_message(missing, version), file=sys.stderr)
+        sys.exit(2)
+    for noisy in ("httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    options.output.mkdir(parents=True, exist_ok=True)
+    limit = raise_open_files_limit()
+    say(f"side by side with {peer.NAME}: output to {options.output}/ (open-files limit {limit})")
+    run(main(options, peer, peer_dir, version))
+
+
+if __name__ == "__main__":
+    start()

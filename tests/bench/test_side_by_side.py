@@ -1,9 +1,11 @@
-"""``reviewstream bench --peer durable-streams``: the peer's followers, producer and run, against a
-loopback server that speaks the Durable Streams protocol the way its Node reference server does
-(PROTOCOL.md sections 5.1-5.8, 8 and 10.1; the reference server's wire format as read in
-packages/server/src/server.ts), and the command's refusal when the peer cannot run.
+"""``benchmarks/side_by_side.py --peer durable-streams``: the peer's followers, producer and run,
+against a loopback server that speaks the Durable Streams protocol the way its Node reference
+server does (PROTOCOL.md sections 5.1-5.8, 8 and 10.1; the reference server's wire format as
+read in packages/server/src/server.ts), and the script's refusal when the peer cannot run.
 
 The real Node server is never installed or started here: that is the benchmark's job, not CI's.
+The side-by-side lives in ``benchmarks/`` (scripts, not a package): its modules are imported by
+name from there.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,16 +27,17 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from reviewstream.bench import peer_server
-from reviewstream.bench.cli import add_arguments, options_from_args, run
 from reviewstream.bench.conn import Endpoint
 from reviewstream.bench.followers import FollowOptions, JobHandle, Trace, follow
-from reviewstream.bench.peer_followers import FOLLOWERS
-from reviewstream.bench.peer_runner import produce, run_peer_scenario, token_message
 from reviewstream.bench.plan import Scenario, ServerConfig
 from reviewstream.bench.server import System
-from reviewstream.bench.side_by_side import compare, judge
 from reviewstream.bench.stats import run_summary
+
+sys.path.append(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import side_by_side
+from peers import default_dir, durable_streams
+from peers.durable_streams import FOLLOWERS, produce, run_load, token_message
+from side_by_side import compare, judge
 
 TOKENS = [" The", " review", " covers", " Ada", "'s", " work", ".", "\n\n", " Great", " job", "."]
 START = "-1"
@@ -41,9 +45,7 @@ ZERO = f"{0:016d}_{0:016d}"
 
 
 def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args(list(argv))
+    return side_by_side.parser().parse_args(list(argv))
 
 
 # -- a Durable Streams server on loopback --------------------------------------------------------
@@ -475,7 +477,7 @@ async def test_a_peer_run_creates_streams_follows_them_and_checks_what_was_store
         poll_interval=1.0, length_words=50,
     )  # fmt: skip
     async with server.running() as base_url:
-        run = await run_peer_scenario(scenario, System(base_url), TOKENS, tag=f"t-{mode}")
+        run = await run_load(scenario, System(base_url), TOKENS, tag=f"t-{mode}")
     assert run.errors == []
     assert len(run.traces) == 6 and {t.job.id for t in run.traces} == {
         f"/bench/t-{mode}-0",
@@ -500,7 +502,7 @@ async def test_a_peer_run_counts_what_the_server_lost() -> None:
         poll_interval=1.0, length_words=50,
     )  # fmt: skip
     async with server.running() as base_url:
-        run = await run_peer_scenario(scenario, System(base_url), TOKENS, tag="lossy")
+        run = await run_load(scenario, System(base_url), TOKENS, tag="lossy")
     assert run.errors == []  # it was stored
     assert [(t.lost, t.error_count) for t in run.traces] == [(1, 1), (1, 1)]
 
@@ -532,16 +534,19 @@ def test_targets_are_judged_on_ratios_and_clean_runs() -> None:
 
 
 def test_peer_defaults_are_the_issues_loads_and_only_long_poll_and_sse() -> None:
-    options = options_from_args(parse("--peer", "durable-streams", "--output", "x"))
+    options, peer, peer_dir, version = side_by_side.options_from_args(
+        parse("--peer", "durable-streams", "--output", "x")
+    )
+    assert peer is durable_streams
     assert options.modes == ("long_poll", "sse")
     assert options.followers == (1, 100, 250, 500)
     assert (options.per_job, options.fanout_rate, options.repeat) == (10, 20.0, 1)
-    assert options.peer_version == peer_server.DEFAULT_VERSION
-    assert options.peer_dir == peer_server.default_peer_dir()
-    quick = options_from_args(parse("--peer", "durable-streams", "--quick", "--output", "x"))
+    assert version == durable_streams.DEFAULT_VERSION and peer_dir == default_dir()
+    quick, *_ = side_by_side.options_from_args(parse("--quick", "--output", "x"))
     assert quick.fanout_rate == 20.0 and quick.followers == (1,)
+    assert quick.modes == ("long_poll", "sse")
     with pytest.raises(SystemExit, match="long_poll and sse only, not websocket"):
-        options_from_args(parse("--peer", "durable-streams", "--modes", "sse,ws", "--output", "x"))
+        side_by_side.options_from_args(parse("--modes", "sse,ws", "--output", "x"))
 
 
 @pytest.mark.parametrize(
@@ -565,8 +570,11 @@ def test_peer_without_npm_says_what_is_missing_and_exits_2(
             os.symlink(found, bin_dir / tool)
     monkeypatch.setenv("PATH", str(bin_dir))
     peers, out_dir = tmp_path / "peers", tmp_path / "out"
-    args = parse("--peer", "durable-streams", "--peer-dir", str(peers), "--output", str(out_dir))
-    assert run(args) == 2
+    with pytest.raises(SystemExit) as exit_:
+        side_by_side.start(
+            ["--peer", "durable-streams", "--peer-dir", str(peers), "--output", str(out_dir)]
+        )
+    assert exit_.value.code == 2
     out, err = capsys.readouterr()
     assert out == ""
     assert len(err.splitlines()) == 1, err
