@@ -6,76 +6,27 @@ A missing redis-server is a failure, not a skip: every test here is about real R
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
-import time
 from collections.abc import AsyncIterator, Iterator
-from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-import uvicorn
 from redis import Redis as SyncRedis
 
-from reviewstream.processes.redis_server import redis_server_binary
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
-if TYPE_CHECKING:
-    from cluster import LocalCluster
-    from upstreams import ScriptedUpstream
+from tests.support.cluster import LocalCluster
+from tests.support.redis_server import redis_process
+from tests.support.servers import serve
+from tests.support.upstreams import ScriptedUpstream, running
 
 # Apps served inside the test process (``create_app``) run their worker on the test's event
 # loop: a worker process per app would add an interpreter start to every test. Processes the
 # tests start (``procs.environment``, test_embedded.py) drop every REVIEWSTREAM_ variable and
 # run the default placement; tests/test_runtime.py runs each placement on purpose.
 os.environ["REVIEWSTREAM_SERVE_WORKERS"] = "inline"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def redis_process() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
-    """A real redis-server on a free loopback port; yields the process and its URL."""
-    binary = redis_server_binary()
-    port = free_port()
-    workdir = tempfile.mkdtemp(prefix="rs-test-redis-")
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    client = SyncRedis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if client.ping():
-                break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"redis-server {binary} did not start")
-            time.sleep(0.02)
-    client.close()
-    try:
-        yield proc, f"redis://127.0.0.1:{port}/0"
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +49,6 @@ def redis_url(redis_server: str) -> str:
 def redis_cluster() -> Iterator[LocalCluster]:
     """A local 3-master Redis Cluster (tests/cluster.py), started once, only for tests that ask
     for it. Redis >= 7 missing is a failure."""
-    from cluster import LocalCluster  # imports conftest's free_port
 
     try:
         cluster = LocalCluster()
@@ -140,32 +90,6 @@ def settings(redis_url: str) -> Settings:
     )
 
 
-@contextlib.asynccontextmanager
-async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
-    """Run ``app`` under a real uvicorn on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    cfg = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
-    )
-    # uvicorn's logging config stops its records at the "uvicorn" logger, out of caplog's sight:
-    # let them reach the root too, so a test can see the server log "Exception in ASGI
-    # application" (still printed on stderr as before).
-    logging.getLogger("uvicorn").propagate = True
-    server = uvicorn.Server(cfg)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise RuntimeError("uvicorn exited before it started")
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 @pytest.fixture(scope="module")
 async def base_url(redis_server: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
     """One server for the whole module, on the session's Redis under a key prefix of its own.
@@ -198,7 +122,6 @@ async def server(settings: Settings) -> AsyncIterator[tuple[str, httpx.AsyncClie
 @pytest.fixture(scope="module")
 async def scripted_server() -> AsyncIterator[ScriptedUpstream]:
     """A loopback HTTP server speaking the OpenAI and Anthropic streaming formats, per module."""
-    from upstreams import ScriptedUpstream, running  # upstreams imports serve() from here
 
     async with running(ScriptedUpstream()) as upstream:
         yield upstream

@@ -17,7 +17,7 @@ from reviewstream.settings import Settings
 from reviewstream.store import Store
 from reviewstream.web import create_app, server_options
 
-from conftest import serve
+from tests.support.servers import serve
 
 REVIEW = {"employee_name": "Edsger Dijkstra", "employee_review_points": "Shortest paths"}
 ALICE = {"Authorization": "Bearer key-alice"}

@@ -31,10 +31,18 @@ from reviewstream.settings import Settings
 from reviewstream.store import Store
 from reviewstream.web import create_app
 
-import followers as fl
-from conftest import free_port, serve
-from live import REVIEW, tuned
-from procs import Process, environment, exit_seconds, start, stop_all, wait_log, wait_ready
+from tests.support import followers as fl
+from tests.support.live import REVIEW, tuned
+from tests.support.procs import (
+    Process,
+    environment,
+    exit_seconds,
+    start,
+    stop_all,
+    wait_log,
+    wait_ready,
+)
+from tests.support.servers import free_port, serve
 
 PACE = "40"  # tokens per second: a review of ~100 tokens takes a few seconds
 

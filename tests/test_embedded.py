@@ -18,7 +18,7 @@ import pytest
 
 from reviewstream.processes.redis_server import redis_server_binary, redis_server_version
 
-from conftest import free_port
+from tests.support.servers import free_port
 
 
 @pytest.fixture

@@ -283,7 +283,7 @@ async def test_a_gap_wider_than_the_buffer_makes_followers_read_the_list(
         assert await next_batch(follower) == (0, ["t0"])
         tokens = [f" t{i}" for i in range(1, 11)]
         await unannounced(store, job_id, *tokens)
-        got = []
+        got: list[str] = []
         while follower.offset < 11:
             offset, batch = await asyncio.wait_for(next_batch(follower), 3)
             assert offset == len(got) + 1

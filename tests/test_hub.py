@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -163,7 +164,8 @@ async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redi
             sweep = asyncio.create_task(hub._sweep(time.monotonic() + 60))
             await asyncio.sleep(0.05)
         await sweep
-        await asyncio.wait([joined, follower], timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        waits: list[asyncio.Future[Any]] = [joined, follower]
+        await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
         if follower.done():
             follower.result()  # the join failed: raise its error
         feed = joined.result()

@@ -27,7 +27,7 @@ from reviewstream.runtime import open_runtime
 from reviewstream.settings import Settings
 from reviewstream.store import JobStore
 
-from cluster import ClusterNode, LocalCluster
+from tests.support.cluster import ClusterNode, LocalCluster
 
 KEYS = Keys("t")
 
@@ -221,7 +221,7 @@ async def test_the_runtime_opens_a_cluster_client_and_a_sharded_hub(cluster: Loc
     async with open_runtime(settings, worker=False) as runtime:
         assert isinstance(runtime.redis, RedisCluster)
         assert isinstance(runtime.hub._subscriber, ShardedSubscriber)
-        assert runtime.store.redis is runtime.redis
+        assert runtime.store.redis is cast(object, runtime.redis)
         jobs = list(jobs_on_every_master(cluster).values())
         async with runtime.hub.join(jobs[0]) as feed:
             await heard(feed, runtime.redis, 0, "a")

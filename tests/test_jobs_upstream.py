@@ -14,9 +14,9 @@ import pytest
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
-import followers as fl
-from conftest import serve
-from upstreams import (
+from tests.support import followers as fl
+from tests.support.servers import serve
+from tests.support.upstreams import (
     Reply,
     ScriptedUpstream,
     anthropic_frames,

@@ -23,8 +23,8 @@ import websockets
 
 from reviewstream.admission import STREAM_ENTRY_SECONDS
 
-from conftest import free_port
-from procs import Process, environment, start, stop_all, wait_ready
+from tests.support.procs import Process, environment, start, stop_all, wait_ready
+from tests.support.servers import free_port
 
 REVIEW = {"employee_name": "Edsger Dijkstra", "employee_review_points": "Shortest paths"}
 LONG_REVIEW = {**REVIEW, "length_words": 1500}  # far longer than any test waits

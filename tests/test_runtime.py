@@ -23,8 +23,8 @@ from reviewstream.keys import Keys
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
-from conftest import serve
-from live import REVIEW, tuned
+from tests.support.live import REVIEW, tuned
+from tests.support.servers import serve
 
 
 async def finished(c: httpx.AsyncClient, job_id: str, within: float = 20) -> dict[str, object]:

@@ -19,9 +19,11 @@ from pathlib import Path
 import httpx
 import psutil
 
-import followers as fl
-from conftest import free_port
-from procs import Process, environment, exit_seconds, start, stop_all, wait_ready
+from reviewstream.wire import MODES
+
+from tests.support import followers as fl
+from tests.support.procs import Process, environment, exit_seconds, start, stop_all, wait_ready
+from tests.support.servers import free_port
 
 REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Substitution"}
 PID = re.compile(r'^reviewstream_process_info\{pid="(\d+)"\} 1$', re.MULTILINE)
@@ -104,7 +106,8 @@ def api_processes(serve: Process) -> set[int]:
 
 
 def descendants(serve: Process) -> list[psutil.Process]:
-    return psutil.Process(serve.proc.pid).children(recursive=True)
+    children: list[psutil.Process] = psutil.Process(serve.proc.pid).children(recursive=True)
+    return children
 
 
 def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
@@ -144,7 +147,7 @@ async def test_two_api_processes_serve_every_mode_to_followers_switching_process
             assert seen == spawned  # two distinct API processes really answer
             body = {**REVIEW, "length_words": 80}
             jobs = [(await c.post("/jobs", json=body)).json()["id"] for _ in range(2)]
-            runs = [(mode, job) for job in jobs for mode in fl.MODES for _ in range(2)]
+            runs = [(mode, job) for job in jobs for mode in MODES for _ in range(2)]
             pids: list[list[int]] = [[] for _ in runs]  # each follower's serving processes
             results = await asyncio.gather(
                 *(

@@ -18,12 +18,10 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import pytest
-
 from reviewstream.hub import Feed
 from reviewstream.models import JobStatus, ReviewRequest
 from reviewstream.runtime import open_runtime
-from reviewstream.service import Holds, ReviewService
+from reviewstream.service import ReviewService
 from reviewstream.settings import Settings
 from reviewstream.store import Store
 from reviewstream.tenancy import OPEN
@@ -201,29 +199,3 @@ async def test_a_held_poll_answers_the_end_with_the_text_hash(settings: Settings
         # After the end, a poller behind gets the last tokens and the end in one answer.
         late = page(await poll(service, job_id, 1))
         assert late["tokens"] == [" done"] and late["done"] and late["sha256"] == digest
-
-
-async def test_holds_end_at_their_deadline_never_after_it() -> None:
-    holds = Holds(tick=0.05)
-    started = time.monotonic()
-    with pytest.raises(TimeoutError):
-        async with holds.hold(0.12):
-            await asyncio.sleep(5)
-    assert 0.05 < time.monotonic() - started <= 0.12 + 0.05  # rounded down to its tick
-    async with holds.hold(0.01):  # what ends in time is not cancelled afterwards
-        pass
-    await asyncio.sleep(0.1)
-
-
-async def test_a_hold_leaves_another_cancel_alone() -> None:
-    holds = Holds(tick=0.01)
-
-    async def held_forever() -> None:
-        async with holds.hold(5):
-            await asyncio.sleep(5)
-
-    task = asyncio.create_task(held_forever())
-    await asyncio.sleep(0.05)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task  # not a TimeoutError: the cancel was not the hold's

@@ -41,10 +41,10 @@ from reviewstream.tenancy import Principal
 from reviewstream.web import create_app, server_options
 from reviewstream.workers import Reaper, Worker
 
-import followers as fl
-from conftest import serve
-from procs import environment, start, stop_all
-from slots import SlotCheck
+from tests.support import followers as fl
+from tests.support.procs import environment, start, stop_all
+from tests.support.servers import serve
+from tests.support.slots import SlotCheck
 
 REQUEST = ReviewRequest(employee_name="Barbara Liskov", employee_review_points="Substitution.")
 REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Substitution."}
@@ -419,13 +419,15 @@ async def test_the_slot_check_catches_a_call_over_two_slots(
 ) -> None:
     await redis.eval("return 1", 2, "rs:{a}:x", "rs:{a}:y")
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.get("rs:{a}:x").get("rs:{a}:y")
+        pipe.get("rs:{a}:x")
+        pipe.get("rs:{a}:y")
         await pipe.execute()
     assert slot_check.violations == []
     # The keys of the CLAIM script before queue shards: the job's meta and the global queue.
     await redis.eval("return 1", 2, "rs:{job}:meta", "rs:queue")
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset("rs:{job}:meta", "status", "queued").xadd("rs:queue", {"job": "job"})
+        pipe.hset("rs:{job}:meta", "status", "queued")
+        pipe.xadd("rs:queue", {"job": "job"})
         await pipe.execute()
     assert len(slot_check.violations) == 2
 

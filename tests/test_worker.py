@@ -22,7 +22,7 @@ from reviewstream.settings import Settings
 from reviewstream.store import Store, text_digest
 from reviewstream.workers import Reaper, Worker
 
-from upstreams import Reply, ScriptedUpstream, openai_frames
+from tests.support.upstreams import Reply, ScriptedUpstream, openai_frames
 
 REQUEST = ReviewRequest(employee_name="Grace Hopper", employee_review_points="Wrote a compiler.")
 

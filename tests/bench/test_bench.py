@@ -20,8 +20,8 @@ from reviewstream.bench.server import cpu_seconds, server_cpu_seconds, started_s
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
 
-from cluster import LocalCluster
-from followers import LIVE_MODES
+from tests.support.cluster import LocalCluster
+from tests.support.followers import LIVE_MODES
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -32,8 +32,8 @@ from reviewstream.client._errors import Retry
 from reviewstream.client._follow import Cursor
 from reviewstream.wire import MODES
 
-from conftest import free_port
-from cuttable import CuttableProxy
+from tests.support.cuttable import CuttableProxy
+from tests.support.servers import free_port
 
 NAME = "Ada Lovelace"
 POINTS = "Led the payments migration; mentors two juniors; needs to delegate more"

@@ -45,8 +45,8 @@ from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.resilience import resilient_stream
 from reviewstream.settings import ProviderName, Settings
 
-from conftest import free_port
-from upstreams import (
+from tests.support.servers import free_port
+from tests.support.upstreams import (
     OPENAI_DONE,
     Frame,
     Reply,

@@ -18,7 +18,13 @@ from reviewstream.providers import Prompt, build_provider, prompts
 from reviewstream.providers.anthropic import AnthropicProvider
 from reviewstream.settings import Settings
 
-from upstreams import Reply, ScriptedUpstream, anthropic_event, anthropic_frames, collect
+from tests.support.upstreams import (
+    Reply,
+    ScriptedUpstream,
+    anthropic_event,
+    anthropic_frames,
+    collect,
+)
 
 PROMPT = Prompt(
     system="You write reviews.",

@@ -20,7 +20,7 @@ from reviewstream.providers import Prompt, build_provider, prompts
 from reviewstream.providers.openai import OpenAIProvider, auto_continuation
 from reviewstream.settings import OpenAIContinuation, Settings
 
-from upstreams import (
+from tests.support.upstreams import (
     OPENAI_DONE,
     Reply,
     ScriptedUpstream,
@@ -352,7 +352,7 @@ def test_the_continuation_setting_reaches_the_provider(
     assert isinstance(provider, OpenAIProvider)
     assert provider.continuation_mode("any") == "prefix"
     with pytest.raises(ValidationError):
-        Settings(_env_file=None, openai_continuation="echo")  # type: ignore[call-arg]
+        Settings(_env_file=None, openai_continuation="echo")  # type: ignore[call-arg, arg-type]
 
 
 @pytest.mark.parametrize(("deltas", "new_text"), [(["two"], ""), (["mentors"], "mentors")])

@@ -24,7 +24,7 @@ from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.simulated import SimulatedProvider, tokenize, write_review
 from reviewstream.settings import Settings
 
-from upstreams import collect
+from tests.support.upstreams import collect
 
 POINTS = (
     "Led the payments migration; mentors two juniors.\n"
@@ -198,7 +198,7 @@ async def test_build_provider_simulated_uses_settings(
         ("anthropic", AnthropicProvider),
     ],
 )
-def test_provider_class_is_chosen_by_name(name: str, cls: type) -> None:
+def test_provider_class_is_chosen_by_name(name: str, cls: object) -> None:
     chosen = provider_class(name)
 
     assert chosen is cls

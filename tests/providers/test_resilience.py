@@ -30,7 +30,7 @@ from reviewstream.providers import Prompt
 from reviewstream.providers.openai import OpenAIProvider
 from reviewstream.providers.resilience import backoff_delay, parse_retry_after, resilient_stream
 
-from upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames
+from tests.support.upstreams import Reply, ScriptedUpstream, collect, openai_chunk, openai_frames
 
 PROMPT = Prompt(
     system="s",

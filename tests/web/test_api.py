@@ -14,7 +14,7 @@ from reviewstream.keys import Keys
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
-from conftest import serve
+from tests.support.servers import serve
 
 REVIEW = {
     "employee_name": "Ada Lovelace",
@@ -206,7 +206,7 @@ async def test_health_ready_and_docs(client: httpx.AsyncClient) -> None:
 
 
 async def test_readyz_is_503_when_redis_goes_away(settings: Settings) -> None:
-    from conftest import redis_process
+    from tests.support.redis_server import redis_process
 
     with redis_process() as (proc, url):
         app = create_app(settings.model_copy(update={"redis_url": url}))

@@ -19,7 +19,7 @@ from reviewstream.settings import Settings
 from reviewstream.tenancy import StreamTokens
 from reviewstream.web import create_app, server_options
 
-from conftest import serve
+from tests.support.servers import serve
 
 REVIEW = {"employee_name": "Grace Hopper", "employee_review_points": "Compilers; teaching"}
 SECRET = "test-token-secret"

@@ -20,9 +20,9 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app
 from reviewstream.wire import MODES, CloseCode
 
-import followers as fl
-from conftest import serve
-from live import REVIEW, new_job, stored, tuned, until_tokens
+from tests.support import followers as fl
+from tests.support.live import REVIEW, new_job, stored, tuned, until_tokens
+from tests.support.servers import serve
 
 # -- resume: table-driven, every mode ---------------------------------------------------------
 
@@ -219,7 +219,7 @@ async def test_server_shutdown_ends_live_streams_so_clients_resume_elsewhere(
     import subprocess
     import sys
 
-    from conftest import free_port
+    from tests.support.servers import free_port
 
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("REVIEWSTREAM_")}
@@ -305,7 +305,9 @@ async def test_a_lost_notification_is_recovered_by_resync(
     quick = tuned(settings, resync_seconds=0.5)
     store = Store(redis, Keys(), retention_seconds=60)
     await store.queue.ensure_group()
-    job_id = await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
+    job_id = await store.create(
+        ReviewRequest.model_validate(REVIEW), provider="simulated", model="sim-default"
+    )
     [entry] = await store.queue.next_entries("w", 1, 100)
     claim = await store.claim(entry, "w", 60_000)
     assert claim is not None

@@ -16,14 +16,15 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import SecretStr
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
 from reviewstream.wire import MODES
 
-from conftest import serve
-from cuttable import CuttableProxy
-from followers import LIVE_MODES
+from tests.support.cuttable import CuttableProxy
+from tests.support.followers import LIVE_MODES
+from tests.support.servers import serve
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -218,7 +219,7 @@ async def keyed_base_url(redis_server: str) -> AsyncIterator[str]:
         _env_file=None,  # type: ignore[call-arg]
         redis_url=redis_server,
         key_prefix="rs-demo-keyed",
-        api_keys=KEYS,
+        api_keys=SecretStr(KEYS),
         jobs_per_minute_per_key=1,
         sim_tokens_per_second=200,
         sim_first_token_ms=10,

@@ -20,7 +20,7 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
 from reviewstream.wire import CloseCode
 
-from conftest import serve
+from tests.support.servers import serve
 
 REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Abstraction; CLU"}
 TOO_FAR = 2**53 + 1

@@ -22,8 +22,8 @@ from reviewstream.settings import Settings
 from reviewstream.store import Store
 from reviewstream.web import create_app
 
-from conftest import serve
-from live import REVIEW, tuned
+from tests.support.live import REVIEW, tuned
+from tests.support.servers import serve
 
 FOLLOWERS = 2000
 JOBS = 10
@@ -44,7 +44,9 @@ async def quiet_jobs(redis: aioredis.Redis, n: int) -> list[str]:
     store = Store(redis, Keys(), retention_seconds=60)
     await store.queue.ensure_group()
     jobs = [
-        await store.create(ReviewRequest(**REVIEW), provider="simulated", model="sim-default")
+        await store.create(
+            ReviewRequest.model_validate(REVIEW), provider="simulated", model="sim-default"
+        )
         for _ in range(n)
     ]
     for entry in await store.queue.next_entries("silent", n, 100):

@@ -17,8 +17,8 @@ from reviewstream.settings import Settings
 from reviewstream.tenancy import StreamTokens
 from reviewstream.web import create_app, server_options
 
-from conftest import serve
-from live import REVIEW, new_job, tuned
+from tests.support.live import REVIEW, new_job, tuned
+from tests.support.servers import serve
 
 SECRET = "long-poll-secret"
 KEYS = "alice:key-alice,bob:key-bob"

@@ -29,13 +29,14 @@ import httpx
 import pytest
 import websockets
 from httpx_sse import aconnect_sse
+from pydantic import SecretStr
 
 from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
 from reviewstream.wire import CloseCode
 
-import followers as fl
-from conftest import free_port, serve
+from tests.support import followers as fl
+from tests.support.servers import free_port, serve
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nginx.conf"
 # deploy/nginx.conf's client_max_body_size is REVIEWSTREAM_MAX_REQUEST_BYTES's default.
@@ -155,8 +156,8 @@ async def proxy(redis_server: str) -> AsyncIterator[Nginx]:
         _env_file=None,  # type: ignore[call-arg]
         redis_url=redis_server,
         key_prefix="rs-test-proxy",
-        api_keys=f"alice:{KEY}",
-        token_secret="test-proxy-secret",
+        api_keys=SecretStr(f"alice:{KEY}"),
+        token_secret=SecretStr("test-proxy-secret"),
         # A job runs ~2.5 s (about 100 tokens): a long poll held 1 s times out while it runs.
         sim_tokens_per_second=40,
         sim_first_token_ms=300,

@@ -43,7 +43,7 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
 from reviewstream.web.params import JOB_ID_PATTERN
 
-from conftest import free_port
+from tests.support.servers import free_port
 
 KEY = "schema-fuzz-key"
 REQUEST_TIMEOUT = 3.0
@@ -52,7 +52,7 @@ EXAMPLES = 25  # per operation and caller, in the fuzzing phase (examples and co
 
 @schemathesis.check
 def error_body_shape(
-    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case
+    ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
     """Every 4xx is ``{"error": str, "detail": ...}`` in JSON, whoever answered it."""
     if not 400 <= response.status_code < 500:
@@ -193,7 +193,11 @@ def api_schema(caller: Caller, jobs: list[str]) -> schemathesis.BaseSchema:
         # A valid made-up id stays, or becomes a real job's; an invalid one stays invalid (the
         # case is meant to be refused).
         made_up = (path_parameters or {}).get("job_id")
-        if not isinstance(made_up, str) or not re.fullmatch(JOB_ID_PATTERN, made_up):
+        if (
+            path_parameters is None
+            or not isinstance(made_up, str)
+            or not re.fullmatch(JOB_ID_PATTERN, made_up)
+        ):
             return st.just(path_parameters)
         return st.sampled_from([{**path_parameters, "job_id": i} for i in [made_up, *jobs]])
 
@@ -204,7 +208,7 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-def test_the_document_holds_for_any_input(case: schemathesis.Case, caller: Caller) -> None:
+def test_the_document_holds_for_any_input(case: schemathesis.Case[Any], caller: Caller) -> None:
     case.call_and_validate(
         base_url=caller.base_url,
         session=caller.session,

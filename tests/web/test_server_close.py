@@ -20,7 +20,7 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app, server_options
 from reviewstream.wire import CloseCode
 
-from conftest import serve
+from tests.support.servers import serve
 
 LATE_SENDS: dict[str, Callable[[WebSocket], Awaitable[None]]] = {
     "tokens": lambda websocket: websocket.send_text('{"type": "tokens"}'),

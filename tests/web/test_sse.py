@@ -13,9 +13,9 @@ import pytest
 from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
-import followers as fl
-from conftest import serve
-from live import REVIEW, new_job, stored, tuned
+from tests.support import followers as fl
+from tests.support.live import REVIEW, new_job, stored, tuned
+from tests.support.servers import serve
 
 
 async def test_sse_headers_retry_hint_and_heartbeats(settings: Settings) -> None:

@@ -14,8 +14,8 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app
 from reviewstream.wire import CloseCode
 
-from conftest import serve
-from live import new_job, stored, tuned
+from tests.support.live import new_job, stored, tuned
+from tests.support.servers import serve
 
 
 async def close_frame(url: str, send: str | None = None) -> Close:

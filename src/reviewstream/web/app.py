@@ -24,7 +24,7 @@ from ..service import ReviewService
 from ..settings import Settings
 from .body_limit import BodySizeLimit
 from .connection_cap import ConnectionCap, backstop
-from .delivery import Delivery, describe
+from .delivery import Delivery, Route, describe
 from .handlers import add_error_handlers
 from .protocols import LeanWebSocket
 from .routes import demo, health, jobs, long_poll, metrics, short_poll, sse, ws
@@ -36,7 +36,7 @@ class State(TypedDict):
 
 
 # The delivery routes, each registered here once (``web/delivery.py``).
-DELIVERY = (short_poll.ROUTE, long_poll.ROUTE, sse.ROUTE, ws.ROUTE)
+DELIVERY: tuple[Route, ...] = (short_poll.ROUTE, long_poll.ROUTE, sse.ROUTE, ws.ROUTE)
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:

@@ -61,7 +61,7 @@ class SlotCheck:
     @contextlib.contextmanager
     def watching(self) -> Iterator[SlotCheck]:
         check = self
-        execute_command = aioclient.Redis.execute_command
+        execute_command: Any = aioclient.Redis.execute_command
         pipeline_execute = aioclient.Pipeline.execute
 
         async def checked_command(self: aioclient.Redis, *args: Any, **options: Any) -> Any:

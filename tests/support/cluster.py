@@ -25,7 +25,7 @@ from redis.crc import key_slot
 
 from reviewstream.processes.redis_server import redis_server_binary, redis_server_version
 
-from conftest import free_port
+from tests.support.servers import free_port
 
 SLOTS = 16384
 NODE_TIMEOUT_MS = 500  # how long before the others mark a dead master failed

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 STARTUP_SECONDS = 30.0  # three interpreters importing at once on a busy 2-core machine
 
 

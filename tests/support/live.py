@@ -10,7 +10,7 @@ import httpx
 
 from reviewstream.settings import Settings
 
-import followers as fl
+from tests.support import followers as fl
 
 REVIEW = {
     "employee_name": "Katherine Johnson",

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from conftest import serve
+from tests.support.servers import serve
 
 Frame = bytes | float
 """An SSE frame to send as one chunk, or a pause in seconds."""
