@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from ..models import ErrorBody
 from ..service import ReviewService
 from ..tenancy import Principal
-from .params import JOB_ID_PATTERN
+from .params import JOB_ID_PATTERN, credentials
 
 # Job text is confidential: never cached, never sniffed into something else.
 PRIVATE_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -24,7 +24,7 @@ async def get_service(connection: HTTPConnection) -> ReviewService:
     return cast(ReviewService, connection.state.service)
 
 
-# Declared for the OpenAPI document; neither refuses by itself (the gatekeeper does).
+# Declared for the OpenAPI document only: neither refuses, and what they parse is not used.
 _bearer = HTTPBearer(
     auto_error=False,
     description="An API key (REVIEWSTREAM_API_KEYS), or a job's stream token.",
@@ -38,11 +38,12 @@ _token = APIKeyQuery(
 
 async def get_caller(
     connection: HTTPConnection,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    token: Annotated[str | None, Depends(_token)],
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _token: Annotated[str | None, Depends(_token)],
 ) -> Principal:
+    """The caller, read as every route reads it (``params.credentials``)."""
     service = await get_service(connection)
-    return service.gate.principal(bearer.credentials if bearer else None, token)
+    return service.gate.principal(*credentials(connection.scope))
 
 
 Service = Annotated[ReviewService, Depends(get_service)]
