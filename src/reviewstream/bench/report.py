@@ -184,7 +184,7 @@ def table(results: dict[str, Any]) -> str:
         for r in rows
         if r["followers"] > 1
     ]
-    cpu_runs += [(f"nobody following, {b['jobs']:,} jobs", b) for b in results["baselines"]]
+    cpu_runs += [(f"nobody following, {int(b['jobs']):,} job(s)", b) for b in results["baselines"]]
     if cpu_runs:
         parts.append(
             "\nCPU per produced token, µs, by process kind (producing and delivering; API: the"
