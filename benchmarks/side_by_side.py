@@ -1,16 +1,18 @@
 """Side by side with a peer server: each load on reviewstream, then on the peer.
 
     python benchmarks/side_by_side.py --peer durable-streams --output benchmarks/results
+    python benchmarks/side_by_side.py --peer resumable-stream --output benchmarks/results
 
-For each follower count and each mode the peer speaks (long poll and SSE for Durable Streams),
-the same load runs on reviewstream (``serve`` with its in-process worker, coalescing off, the
-simulated model) and then on the peer (``peers/``, one module each): the same number of jobs
-(streams) and followers per job, the same token rate, the same tokens, the same time to first
-token, followers started as each job is created (so attached before its first token), the same
-client code (``reviewstream.bench``'s ``conn`` and ``followers``) and the same checks, one run
-each unless ``--repeat`` says otherwise. Both servers stay up for the whole run (an idle one
-costs next to nothing), so alternating them load by load spreads the machine's background noise
-over both.
+For each follower count and each mode the peer speaks (long poll and SSE for Durable Streams,
+SSE for vercel/resumable-stream), the same load runs on reviewstream (``serve`` with its worker
+process, every job producing at once, coalescing off, the simulated model) and then on the peer
+(``peers/``, one module each): the same number of jobs (streams) and followers per job, the
+same token rate, the same tokens, the same time to first token, followers started as each job
+is created (so attached before its first token), the same client code (``reviewstream.bench``'s
+``conn`` and ``followers``) and the same checks, one run each unless ``--repeat`` says
+otherwise. Both servers stay up for the whole run (an idle one costs next to nothing), so
+alternating them load by load spreads the machine's background noise over both. Besides
+latency, each side's CPU per produced token by process kind.
 
 The options are ``reviewstream bench``'s (read by its ``options_from_args``) with defaults of
 their own (``LOADS``), and ``--peer``, ``--peer-dir``, ``--peer-version``. Ratios are
@@ -42,19 +44,22 @@ from typing import Any, NoReturn
 
 import httpx
 from harness import command, machine, run, say
-from peers import Install, Peer, PeerUnavailable, default_dir, durable_streams
+from peers import Install, Peer, PeerUnavailable, default_dir, durable_streams, resumable_stream
 
 from reviewstream.bench import cli as bench_cli
 from reviewstream.bench.machine import source_fingerprint
 from reviewstream.bench.plan import BenchOptions, Scenario, ServerConfig, split_load
-from reviewstream.bench.report import fmt, grid, write_json
+from reviewstream.bench.report import CPU_KINDS, fmt, grid, write_json
 from reviewstream.bench.runner import job_body, run_scenario, stored_tokens
 from reviewstream.bench.server import System, raise_open_files_limit
 from reviewstream.bench.stats import combine, latency_summary, run_summary
 from reviewstream.bench.suite import redis_version, system_for
 
 Progress = Callable[[str], None]
-PEERS: dict[str, Peer] = {durable_streams.NAME: durable_streams}
+PEERS: dict[str, Peer] = {
+    durable_streams.NAME: durable_streams,
+    resumable_stream.NAME: resumable_stream,
+}
 RESULTS_NAME = "side_by_side.json"
 TABLE_NAME = "side_by_side.txt"
 # What the side-by-side runs unless told otherwise (--quick's options and explicit ones win):
@@ -167,6 +172,7 @@ def _side(summary: dict[str, Any], mode: str, tokens: int) -> dict[str, Any]:
     side["server_cpu_pct"] = summary["server_cpu_pct"]
     side["redis_cpu_pct"] = 100 * redis_cpu / duration if redis_cpu is not None else None
     side["client_cpu_pct"] = summary["client_cpu_pct"]
+    side["cpu_us_per_produced_token"] = summary["cpu_us_per_produced_token"]
     if "append_ms" in summary:
         side["append_ms"] = summary["append_ms"]
     return side
@@ -366,6 +372,23 @@ def table(results: dict[str, Any]) -> str:
             ]
         )  # fmt: skip
     parts = [head, grid(header, rows)]
+    parts.append(
+        "\nCPU per produced token, µs, by process kind (reviewstream: its API processes, its"
+        " worker processes, its Redis; the peer: its server process, its Redis, if any):"
+    )
+    header = ["mode", "followers", *(f"rs {k}" for k in CPU_KINDS), "peer server", "peer redis"]
+    rows = []
+    for r in results["loads"]:
+        ours, other = (
+            r["reviewstream"]["cpu_us_per_produced_token"],
+            r["peer"]["cpu_us_per_produced_token"],
+        )
+        rows.append(
+            [r["mode"], fmt(r["followers"], 0), *(fmt(ours[k], 0) for k in CPU_KINDS),
+             fmt(other["api"], 0), fmt(other["redis"], 0), fmt(other["total"], 0),
+             fmt(_ratio(ours["total"], other["total"]), 2)]
+        )  # fmt: skip
+    parts.append(grid([*header, "peer total", "total ratio"], rows))
     appends = [
         f"{r['mode']} {r['followers']}: p50 {fmt(r['peer']['append_ms']['p50'], 2)} "
         f"p99 {fmt(r['peer']['append_ms']['p99'], 1)}"

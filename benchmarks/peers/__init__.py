@@ -1,6 +1,6 @@
 """The peers of the side-by-side (``side_by_side.py``): other servers that deliver the same jobs,
-one module each (``durable_streams``), and what they share: the ``Peer`` a module provides, the
-result of a run on one, and Node servers installed from npm.
+one module each (``durable_streams``, ``resumable_stream``), and what they share: the ``Peer`` a
+module provides, the result of a run on one, and Node servers installed from npm.
 
 A Node peer is installed when asked, into a cache directory of the benchmark's own
 (``~/.cache/reviewstream/peers``, or ``--peer-dir``), never into the project, at a pinned version
@@ -28,6 +28,7 @@ from typing import Any, Protocol
 from reviewstream.bench.plan import Scenario
 from reviewstream.bench.runner import RunResult
 from reviewstream.bench.server import (
+    RedisProcess,
     System,
     copy_log,
     free_port,
@@ -105,19 +106,26 @@ def default_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class NodePackage:
-    """A peer that is an npm package run by Node, started by ``launcher`` (JavaScript)."""
+    """A peer that is an npm package run by Node, started by ``launcher`` (JavaScript).
+
+    ``extras``: other packages it needs, installed beside it at pinned versions (``"name@1.2.3"``);
+    ``redis``: it runs on a private redis-server of its own (``RedisProcess``, as reviewstream's
+    benchmark starts one), whose unix socket is the launcher's second argument.
+    """
 
     name: str  # the peer's ``--peer`` name
     package: str
     launcher: str
+    extras: tuple[str, ...] = ()
+    redis: bool = False
 
     @property
     def launcher_name(self) -> str:
         return f"launch-{self.name}.mjs"
 
-    def installed_version(self, directory: Path) -> str | None:
-        """The version of the package installed in ``directory``, if any."""
-        manifest = directory / "node_modules" / self.package / "package.json"
+    def installed_version(self, directory: Path, package: str | None = None) -> str | None:
+        """The version of the package (or of ``package``) installed in ``directory``, if any."""
+        manifest = directory / "node_modules" / (package or self.package) / "package.json"
         try:
             return str(json.loads(manifest.read_text())["version"])
         except (OSError, ValueError, KeyError):
@@ -127,9 +135,14 @@ class NodePackage:
         """The programs the peer needs that are not on ``PATH``: ``node`` always, ``npm``
         unless ``version`` is installed already."""
         missing = [] if shutil.which("node") else ["node"]
-        if self.installed_version(directory) != version and not shutil.which("npm"):
+        if not self.is_installed(directory, version) and not shutil.which("npm"):
             missing.append("npm")
         return missing
+
+    def is_installed(self, directory: Path, version: str) -> bool:
+        """Whether ``version`` and the pinned extras are installed in ``directory``."""
+        pins = [(self.package, version), *(e.rsplit("@", 1) for e in self.extras)]
+        return all(self.installed_version(directory, name) == pin for name, pin in pins)
 
     def missing_message(self, missing: list[str], version: str) -> str:
         """The one line that says what to install."""
@@ -146,15 +159,16 @@ class NodePackage:
         if missing:
             raise PeerUnavailable(self.missing_message(missing, version))
         _make_dir(directory)
-        if self.installed_version(directory) != version:
+        if not self.is_installed(directory, version):
+            wanted = [f"{self.package}@{version}", *self.extras]
             if progress is not None:
-                progress(f"installing {self.package}@{version} from npm into {directory}")
+                progress(f"installing {' '.join(wanted)} from npm into {directory}")
             argv = [
                 "npm", "install", "--prefix", str(directory), "--save-exact", "--no-audit",
-                "--no-fund", "--loglevel=error", f"{self.package}@{version}",
+                "--no-fund", "--loglevel=error", *wanted,
             ]  # fmt: skip
             code, out = await _output(argv, directory, INSTALL_SECONDS)
-            if code != 0 or self.installed_version(directory) != version:
+            if code != 0 or not self.is_installed(directory, version):
                 tail = " | ".join(out.strip().splitlines()[-3:])
                 raise PeerUnavailable(f"npm could not install {self.package}@{version}: {tail}")
         code, out = await _output(["node", "--version"], directory, 30)
@@ -175,16 +189,22 @@ class NodePackage:
         workdir = Path(tempfile.mkdtemp(prefix="reviewstream-peer-"))
         log = workdir / "peer.log"
         process: asyncio.subprocess.Process | None = None
+        redis = RedisProcess(workdir) if self.redis else None
         try:
             port = free_port()
-            launcher = str(install.directory / self.launcher_name)
+            argv = ["node", str(install.directory / self.launcher_name), str(port)]
+            if redis is not None:
+                await redis.start()
+                argv.append(redis.socket)
             env = {k: v for k, v in os.environ.items() if not k.startswith("NODE_")}
-            process = await start_process(["node", launcher, str(port)], env, str(workdir), log)
+            process = await start_process(argv, env, str(workdir), log)
             await self._listening("127.0.0.1", port, process, log, 30)
-            yield System(f"http://127.0.0.1:{port}", server_pid=process.pid)
+            yield System(f"http://127.0.0.1:{port}", server_pid=process.pid, redis=redis)
         finally:
             if process is not None:
                 await stop_process(process, 5)
+            if redis is not None:
+                await redis.aclose()
             if keep_log is not None:
                 copy_log(log, keep_log)
             shutil.rmtree(workdir, ignore_errors=True)

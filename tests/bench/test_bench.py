@@ -15,8 +15,13 @@ import pytest
 
 from reviewstream.bench.cli import add_arguments, options_from_args, run
 from reviewstream.bench.followers import JobHandle, Trace
-from reviewstream.bench.plan import ServerConfig, build_plan
-from reviewstream.bench.server import cpu_seconds, server_cpu_seconds, started_system
+from reviewstream.bench.plan import MIN_CONCURRENCY, ServerConfig, build_plan
+from reviewstream.bench.server import (
+    cpu_seconds,
+    server_cpu_seconds,
+    started_system,
+    worker_cpu_seconds,
+)
 from reviewstream.bench.stats import combine, latency_summary
 from reviewstream.wire import MODES
 
@@ -66,10 +71,17 @@ def test_tiny_bench_writes_results_and_chart(
     assert set(results["together"]) == set(MODES)
     assert all(m["errors"] == 0 for m in results["together"].values())
     assert results["producing"]["redis_commands_per_appended_token"] > 0
+    # CPU per produced token by process kind: serve's worker runs in a process of its own.
+    for entry in (results["producing"], modes["sse"], results["fanout"]["sse"][0]):
+        cpu = entry["cpu_us_per_produced_token"]
+        assert cpu["api"] > 0 and cpu["worker"] > 0 and cpu["redis"] > 0, cpu
+        assert cpu["total"] == pytest.approx(cpu["api"] + cpu["worker"] + cpu["redis"], abs=0.01)
+    assert results["config"]["worker_concurrency"] >= 1
     assert results["machine"]["logical_cpus"] >= 1
     assert (tmp_path / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     out = capsys.readouterr().out
     assert "websocket" in out and "p99 ms" in out
+    assert "CPU per produced token" in out and "worker µs/tok" in out
 
 
 def test_without_the_bench_extra_it_says_what_to_install(
@@ -128,6 +140,16 @@ def test_plan_has_baselines_and_no_duplicate_runs() -> None:
             )
     servers = [s.server for s in plan]
     assert servers == sorted(servers, key=servers.index)  # grouped: one server start each
+
+
+def test_every_job_of_the_largest_load_produces_at_once_unless_told() -> None:
+    assert options_from_args(parse("--output", "x")).worker_concurrency == MIN_CONCURRENCY
+    # 5,000 followers are 500 jobs x 10: all of them running, none queued.
+    assert options_from_args(parse("--output", "x", "--followers", "1,5000")).concurrency == 500
+    many = options_from_args(parse("--output", "x", "--followers", "900", "--per-job", "1"))
+    assert many.worker_concurrency == 900
+    told = parse("--output", "x", "--followers", "5000", "--worker-concurrency", "8")
+    assert options_from_args(told).worker_concurrency == 8
 
 
 def test_processes_option_is_for_a_started_server_only() -> None:
@@ -196,3 +218,8 @@ async def test_started_server_runs_its_api_processes_and_counts_all_their_cpu() 
         own = cpu_seconds(system.server_pid) or 0.0
         counted = server_cpu_seconds(system.server_pid) or 0.0
         assert counted >= own + sum(cpu_seconds(p.pid) or 0.0 for p in api) - 0.05
+        # serve's one worker process, told apart from the API processes.
+        (worker,) = [p for p in below if p.cmdline()[1:4] == ["-m", "reviewstream", "worker"]]
+        assert worker_cpu_seconds(system.server_pid) == pytest.approx(
+            cpu_seconds(worker.pid) or 0.0, abs=0.05
+        )

@@ -16,11 +16,12 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..wire import MODES
-from .plan import BenchOptions
+from .plan import MIN_CONCURRENCY, BenchOptions
 from .report import CHART_NAME, chart, table, write_json
 from .server import raise_open_files_limit
 from .suite import run_suite, stderr_progress
@@ -108,7 +109,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     arg(
         "--worker-concurrency",
         type=int,
-        help=f"jobs a started server runs at once (default {d.worker_concurrency})",
+        help="jobs a started server runs at once (REVIEWSTREAM_WORKER_CONCURRENCY; default: every"
+        f" job of the largest load, at least {MIN_CONCURRENCY})",
     )
     arg(
         "--processes",
@@ -166,6 +168,7 @@ def options_from_args(
         values.setdefault("fanout_rate", values.get("rate", DEFAULTS.rate))
         values.setdefault("fanout_poll_interval", values["poll_intervals"][0])
     options = BenchOptions(**values)
+    options = replace(options, worker_concurrency=options.concurrency)
     if not 50 <= options.length_words <= 1500:
         raise SystemExit("--length-words must be within 50..1500")
     if options.repeat < 1 or options.warmup < 0 or options.per_job < 1:

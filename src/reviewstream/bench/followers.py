@@ -16,7 +16,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from .conn import Endpoint, HttpConnection, Response, WebSocketConnection
 
@@ -164,10 +163,6 @@ class Poller:
         self._conn: HttpConnection | None = None
         self._closed: list[HttpConnection] = []
 
-    async def get(self, target: str) -> tuple[int, bytes, float]:
-        response = await self.fetch(target)
-        return response.status, bytes(response.body), response.complete_time
-
     async def fetch(self, target: str) -> Response:
         """``GET target``: the whole response, its header fields included."""
         for attempt in (1, 2):
@@ -201,7 +196,12 @@ class Poller:
         self._closed.clear()
 
 
-def _on_page(trace: Trace, page: dict[str, Any], now: float) -> bool:
+def _on_page(trace: Trace, kind: str, response: Response) -> bool:
+    """One poll's answer; True once there is no more to ask (the end, or a refusal)."""
+    if response.status != 200:
+        trace.fail(f"{kind} answered {response.status}")
+        return True
+    page, now = json.loads(bytes(response.body)), response.complete_time
     trace.on_tokens(page["offset"], page["tokens"], page.get("ts") or [], now)
     if page["next_offset"] != trace.next_offset:
         trace.fail(f"next_offset {page['next_offset']} != {trace.next_offset}")
@@ -220,11 +220,8 @@ async def follow_short_poll(endpoint: Endpoint, trace: Trace, options: FollowOpt
     next_at = loop.time() + rng.uniform(0, interval)
     try:
         while True:
-            status, body, now = await poller.get(f"/jobs/{trace.job.id}?offset={trace.next_offset}")
-            if status != 200:
-                trace.fail(f"short poll answered {status}")
-                return
-            if _on_page(trace, json.loads(body), now):
+            target = f"/jobs/{trace.job.id}?offset={trace.next_offset}"
+            if _on_page(trace, "short poll", await poller.fetch(target)):
                 return
             now_mono = loop.time()
             while next_at <= now_mono:  # a slow answer skips the ticks it missed
@@ -241,11 +238,7 @@ async def follow_long_poll(endpoint: Endpoint, trace: Trace, options: FollowOpti
     try:
         while True:
             target = f"/jobs/{trace.job.id}/long-poll?offset={trace.next_offset}&timeout={hold:g}"
-            status, body, now = await poller.get(target)
-            if status != 200:
-                trace.fail(f"long poll answered {status}")
-                return
-            if _on_page(trace, json.loads(body), now):
+            if _on_page(trace, "long poll", await poller.fetch(target)):
                 return
     finally:
         poller.close()

@@ -20,7 +20,7 @@ import httpx
 from .conn import Endpoint, HttpConnection, WebSocketConnection
 from .plan import ServerConfig
 from .runner import job_body
-from .server import System, cpu_seconds, rss_bytes, started_system
+from .server import cpu_seconds, rss_bytes, started_system
 from .stats import quantile
 
 NEVER_MS = 600_000.0
@@ -92,7 +92,8 @@ async def probe(
     connect_ms: list[float] = []
     errors: list[str] = []
     async with started_system(config, graceful_seconds=1) as system:
-        pid = _pid(system)
+        if (pid := system.server_pid) is None:
+            raise RuntimeError("the memory probe needs a server the benchmark started")
         endpoint = Endpoint.from_url(system.base_url)
         async with httpx.AsyncClient(base_url=system.base_url, timeout=30) as client:
             response = await client.post("/jobs", json=job_body(50))
@@ -128,12 +129,6 @@ async def probe(
         "connect_ms_max": ordered[-1] if ordered else None,
         "server_cpu_ms_per_connect": 1000 * cpu_burst / opened if opened else None,
     }
-
-
-def _pid(system: System) -> int:
-    if system.server_pid is None:
-        raise RuntimeError("the memory probe needs a server the benchmark started")
-    return system.server_pid
 
 
 async def probe_all(connections: int, progress: Progress | None = None) -> dict[str, Any]:

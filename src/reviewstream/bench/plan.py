@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 Kind = Literal["baseline", "together", "alone"]
+MIN_CONCURRENCY = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +89,7 @@ class BenchOptions:
     coalesce_ms: tuple[float, ...] = (0.0, 50.0)
     length_words: int = 100
     first_token_ms: float = 1000.0
-    worker_concurrency: int = 256
+    worker_concurrency: int | None = None  # None: ``every_job_at_once``
     processes: int = 1  # API processes of a started server (serve --processes)
     # A Redis (Cluster) for the started server instead of a private redis-server.
     redis_url: str | None = None
@@ -97,11 +98,23 @@ class BenchOptions:
     memory: bool = False
     memory_connections: int = 2000
 
+    @property
+    def concurrency(self) -> int:
+        """A started server's worker concurrency: as given, else ``every_job_at_once``."""
+        return self.worker_concurrency or every_job_at_once(self)
+
 
 def split_load(n: int, per_job: int) -> tuple[int, int]:
     """(jobs, followers per job) for ``n`` followers per mode."""
     per = max(1, min(n, per_job))
     return max(1, n // per), per
+
+
+def every_job_at_once(o: BenchOptions) -> int:
+    """The worker concurrency at which every job of the largest load produces at once (a
+    follower count then means followers receiving tokens, none of them waiting in the queue),
+    and never below ``MIN_CONCURRENCY``."""
+    return max(MIN_CONCURRENCY, *(split_load(n, o.per_job)[0] for n in o.followers))
 
 
 def build_plan(o: BenchOptions) -> list[Scenario]:
@@ -147,24 +160,13 @@ def build_plan(o: BenchOptions) -> list[Scenario]:
     return _by_server(_unique(plan))
 
 
-def _same_load(a: Scenario, b: Scenario) -> bool:
-    polls = "short_poll" in a.modes
-    return (
-        a.kind == b.kind
-        and a.server == b.server
-        and a.modes == b.modes
-        and a.jobs == b.jobs
-        and a.per_job == b.per_job
-        and (not polls or a.poll_interval == b.poll_interval)
-    )
-
-
 def _unique(plan: list[Scenario]) -> list[Scenario]:
-    kept: list[Scenario] = []
+    """Each load once, in the order first met (the interval tells short polls apart only)."""
+    kept: dict[tuple[object, ...], Scenario] = {}
     for s in plan:
-        if not any(_same_load(s, k) for k in kept):
-            kept.append(s)
-    return kept
+        poll = s.poll_interval if "short_poll" in s.modes else None
+        kept.setdefault((s.kind, s.server, s.modes, s.jobs, s.per_job, poll), s)
+    return list(kept.values())
 
 
 def _by_server(plan: list[Scenario]) -> list[Scenario]:

@@ -6,7 +6,9 @@ follower per mode, each mode alone; every entry has ``latency_ms`` {p50, p95, p9
 costs), ``together`` (the same modes following the same job at once), ``short_poll_intervals``,
 ``fanout`` (per mode, per follower count), ``breakdown``, ``coalesce``, ``producing`` (the
 cost of producing tokens with nobody following), ``memory`` and ``sweeps`` (every scenario,
-in full).
+in full). Each run alone, each fan-out row and each baseline has ``cpu_us_per_produced_token``:
+microseconds of CPU per produced token by process kind, ``api``, ``worker``, ``redis`` and
+``total`` (``stats.cpu_per_produced_token``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 CHART_NAME = "chart.png"
+CPU_KINDS = ("api", "worker", "redis", "total")  # results.json's cpu_us_per_produced_token
 COLOURS = {
     "short_poll": "#c44e52",
     "long_poll": "#dd8452",
@@ -168,23 +171,31 @@ def table(results: dict[str, Any]) -> str:
     producing = results.get("producing")
     if producing and producing.get("redis_commands_per_appended_token") is not None:
         by_name = producing.get("redis_commands_per_appended_token_by_name") or {}
-        top = ", ".join(
-            f"{k} {v:.2f}" for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
-        )
-        per_token = fmt(producing["redis_commands_per_appended_token"], 2)
-        # One job's figure carries the job's fixed costs (create, claim, finish); the largest
-        # baseline shows the cost per token when many jobs stream at once.
-        most = max(results.get("baselines") or [producing], key=lambda b: b["jobs"])
-        cpu = [
-            f"{fmt(b.get('server_cpu_s_per_1k_appended'), 3)} "
-            f"with {fmt(b['jobs'], 0)} job(s) at once"
-            for b in ([producing, most] if most["jobs"] > producing["jobs"] else [producing])
-        ]
+        top = sorted(by_name.items(), key=lambda kv: -kv[1])[:6]
         parts.append(
-            f"\nProducing (nobody following): {per_token} "
-            f"Redis commands per appended token ({top}); server CPU s per 1k appended tokens: "
-            + ", ".join(cpu)
+            f"\nProducing (nobody following): "
+            f"{fmt(producing['redis_commands_per_appended_token'], 2)} Redis commands per "
+            f"appended token ({', '.join(f'{k} {v:.2f}' for k, v in top)})"
         )
+    cpu_runs = [(f"{m} alone, 1 follower", e) for m, e in results["modes"].items()]
+    cpu_runs += [
+        (f"{m} alone, {r['followers']:,} followers", r)
+        for m, rows in results["fanout"].items()
+        for r in rows
+        if r["followers"] > 1
+    ]
+    cpu_runs += [(f"nobody following, {int(b['jobs']):,} job(s)", b) for b in results["baselines"]]
+    if cpu_runs:
+        parts.append(
+            "\nCPU per produced token, µs, by process kind (producing and delivering; API: the"
+            " server's processes but its worker processes; Redis: INFO cpu):"
+        )
+        header = ["run", *(f"{kind} µs/tok" for kind in CPU_KINDS)]
+        rows = [
+            [name, *(fmt((e.get("cpu_us_per_produced_token") or {}).get(k), 0) for k in CPU_KINDS)]
+            for name, e in cpu_runs
+        ]
+        parts.append(grid(header, rows))
     if results.get("memory"):
         parts.append("\nIdle connections (one server process):")
         header = [
@@ -201,17 +212,6 @@ def table(results: dict[str, Any]) -> str:
     )
     parts += [f"WARNING: {w}" for w in results.get("warnings", [])]
     return "\n".join(parts)
-
-
-def delivery_cpu(results: dict[str, Any], mode: str) -> tuple[float | None, int]:
-    """Net server CPU s per 1k delivered tokens of ``mode`` and the follower count it was
-    measured at: the fan-out row nearest 100 followers (one follower's cost drowns in the
-    noise of producing its job), else the headline."""
-    rows = [r for r in results["fanout"].get(mode, []) if r.get("cpu_s_per_1k_tokens") is not None]
-    if rows:
-        row = min(rows, key=lambda r: abs(math.log10(max(r["followers"], 1)) - 2))
-        return row["cpu_s_per_1k_tokens"], int(row["followers"])
-    return results["modes"].get(mode, {}).get("cpu_s_per_1k_tokens"), 1
 
 
 def chart(results: dict[str, Any], path: Path) -> None:
@@ -247,20 +247,12 @@ def chart(results: dict[str, Any], path: Path) -> None:
     kb = [modes[n]["bytes_per_job"] / 1024 for n in names]
     bars = cost.bar(xs, kb, color=[COLOURS.get(n) for n in names])
     for bar, n in zip(bars, names, strict=True):
+        where = (bar.get_x() + bar.get_width() / 2, bar.get_height())
         label = f"{modes[n]['requests_per_job']:.0f} req/job"
-        cpu_net, followers = delivery_cpu(results, n)
-        if cpu_net is not None:
-            label += f"\n{1000 * cpu_net:.0f} \u00b5s CPU/token\n(at {followers} followers)"
-        cost.annotate(
-            label,
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
+        cost.annotate(label, where, ha="center", va="bottom", fontsize=8)
     cost.set_xticks(list(xs), names)
     cost.set_ylabel("KB on the wire per follower per job")
-    cost.set_title("Cost per mode (bars: KB/job; labels: requests, server CPU per token)")
+    cost.set_title("Cost per mode (bars: KB/job; labels: requests; CPU: below right)")
     cost.margins(y=0.25)
 
     for mode, rows in results["fanout"].items():

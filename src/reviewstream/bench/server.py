@@ -105,6 +105,14 @@ def descendants_of(pid: int) -> list[int]:
     return found
 
 
+def is_worker(pid: int) -> bool:
+    """True for a ``reviewstream worker`` process (where ``serve`` runs its workers by default)."""
+    try:
+        return b"reviewstream\0worker\0" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def server_cpu_seconds(pid: int) -> float | None:
     """CPU seconds of the server: process ``pid`` and every process below it, so that producing
     counts wherever ``serve`` runs its workers (``REVIEWSTREAM_SERVE_WORKERS``) and every API
@@ -113,6 +121,13 @@ def server_cpu_seconds(pid: int) -> float | None:
     if own is None:
         return None
     return own + sum(cpu_seconds(child) or 0.0 for child in descendants_of(pid))
+
+
+def worker_cpu_seconds(pid: int) -> float | None:
+    """CPU seconds of the ``reviewstream worker`` processes below ``pid`` (``serve``'s worker
+    process, by default); ``None`` when it has none (its workers run in its API processes)."""
+    workers = [child for child in descendants_of(pid) if is_worker(child)]
+    return sum(cpu_seconds(w) or 0.0 for w in workers) if workers else None
 
 
 def rss_bytes(pid: int) -> int | None:
@@ -181,69 +196,12 @@ async def stop_process(process: asyncio.subprocess.Process, grace: float) -> Non
             await process.wait()
 
 
-class RedisProcess:
-    """A private redis-server on a unix socket (as ``reviewstream serve`` embeds by default)."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.socket = str(workdir / "redis.sock")
-        self.url = f"unix://{self.socket}"
-        self.process: asyncio.subprocess.Process | None = None
-        self.client: aioredis.Redis | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
-
-    async def start(self) -> None:
-        argv = [
-            redis_server_binary(), "--port", "0", "--unixsocket", self.socket,
-            "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
-            "--dir", str(self.workdir), "--loglevel", "warning",
-        ]  # fmt: skip
-        self.process = await start_process(
-            argv, dict(os.environ), str(self.workdir), self.workdir / "redis.log"
-        )
-        self.client = aioredis.Redis.from_url(self.url, decode_responses=True)
-        async with asyncio.timeout(10):
-            while True:
-                if self.process.returncode is not None:
-                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-                with contextlib.suppress(RedisError, OSError):
-                    if await self.client.ping():
-                        return
-                await asyncio.sleep(0.02)
-
-    async def commandstats(self) -> dict[str, int]:
-        """Calls per command since the server started (the benchmark's own excluded)."""
-        assert self.client is not None
-        return counted_calls(await self.client.info("commandstats"), {})
-
-    async def aclose(self) -> None:
-        if self.client is not None:
-            await self.client.aclose()
-            self.client = None
-        if self.process is not None:
-            await stop_process(self.process, 5)
-            self.process = None
-
-
-def counted_calls(info: dict[str, object], into: dict[str, int]) -> dict[str, int]:
-    """Add the calls per command of one node's ``INFO commandstats`` to ``into`` (the
-    benchmark's own commands excluded)."""
-    for key, value in info.items():
-        name = key.removeprefix("cmdstat_").lower()
-        if name.split("|")[0] not in BENCH_COMMANDS and isinstance(value, dict):
-            into[name] = into.get(name, 0) + int(value.get("calls", 0))
-    return into
-
-
 class ExternalRedis:
     """A Redis the benchmark did not start (``--redis-url``), or a Redis Cluster: command counts
-    summed over its masters (replicas only repeat their writes); no process, so no CPU."""
+    summed over its masters (replicas only repeat their writes); its CPU is unknown (``None``:
+    other clients may use it too)."""
 
-    pid: int | None = None  # not the benchmark's process: Redis CPU is unknown
-    client: aioredis.Redis | None = None  # no end watcher (a cluster announces by SPUBLISH)
+    client: aioredis.Redis | None = None  # no end watcher: the server's keys are prefixed
 
     def __init__(self, url: str, *, cluster: bool = False) -> None:
         self.url = url
@@ -269,13 +227,70 @@ class ExternalRedis:
             counted_calls(await self._single.info("commandstats"), calls)
         return calls
 
+    async def cpu_seconds(self) -> float | None:
+        return None
+
     async def aclose(self) -> None:
-        if self._cluster is not None:
-            await self._cluster.aclose()
-            self._cluster = None
-        if self._single is not None:
-            await self._single.aclose()
-            self._single = None
+        for client in (self._cluster, self._single):
+            if client is not None:
+                await client.aclose()
+        self._cluster = self._single = self.client = None
+
+
+class RedisProcess(ExternalRedis):
+    """A private redis-server on a unix socket (as ``reviewstream serve`` embeds by default);
+    its CPU from ``INFO cpu`` (``used_cpu_sys`` + ``used_cpu_user``: all its threads)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.socket = str(workdir / "redis.sock")
+        super().__init__(f"unix://{self.socket}")
+        self.process: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def start(self) -> None:
+        argv = [
+            redis_server_binary(), "--port", "0", "--unixsocket", self.socket,
+            "--unixsocketperm", "700", "--save", "", "--appendonly", "no",
+            "--dir", str(self.workdir), "--loglevel", "warning",
+        ]  # fmt: skip
+        self.process = await start_process(
+            argv, dict(os.environ), str(self.workdir), self.workdir / "redis.log"
+        )
+        self.client = self._single = aioredis.Redis.from_url(self.url, decode_responses=True)
+        async with asyncio.timeout(10):
+            while True:
+                if self.process.returncode is not None:
+                    raise RuntimeError(f"redis-server exited with {self.process.returncode}")
+                with contextlib.suppress(RedisError, OSError):
+                    if await self.client.ping():
+                        return
+                await asyncio.sleep(0.02)
+
+    async def cpu_seconds(self) -> float | None:
+        if self.client is None:
+            return None
+        info = await self.client.info("cpu")
+        return float(info["used_cpu_sys"]) + float(info["used_cpu_user"])
+
+    async def aclose(self) -> None:
+        await super().aclose()
+        if self.process is not None:
+            await stop_process(self.process, 5)
+            self.process = None
+
+
+def counted_calls(info: dict[str, object], into: dict[str, int]) -> dict[str, int]:
+    """Add the calls per command of one node's ``INFO commandstats`` to ``into`` (the
+    benchmark's own commands excluded)."""
+    for key, value in info.items():
+        name = key.removeprefix("cmdstat_").lower()
+        if name.split("|")[0] not in BENCH_COMMANDS and isinstance(value, dict):
+            into[name] = into.get(name, 0) + int(value.get("calls", 0))
+    return into
 
 
 @dataclass
@@ -286,17 +301,14 @@ class System:
     server_pid: int | None = None
     redis: RedisProcess | ExternalRedis | None = None
 
-    @property
-    def redis_pid(self) -> int | None:
-        return self.redis.pid if self.redis is not None else None
-
 
 @dataclass
 class Sample:
-    """Counters at one moment; ``delta`` turns two samples into what happened between them."""
+    """Counters at one moment (CPU in seconds: the server's processes, its worker processes
+    among them, Redis by ``INFO cpu``, the benchmark's own)."""
 
-    at: float
     server_cpu: float | None
+    worker_cpu: float | None
     redis_cpu: float | None
     client_cpu: float
     commands: dict[str, int] = field(default_factory=dict)
@@ -304,12 +316,13 @@ class Sample:
 
 async def sample(system: System) -> Sample:
     """Read the system's counters now."""
-    commands = await system.redis.commandstats() if system.redis is not None else {}
-    redis_pid = system.redis_pid
+    redis = system.redis
+    commands = await redis.commandstats() if redis is not None else {}
+    pid = system.server_pid
     return Sample(
-        at=time.monotonic(),
-        server_cpu=server_cpu_seconds(system.server_pid) if system.server_pid else None,
-        redis_cpu=cpu_seconds(redis_pid) if redis_pid else None,
+        server_cpu=server_cpu_seconds(pid) if pid else None,
+        worker_cpu=worker_cpu_seconds(pid) if pid else None,
+        redis_cpu=await redis.cpu_seconds() if redis is not None else None,
         client_cpu=client_cpu_seconds(),
         commands=commands,
     )

@@ -108,6 +108,8 @@ def run_summary(run: RunResult) -> dict[str, Any]:
     commands = {k: v for k, v in commands.items() if v}
     duration = run.duration_s
     server_cpu = _delta(a.server_cpu, b.server_cpu)
+    worker_cpu = _delta(a.worker_cpu, b.worker_cpu)
+    redis_cpu = _delta(a.redis_cpu, b.redis_cpu)
     client_cpu = a.client_cpu - b.client_cpu
     summary: dict[str, Any] = {
         "duration_s": duration,
@@ -116,7 +118,11 @@ def run_summary(run: RunResult) -> dict[str, Any]:
         "delivered_tokens": run.delivered_tokens,
         "server_cpu_s": server_cpu,
         "server_cpu_pct": 100 * server_cpu / duration if server_cpu is not None else None,
-        "redis_cpu_s": _delta(a.redis_cpu, b.redis_cpu),
+        "worker_cpu_s": worker_cpu,
+        "redis_cpu_s": redis_cpu,
+        "cpu_us_per_produced_token": cpu_per_produced_token(
+            server_cpu, worker_cpu, redis_cpu, run.appended_tokens
+        ),
         "client_cpu_s": client_cpu,
         "client_cpu_pct": 100 * client_cpu / duration,
         "redis_commands": sum(commands.values()) if a.commands else None,
@@ -129,6 +135,19 @@ def run_summary(run: RunResult) -> dict[str, Any]:
         traces = [t for t in run.traces if t.mode == mode]
         summary["modes"][mode] = mode_summary(traces, len(run.errors))
     return summary
+
+
+def cpu_per_produced_token(
+    server: float | None, worker: float | None, redis: float | None, produced: int
+) -> dict[str, float | None]:
+    """Microseconds of CPU per produced (appended) token, by process kind: ``api`` (the server's
+    processes but its worker processes), ``worker``, ``redis`` and ``total``, the sum of those
+    measured (``None`` where not: ``worker`` when the API processes run the workers and count
+    them, ``redis`` when it is not the benchmark's own or there is none)."""
+    api = server - (worker or 0.0) if server is not None else None
+    total = api + (worker or 0.0) + (redis or 0.0) if api is not None else None
+    spent = {"api": api, "worker": worker, "redis": redis, "total": total}
+    return {kind: _per(cpu, produced, 1e6) for kind, cpu in spent.items()}
 
 
 def combine(summaries: Sequence[Any], key: str = "") -> Any:
@@ -199,4 +218,4 @@ def add_costs(summary: dict[str, Any], baseline: dict[str, Any] | None) -> None:
     summary.update(costs)
     if len(summary["modes"]) == 1:
         (entry,) = summary["modes"].values()
-        entry.update(costs)
+        entry.update(costs, cpu_us_per_produced_token=summary["cpu_us_per_produced_token"])

@@ -20,6 +20,7 @@ from ..processes.redis_server import redis_server_binary
 from . import memory
 from .machine import describe, source_fingerprint
 from .plan import BenchOptions, Scenario, ServerConfig, baseline_for, build_plan
+from .report import fmt
 from .runner import run_scenario
 from .server import System, remote_system, started_system
 from .stats import add_costs, combine, pooled_quantiles, run_summary
@@ -53,7 +54,7 @@ def system_for(
     log_name = log_name or f"server-{config.rate:g}tps-coalesce{config.coalesce_ms:g}ms.log"
     return started_system(
         config,
-        worker_concurrency=options.worker_concurrency,
+        worker_concurrency=options.concurrency,
         keep_log=options.output / "logs" / log_name,
         processes=options.processes,
         redis_url=options.redis_url,
@@ -63,16 +64,11 @@ def system_for(
 
 
 def _brief(summary: dict[str, Any]) -> str:
-    parts = []
-    for mode, m in summary["modes"].items():
-        lat = m["latency_ms"]
-        parts.append(f"{mode} p50 {lat['p50']:.1f} p99 {lat['p99']:.1f} ms")
-    cpu = summary.get("server_cpu_pct")
-    tail = f"server CPU {cpu:.0f}%" if cpu is not None else ""
-    return (
-        "; ".join([*parts, tail])
-        + f"; {sum(m['errors'] for m in summary['modes'].values()) + summary['errors']} errors"
-    )
+    lat = [(mode, m["latency_ms"]) for mode, m in summary["modes"].items()]
+    errors = sum(m["errors"] for m in summary["modes"].values()) + summary["errors"]
+    parts = [f"{mode} p50 {q['p50']:.1f} p99 {q['p99']:.1f} ms" for mode, q in lat]
+    cpu = summary["cpu_us_per_produced_token"]["total"]
+    return "; ".join([*parts, f"{fmt(cpu, 0)} µs CPU per produced token", f"{errors} errors"])
 
 
 async def _run_group(
@@ -90,8 +86,7 @@ async def _run_group(
             progress(f"{counter()} warm-up {i + 1}/{options.warmup} ({config.label}), discarded")
             await run_scenario(warm, system, seed=10_000 + i)
         for scenario in scenarios:
-            summaries = []
-            runs = []
+            summaries, runs = [], []
             for rep in range(options.repeat):
                 progress(f"{counter()} {scenario.label}: rep {rep + 1}/{options.repeat}")
                 started = time.monotonic()
@@ -252,7 +247,7 @@ _ROW_KEYS = (
     "followers", "ttft_ms", "e2e_ms", "e2e_ms_max", "connect_ms", "connect_ms_max",
     "requests_per_job", "messages_per_job", "bytes_per_job", "errors", "lost", "duplicated",
     "cpu_s_per_1k_tokens", "cpu_s_per_1k_tokens_gross", "redis_cmds_per_token",
-    "redis_cmds_per_token_gross", "redis_cpu_s_per_1k_tokens",
+    "redis_cmds_per_token_gross", "redis_cpu_s_per_1k_tokens", "cpu_us_per_produced_token",
 )  # fmt: skip
 
 
@@ -273,7 +268,8 @@ def _row(summary: dict[str, Any], mode: str) -> dict[str, Any]:
 
 def _costs_only(summary: dict[str, Any]) -> dict[str, Any]:
     keys = (
-        "duration_s", "jobs", "appended_tokens", "server_cpu_s", "server_cpu_pct", "redis_cpu_s",
+        "duration_s", "jobs", "appended_tokens", "server_cpu_s", "server_cpu_pct", "worker_cpu_s",
+        "redis_cpu_s", "cpu_us_per_produced_token",
         "redis_commands", "server_cpu_s_per_1k_appended", "redis_cpu_s_per_1k_appended",
         "redis_commands_per_appended_token", "redis_commands_per_appended_token_by_name",
     )  # fmt: skip
