@@ -51,6 +51,9 @@ REQUEST = ReviewRequest(
 )
 
 
+FIGURES = ("tokens_per_s", "worker_us_per_token", "redis_us_per_token", "cmds_per_token")
+
+
 def redis_calls(info: dict[str, Any]) -> int:
     """Commands Redis ran (the benchmark's own excluded; ``llen`` is this script's read)."""
     total = 0
@@ -125,11 +128,16 @@ async def one_round(
     }
 
 
-async def main(args: argparse.Namespace) -> int:
+def trees_of(specs: list[str] | None) -> list[tuple[str, Path | None]]:
     trees: list[tuple[str, Path | None]] = []
-    for spec in args.tree or ["this"]:
+    for spec in specs or ["this"]:
         name, _, path = spec.partition("=")
         trees.append((name, Path(path).resolve() if path else None))
+    return trees
+
+
+async def main(args: argparse.Namespace) -> int:
+    trees = trees_of(args.tree)
     settings = {}
     for item in args.set or []:
         name, _, value = item.partition("=")
@@ -148,22 +156,16 @@ async def main(args: argparse.Namespace) -> int:
     summary = []
     for name, _ in trees:
         mine = [r for r in rounds if r["tree"] == name]
-        row = {
-            key: statistics.median(r[key] for r in mine)
-            for key in ("tokens_per_s", "worker_us_per_token", "redis_us_per_token", "cmds_per_token")
-        }
+        row = {key: statistics.median(r[key] for r in mine) for key in FIGURES}
         summary.append({"tree": name, **row})
         print(
             f"| {name} | {row['tokens_per_s']:.0f} | {row['worker_us_per_token']:.1f} |"
             f" {row['redis_us_per_token']:.1f} | {row['cmds_per_token']:.2f} |"
         )
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {"command": command(), "machine": machine(), "rounds": rounds, "summary": summary},
-                indent=2,
-            )
-        )
+        report = {"command": command(), "machine": machine(), "rounds": rounds, "summary": summary}
+        with open(args.json, "w") as f:  # noqa: ASYNC230 - once, after the measurement
+            json.dump(report, f, indent=2)
     return 0
 
 
