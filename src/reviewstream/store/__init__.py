@@ -9,7 +9,7 @@ One module per concern:
   through the queue (create, claim, renew, requeue, end, cancel, retire), each two single-slot
   steps ordered so that a cut between them is repaired;
 - ``types``: what they hand each other and their callers (``Snapshot``, ``Attempts``,
-  ``QueueEntry``, ``Lease``, ``Claim``);
+  ``QueueEntry``, ``Lease``, ``Claim``, ``Append``);
 - ``scripts``: the Lua they run, one module per area, each script's reply an enum beside it;
 - ``notices``: what a job's channel carries — the Lua that writes it and the parser;
 - ``boundary``: ``redis_errors`` (Redis failures as ``StoreError``) and ``Script``.
@@ -18,16 +18,17 @@ The key names are ``reviewstream.keys``'s.
 """
 
 from .boundary import REDIS_FAILURES, Script, redis_errors
-from .jobs import MAX_APPEND_BATCH, JobStore, new_job_id, text_digest
+from .jobs import MAX_APPEND_BATCH, JobStore, appended, new_job_id, text_digest
 from .lifecycle import Store, spent_error
 from .queue import JobQueue
 from .scripts.jobs import Renewal, Requeue
-from .types import Attempts, Claim, Lease, QueueEntry, Snapshot
+from .types import Append, Attempts, Claim, Lease, QueueEntry, Snapshot
 from .workers import WorkerRegistry
 
 __all__ = [
     "MAX_APPEND_BATCH",
     "REDIS_FAILURES",
+    "Append",
     "Attempts",
     "Claim",
     "JobQueue",
@@ -40,6 +41,7 @@ __all__ = [
     "Snapshot",
     "Store",
     "WorkerRegistry",
+    "appended",
     "new_job_id",
     "redis_errors",
     "spent_error",

@@ -1,5 +1,5 @@
-"""The store's boundary with redis-py: Redis failures wrapped as ``StoreError``, and scripts run
-by SHA.
+"""The store's boundary with redis-py: Redis failures wrapped as ``StoreError``, scripts run by
+SHA, and many calls of one script in one round trip (one per node on a Redis Cluster).
 
 Every Redis call of the store runs inside ``redis_errors``, so that callers see one exception
 (``StoreError``, which the web edge answers 503) whatever redis-py raised, and a cancellation
@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from ..errors import StoreError
@@ -72,3 +73,74 @@ class Script:
             return await self._redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             return await self._redis.eval(self._source, len(keys), *keys, *args)
+
+
+# One call of a script: its keys (one slot's) and its arguments.
+Call = tuple[Sequence[str], Sequence[str | int | float]]
+
+
+def node_groups(redis: aioredis.Redis, first_keys: Sequence[str]) -> list[list[int]]:
+    """The indices of ``first_keys`` grouped by the Redis Cluster master that serves each (by
+    the client's slot map); one group on a single Redis. A key whose slot no known node serves
+    goes with the first group: its call fails or is redirected there alone."""
+    if not isinstance(redis, RedisCluster) or not first_keys:
+        return [list(range(len(first_keys)))]
+    groups: dict[str, list[int]] = {}
+    for i, key in enumerate(first_keys):
+        try:
+            name = redis.get_node_from_key(key).name
+        except REDIS_FAILURES:
+            name = ""
+        groups.setdefault(name, []).append(i)
+    return list(groups.values())
+
+
+async def run_many(
+    redis: aioredis.Redis, script: Script, calls: Sequence[Call], *, operation: str
+) -> list[Any]:
+    """Run ``script`` once per call in one round trip: a pipeline (not a transaction) on a
+    single Redis, one per master on a Redis Cluster, the masters' at once.
+
+    Each call's reply is in its place, or the exception its call met: a ``StoreError`` for
+    every call of a pipeline that failed (a master down fails its own calls only), the
+    ``ResponseError`` of a call Redis refused. By SHA on a single Redis, and sent whole to
+    those that Redis did not know (a restart); whole on a cluster, whose pipeline refuses
+    EVALSHA.
+    """
+    replies: list[Any] = [None] * len(calls)
+    evalsha = not isinstance(redis, RedisCluster)
+
+    async def group(indices: list[int]) -> None:
+        try:
+            with redis_errors(operation):
+                found = await _pipeline(redis, script, [calls[i] for i in indices], evalsha)
+                unknown = [j for j, reply in enumerate(found) if isinstance(reply, NoScriptError)]
+                if unknown:
+                    again = await _pipeline(
+                        redis, script, [calls[indices[j]] for j in unknown], False
+                    )
+                    for j, reply in zip(unknown, again, strict=True):
+                        found[j] = reply
+        except StoreError as e:
+            found = [e] * len(indices)
+        for i, reply in zip(indices, found, strict=True):
+            replies[i] = reply
+
+    groups = node_groups(redis, [keys[0] for keys, _ in calls])
+    if len(groups) == 1:
+        await group(groups[0])
+    else:
+        await asyncio.gather(*(group(indices) for indices in groups))
+    return replies
+
+
+async def _pipeline(
+    redis: aioredis.Redis, script: Script, calls: Sequence[Call], evalsha: bool
+) -> list[Any]:
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            if evalsha:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            else:
+                pipe.eval(script.source, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

@@ -24,10 +24,10 @@ from ..errors import JobNotFound, StoreError
 from ..keys import Keys
 from ..models import JobStatus, ReviewRequest
 from . import notices
-from .boundary import Script, redis_errors
+from .boundary import Call, Script, redis_errors, run_many
 from .scripts import jobs as scripts
 from .scripts.jobs import AppendRefusal, AttemptStart, Ending, Renewal, Requeue
-from .types import Attempts, Lease, QueueEntry, Snapshot
+from .types import Append, Attempts, Lease, QueueEntry, Snapshot
 
 MAX_APPEND_BATCH = 1000
 _READ_FIELDS = ("status", "error", "usage", "tenant", "attempts", "sha256")
@@ -43,6 +43,21 @@ def text_digest(tokens: Sequence[str]) -> str:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex
+
+
+def appended(job_id: str, reply: Any, offset: int | None = None) -> bool:
+    """What an APPEND reply means to its producer: True when the tokens are stored, False when
+    the job is no longer the attempt's to write (it should stop). ``StoreError`` when it
+    failed: the round trip (its exception), or the offset (the job holds other tokens)."""
+    if isinstance(reply, StoreError):
+        raise reply
+    if isinstance(reply, Exception):
+        raise StoreError("Redis failed during append tokens") from reply
+    if reply >= 0:
+        return True
+    if AppendRefusal(reply) is AppendRefusal.WRONG_OFFSET:
+        raise StoreError(f"job {job_id!r} does not hold {offset} tokens: append refused")
+    return False
 
 
 class JobStore:
@@ -191,29 +206,55 @@ class JobStore:
         ]
 
     async def append(
-        self, job_id: str, owner: str, tokens: Sequence[str], *, offset: int | None = None
+        self,
+        job_id: str,
+        owner: str,
+        tokens: Sequence[str],
+        *,
+        offset: int | None = None,
+        stamps: Sequence[str] | None = None,
     ) -> bool:
         """Append tokens, bump the count and announce them, atomically.
 
         ``offset``: where the tokens go. With it, an append retried after its reply was lost
         (a connection cut) stores nothing twice, and one that finds other tokens there raises
-        ``StoreError``. Returns False when the job is no longer this owner's to write (it was
-        cancelled, requeued or ended): the producer should stop.
+        ``StoreError``. ``stamps``: each token's time (seconds on the Redis clock, as text);
+        without them, the time of the append. Returns False when the job is no longer this
+        owner's to write (it was cancelled, requeued or ended): the producer should stop.
         """
-        keys = [self.keys.meta(job_id), self.keys.chunks(job_id), self.keys.times(job_id)]
-        channel = self.keys.channel(job_id)
         with redis_errors("append tokens"):
             for i in range(0, len(tokens), MAX_APPEND_BATCH):
-                batch = list(tokens[i : i + MAX_APPEND_BATCH])
-                at = "" if offset is None else offset + i
-                count = await self._append(keys=keys, args=[channel, owner, at, *batch])
-                if count < 0:
-                    if AppendRefusal(count) is AppendRefusal.WRONG_OFFSET:
-                        raise StoreError(
-                            f"job {job_id!r} does not hold {at} tokens: append refused"
-                        )
+                at = None if offset is None else offset + i
+                batch = Append(
+                    job_id,
+                    owner,
+                    at,
+                    tokens[i : i + MAX_APPEND_BATCH],
+                    stamps[i : i + MAX_APPEND_BATCH] if stamps is not None else (),
+                )
+                keys, args = self._append_call(batch)
+                if not appended(job_id, await self._append(keys=keys, args=args), at):
                     return False
         return True
+
+    async def append_batch(self, appends: Sequence[Append]) -> list[Any]:
+        """Many appends (each at most ``MAX_APPEND_BATCH`` tokens, each job at most once) in
+        one round trip: one pipeline, one per master on a Redis Cluster (``run_many``).
+
+        Each append's reply in its place: the job's new count, an ``AppendRefusal`` code, or
+        the exception its call met (a ``StoreError`` when its round trip failed: whether it
+        was stored is unknown, and an append retried at the same offset stores nothing twice).
+        ``appended`` reads a reply.
+        """
+        calls = [self._append_call(append) for append in appends]
+        return await run_many(self.redis, self._append, calls, operation="append tokens")
+
+    def _append_call(self, append: Append) -> Call:
+        job_id = append.job_id
+        keys = [self.keys.meta(job_id), self.keys.chunks(job_id), self.keys.times(job_id)]
+        at = "" if append.offset is None else append.offset
+        args = [self.keys.channel(job_id), append.owner, at, len(append.tokens)]
+        return keys, [*args, *append.tokens, *append.stamps]
 
     async def end(
         self,
@@ -307,6 +348,24 @@ class JobStore:
             return Renewal(
                 await self._renew(keys=[self.keys.meta(job_id)], args=[owner, abandon_ms])
             )
+
+    async def renewals(
+        self, attempts: Sequence[tuple[str, str]], abandon_ms: int = 0
+    ) -> list[Renewal | StoreError]:
+        """``renewal`` for many (job id, owner) at once, in one round trip (one per master on
+        a Redis Cluster): each one's ``Renewal``, or the ``StoreError`` its round trip met."""
+        calls: list[Call] = [
+            ([self.keys.meta(job_id)], [owner, abandon_ms]) for job_id, owner in attempts
+        ]
+        found: list[Renewal | StoreError] = []
+        for reply in await run_many(self.redis, self._renew, calls, operation="renew leases"):
+            if isinstance(reply, StoreError):
+                found.append(reply)
+            elif isinstance(reply, Exception):
+                found.append(StoreError("Redis failed during renew leases"))
+            else:
+                found.append(Renewal(int(reply)))
+        return found
 
     async def seen(self, job_ids: Sequence[str]) -> None:
         """Someone follows or polls these jobs now: they are not abandoned."""

@@ -159,6 +159,24 @@ class Store:
         extended = await self.queue.extend(claim.lease, lease_ms)
         return Renewal.RENEWED if extended else Renewal.LOST
 
+    async def renew_all(
+        self, claims: Sequence[Claim], lease_ms: int, abandon_ms: int = 0
+    ) -> list[Renewal | StoreError]:
+        """``renew`` for many attempts (a worker's running jobs) in two round trips, whatever
+        their number: every job side at once, then every shard side at once. Each attempt's
+        ``Renewal``, or the ``StoreError`` one of its steps met (on a Redis Cluster, a master
+        down fails the attempts whose job or shard it serves, no other)."""
+        found = await self.jobs.renewals([(c.job_id, c.owner) for c in claims], abandon_ms)
+        running = [i for i, f in enumerate(found) if f is Renewal.RENEWED]
+        if running:
+            extended = await self.queue.extend_all([claims[i].lease for i in running], lease_ms)
+            for i, ok in zip(running, extended, strict=True):
+                if isinstance(ok, StoreError):
+                    found[i] = ok
+                else:
+                    found[i] = Renewal.RENEWED if ok else Renewal.LOST
+        return found
+
     async def requeue(
         self,
         job_id: str,

@@ -2,8 +2,9 @@
 
 Three shapes, and this module is the only one that knows them:
 
-- tokens: ``{"offset": N, "ts": T, "tokens": [...]}`` — tokens ``[N, N + len)``, all appended
-  at Redis time ``T``;
+- tokens: ``{"offset": N, "ts": [T, ...], "tokens": [...]}`` — tokens ``[N, N + len)``, each
+  with its time (seconds on the Redis clock: when the worker received it from the provider);
+  a single number ``T`` (notices written before times were per token) is every token's;
 - end: ``{"end": {"status", "next_offset", "error", "usage", "sha256", "ts"}}`` — published
   once, after the last token;
 - status: ``{"status": {"status", "attempt", "offset", "reason"?, "reset"?}}`` — an attempt was
@@ -22,9 +23,10 @@ import json
 
 from ..models import Batch, JobEnd, JobNotice
 
-# A Lua string expression; needs the locals ``offset``, ``now`` and ``tokens`` (a Lua array).
-LUA_TOKENS = """'{"offset":' .. offset .. ',"ts":' .. now .. ',"tokens":' .. cjson.encode(tokens)
-  .. '}'"""
+# A Lua string expression; needs the locals ``offset``, ``tokens`` and ``times`` (Lua arrays
+# of the tokens and of their times as decimal text, spliced as JSON numbers).
+LUA_TOKENS = """'{"offset":' .. offset .. ',"ts":[' .. table.concat(times, ',')
+  .. '],"tokens":' .. cjson.encode(tokens) .. '}'"""
 
 # A Lua string expression; needs ``new_status``, ``count``, ``now``, and ``err``, ``usage`` and
 # ``sha`` (each already JSON text: a string, an object or ``null``).
@@ -59,4 +61,5 @@ def parse_notice(data: str | bytes) -> Batch | JobEnd | JobNotice:
     if status is not None:
         return JobNotice.model_validate(status)
     tokens = notice["tokens"]
-    return Batch(notice["offset"], tokens, [notice["ts"]] * len(tokens))
+    ts = notice["ts"]
+    return Batch(notice["offset"], tokens, ts if isinstance(ts, list) else [ts] * len(tokens))

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from ..errors import StoreError
 from ..keys import WORKER_GROUP, Keys
-from .boundary import REDIS_FAILURES, Script, redis_errors
+from .boundary import REDIS_FAILURES, Call, Script, redis_errors, run_many
 from .scripts import queue as scripts
 from .types import Lease, QueueEntry
 
@@ -39,6 +41,7 @@ class JobQueue:
         self._settle = Script(redis, scripts.SETTLE)
         self._lapse = Script(redis, scripts.LAPSE)
         self._extend = Script(redis, scripts.EXTEND)
+        self._extend_all = Script(redis, scripts.EXTEND_ALL)
         self._expired = Script(redis, scripts.EXPIRED_LEASES)
 
     # -- entries ------------------------------------------------------------------------------
@@ -187,6 +190,30 @@ class JobQueue:
                     keys=[self.keys.leases(lease.shard)], args=[lease.member, lease_ms]
                 )
             )
+
+    async def extend_all(self, leases: Sequence[Lease], lease_ms: int) -> list[bool | StoreError]:
+        """``extend`` for many leases, one step per shard, every shard's at once (in one round
+        trip on a single Redis): for each lease, whether it was extended, or the
+        ``StoreError`` its shard's step met."""
+        by_shard: dict[int, list[int]] = {}
+        for i, lease in enumerate(leases):
+            by_shard.setdefault(lease.shard, []).append(i)
+        shards = list(by_shard)
+        calls: list[Call] = [
+            ([self.keys.leases(shard)], [lease_ms, *(leases[i].member for i in by_shard[shard])])
+            for shard in shards
+        ]
+        replies = await run_many(self.redis, self._extend_all, calls, operation="renew leases")
+        found: list[bool | StoreError] = [False] * len(leases)
+        for shard, reply in zip(shards, replies, strict=True):
+            for j, i in enumerate(by_shard[shard]):
+                if isinstance(reply, StoreError):
+                    found[i] = reply
+                elif isinstance(reply, Exception):
+                    found[i] = StoreError("Redis failed during renew leases")
+                else:
+                    found[i] = bool(int(reply[j]))
+        return found
 
     async def take_lease(
         self, lease: Lease, cause: str, *, only_if_lapsed: bool = False

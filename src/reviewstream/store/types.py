@@ -1,8 +1,9 @@
 """What the store's parts hand each other and their callers: reads, queue entries, leases,
-claims."""
+claims, appends."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,3 +99,16 @@ class Claim:
     @property
     def lease(self) -> Lease:
         return Lease(self.job_id, self.attempt, self.shard)
+
+
+@dataclass(frozen=True, slots=True)
+class Append:
+    """One APPEND of attempt ``owner``: ``tokens`` at ``offset`` (None: wherever the list
+    ends), each with its time in ``stamps`` (seconds on the Redis clock, as decimal text; empty:
+    the append's own time)."""
+
+    job_id: str
+    owner: str
+    offset: int | None
+    tokens: Sequence[str]
+    stamps: Sequence[str] = ()

@@ -22,10 +22,12 @@ class WorkerRegistry:
         self._heartbeat = Script(redis, scripts.HEARTBEAT)
         self._workers_alive = Script(redis, scripts.WORKERS_ALIVE)
 
-    async def heartbeat(self, worker: str, forget_after_ms: int) -> None:
-        """Announce ``worker`` alive now (Redis clock); forget workers silent for longer."""
+    async def heartbeat(self, worker: str, forget_after_ms: int) -> float:
+        """Announce ``worker`` alive now (Redis clock); forget workers silent for longer.
+        Returns the Redis time of the heartbeat (seconds since the epoch)."""
         with redis_errors("worker heartbeat"):
-            await self._heartbeat(keys=[self.keys.workers], args=[worker, forget_after_ms])
+            now = await self._heartbeat(keys=[self.keys.workers], args=[worker, forget_after_ms])
+        return float(now)
 
     async def forget_worker(self, worker: str) -> None:
         with redis_errors("worker sign-off"):

@@ -3,8 +3,11 @@
 A worker reads the queue (Redis streams, one per shard, consumer group ``workers``) only while it
 has a free slot (``REVIEWSTREAM_WORKER_CONCURRENCY``): one reader per shard, each holding a slot
 while it blocks on its shard. Claiming a job starts the job's next attempt under the worker,
-then acknowledges its queue entry and gives the attempt its lease; the lease is renewed while
-the job streams. Entries read by a worker that died before claiming them (or between the two
+then acknowledges its queue entry and gives the attempt its lease; the leases of all running
+jobs are renewed together, one batch per interval (``Store.renew_all``), while they stream.
+Their tokens go to Redis together too: ``appends.Appends``, one round trip per flush, each
+token stamped on the Redis clock (``clock.RedisClock``, set by every heartbeat) the moment the
+provider hands it over. Entries read by a worker that died before claiming them (or between the two
 steps of a claim) are taken over by another worker after ``claim_idle_seconds``.
 
 A job is finished, not failed, when its producer is lost: a lapsed lease (found by the
@@ -37,13 +40,15 @@ from ..errors import (
     StoreError,
     UpstreamInterrupted,
 )
-from ..hub import Feed, Hub
+from ..hub import Hub
 from ..models import JobStatus, ReviewRequest, Usage
 from ..providers import build_prompt, build_provider
 from ..providers.base import Provider
 from ..providers.resilience import resilient_stream
 from ..settings import Settings
 from ..store import Claim, QueueEntry, Renewal, Requeue, Store
+from .appends import Appends
+from .clock import RedisClock
 from .handover import let_go, max_attempts
 
 log = logging.getLogger(__name__)
@@ -77,11 +82,21 @@ class Worker:
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._providers: dict[str, Provider] = {}
         self._jobs: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
+        # Set by the lease renewals when a job is no longer its attempt's to run.
+        self._halts: dict[str, asyncio.Future[None]] = {}
+        self.clock = RedisClock()
+        self.appends = Appends(
+            store.jobs,
+            self.clock.now,
+            flush_ms=settings.append_flush_ms,
+            outage_seconds=settings.redis_outage_seconds,
+        )
         self._loops: list[asyncio.Task[None]] = []
         self._readers: list[asyncio.Task[None]] = []  # the claim loops, one per shard
         self._lease_ms = int(settings.lease_seconds * 1000)
         self._stopping = asyncio.Event()
         self._hand_over_at: float | None = None  # monotonic time the grace period ends
+        self._renewer: asyncio.Task[None] | None = None
 
     @property
     def running(self) -> int:
@@ -90,6 +105,7 @@ class Worker:
     async def start(self) -> None:
         await self.store.queue.ensure_group()
         await self._beat()  # ready to take jobs from now on: API processes may accept them
+        self.appends.start()
         self._readers = [
             asyncio.create_task(self._claim_loop(shard), name=f"worker-claim-{shard}-{self.name}")
             for shard in self.store.keys.shards
@@ -99,6 +115,8 @@ class Worker:
             asyncio.create_task(self._reclaim_loop(), name=f"worker-reclaim-{self.name}"),
             asyncio.create_task(self._heartbeat_loop(), name=f"worker-heartbeat-{self.name}"),
         ]
+        # Not one of the loops: running jobs keep their leases through the grace period.
+        self._renewer = asyncio.create_task(self._renew_loop(), name=f"worker-renew-{self.name}")
 
     def begin_shutdown(self) -> None:
         """Stop claiming now; running jobs may finish within the grace period from now on."""
@@ -130,6 +148,12 @@ class Worker:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await self._let_go(claim, "the worker shut down before the job finished")
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+        await self.appends.aclose()
 
     # -- claiming -----------------------------------------------------------------------------
 
@@ -184,8 +208,11 @@ class Worker:
         self._slots.release()
 
     async def _beat(self) -> None:
+        """Announce this worker; set its Redis clock by the heartbeat's round trip."""
         forget_ms = int(self.settings.worker_heartbeat_timeout_seconds * 10_000)
-        await self.store.workers.heartbeat(self.name, forget_ms)
+        sent = time.time()
+        redis_time = await self.store.workers.heartbeat(self.name, forget_ms)
+        self.clock.measured(redis_time, sent, time.time())
 
     async def _heartbeat_loop(self) -> None:
         """Announce this worker every third of the heartbeat window (sooner after a failure)."""
@@ -238,14 +265,17 @@ class Worker:
 
     async def _run(self, claim: Claim) -> None:
         job_id = claim.job_id
+        halt = self._halts[job_id] = asyncio.get_running_loop().create_future()
         try:
             async with self.hub.join(job_id) as feed:
                 produce = asyncio.create_task(self._produce(claim))
-                guard = asyncio.create_task(self._guard(claim, feed))
+                # Wakes on the end only, not on every token this job appends: ended by someone
+                # else (a cancel, the reaper).
+                ended = asyncio.create_task(feed.ended.wait())
                 try:
-                    await asyncio.wait({produce, guard}, return_when=asyncio.FIRST_COMPLETED)
+                    await asyncio.wait({produce, ended, halt}, return_when=asyncio.FIRST_COMPLETED)
                 finally:
-                    for task in (guard, produce):
+                    for task in (ended, produce):
                         task.cancel()
                         with contextlib.suppress(asyncio.CancelledError):
                             await task
@@ -258,44 +288,50 @@ class Worker:
         except Exception:
             log.exception("job %s: unexpected error", job_id)
             await self._end_quietly(claim, JobStatus.FAILED, "internal error in the worker")
+        finally:
+            del self._halts[job_id]
+            halt.cancel()
 
-    async def _guard(self, claim: Claim, feed: Feed) -> None:
-        """Renew the lease on schedule; return as soon as the job is no longer ours to run.
+    async def _renew_loop(self) -> None:
+        """Renew the leases of every running job together, one batch per interval; stop each
+        job that is no longer ours to run.
 
-        A renewal that fails (Redis unreachable) is retried soon; whether the lease lapsed
-        meanwhile is judged in Redis, by Redis time, once it answers again.
+        A batch that fails for some jobs (Redis unreachable; on a cluster, one master down)
+        is retried for all soon; whether a lease lapsed meanwhile is judged in Redis, by Redis
+        time, once it answers again.
         """
         interval = self.settings.lease_seconds / 3
         abandon_ms = int(self.settings.abandon_seconds * 1000)
-        renew_at = time.monotonic() + interval
         while True:
-            # Wakes on the end only, not on every token this job appends. (asyncio.timeout, not
-            # wait_for: on Python 3.11 that can swallow a cancellation.)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(renew_at - time.monotonic(), 0.0)):
-                    await feed.ended.wait()
-            if feed.end is not None:
-                return  # ended by someone else: a cancel, or the reaper
-            if time.monotonic() < renew_at:
+            await asyncio.sleep(interval)
+            claims = [claim for claim, _ in self._jobs.values()]
+            if not claims:
                 continue
-            try:
-                renewal = await self.store.renew(claim, self._lease_ms, abandon_ms)
-            except StoreError as e:
-                log.warning("job %s: lease renewal failed: %s", claim.job_id, e)
-                renew_at = time.monotonic() + min(interval, 0.5)
-                continue
-            if renewal is Renewal.LOST:
-                return
-            if renewal is Renewal.ABANDONED:
-                log.info("job %s: abandoned, cancelling it", claim.job_id)
-                await self._end_quietly(
-                    claim,
-                    JobStatus.CANCELLED,
-                    "abandoned: nobody followed or polled the job for"
-                    f" {self.settings.abandon_seconds:g} s",
-                )
-                return
-            renew_at = time.monotonic() + interval
+            found = await self.store.renew_all(claims, self._lease_ms, abandon_ms)
+            failed = [f for f in found if isinstance(f, StoreError)]
+            for claim, renewal in zip(claims, found, strict=True):
+                if renewal is Renewal.LOST:
+                    self._halt(claim)
+                elif renewal is Renewal.ABANDONED:
+                    log.info("job %s: abandoned, cancelling it", claim.job_id)
+                    await self._end_quietly(
+                        claim,
+                        JobStatus.CANCELLED,
+                        "abandoned: nobody followed or polled the job for"
+                        f" {self.settings.abandon_seconds:g} s",
+                    )
+                    self._halt(claim)
+            if failed:
+                log.warning("lease renewal of %d jobs failed: %s", len(failed), failed[0])
+                interval = min(self.settings.lease_seconds / 3, 0.5)
+            else:
+                interval = self.settings.lease_seconds / 3
+
+    def _halt(self, claim: Claim) -> None:
+        """Stop the job's producer: the attempt is no longer ours to run."""
+        halt = self._halts.get(claim.job_id)
+        if halt is not None and not halt.done():
+            halt.set_result(None)
 
     async def _produce(self, claim: Claim) -> None:
         job_id = claim.job_id
@@ -308,7 +344,7 @@ class Worker:
         prompt = build_prompt(request, meta["model"], self.settings, continuation=continuation)
         s = self.settings
         usage: Usage | None = None
-        offset = claim.offset
+        writer = self.appends.writer(claim)
         try:
             stream = resilient_stream(
                 provider,
@@ -325,11 +361,16 @@ class Worker:
                     if isinstance(item, Usage):
                         usage = item
                     elif item:
-                        if not await self._append(claim, offset, item):
-                            return  # cancelled, requeued or reaped: stop, close the upstream
-                        offset += 1
+                        # False: cancelled, requeued or reaped: stop, close the upstream.
+                        if not writer.put(item) or (writer.stalled and not await writer.drain()):
+                            return
+            if not await writer.drain():  # the end goes after the last token
+                return
         except ProviderError as e:
-            if offset > claim.offset and (e.retryable or isinstance(e, UpstreamInterrupted)):
+            if not await writer.drain():
+                return
+            wrote = writer.offset > claim.offset
+            if wrote and (e.retryable or isinstance(e, UpstreamInterrupted)):
                 # The upstream broke after this attempt wrote something: the next attempt
                 # continues after it, as if the worker had died.
                 log.info("job %s: upstream broke mid-stream: %s", job_id, e)
@@ -340,35 +381,14 @@ class Worker:
             error = f"{e}; earlier: {'; '.join(earlier)}" if earlier else str(e)
             await self.store.end(job_id, JobStatus.FAILED, error=error, owner=claim.owner)
             return
+        finally:
+            self.appends.forget(writer)
         await self.store.end(
             job_id,
             JobStatus.DONE,
             usage=usage.model_dump() if usage is not None else None,
             owner=claim.owner,
         )
-
-    async def _append(self, claim: Claim, offset: int, token: str) -> bool:
-        """Store one token at ``offset``; while Redis is unreachable, keep it and try again.
-
-        Gives up (``StoreError``) after ``REVIEWSTREAM_REDIS_OUTAGE_SECONDS``: the job then
-        goes back to the queue, or its lease lapses and a reaper requeues it.
-        """
-        give_up_at: float | None = None
-        delay = 0.05
-        while True:
-            try:
-                return await self.store.jobs.append(
-                    claim.job_id, claim.owner, [token], offset=offset
-                )
-            except StoreError as e:
-                now = time.monotonic()
-                if give_up_at is None:
-                    give_up_at = now + self.settings.redis_outage_seconds
-                    log.warning("job %s: append failed, retrying: %s", claim.job_id, e)
-                if now >= give_up_at:
-                    raise
-                await asyncio.sleep(min(delay, give_up_at - now))
-                delay = min(delay * 2, 1.0)
 
     async def _let_go(self, claim: Claim, cause: str) -> None:
         job_id = claim.job_id

@@ -3,8 +3,10 @@
 ``tenants``: a tenant's quota keys, run by ``admission``).
 
 Each script is one atomic step on Redis, so a follower never sees a notification before its data
-(or data without one), and a job ends exactly once, after its last token. Times come from Redis'
-own clock (``TIME``) so that every process stamps tokens on one clock.
+(or data without one), and a job ends exactly once, after its last token. Times are on Redis'
+own clock, so that every process stamps on one clock: ``TIME`` in the scripts, and a token's
+time is its worker's stamp on that clock (``workers.clock``: the worker's own clock, set by the
+Redis time its heartbeats return), taken when the token came from the provider.
 
 Every script names the keys of one hash tag, so each runs on one Redis Cluster slot: a job's
 own keys (``{J}``), one queue shard's (``{qN}``: its stream and lease index), one tenant's, or a

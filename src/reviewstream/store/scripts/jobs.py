@@ -1,7 +1,8 @@
 """The scripts on a job's keys (``JobStore`` runs them), and their replies.
 
 The scripts that announce need the local ``publish`` (``notices.announcing`` sets it): their
-sources here start at the Redis clock prologue.
+sources here start at the Redis clock prologue, but for APPEND's, whose times are the
+producer's stamps on the Redis clock (``workers.clock``), which saves a ``TIME`` per append.
 """
 
 from __future__ import annotations
@@ -11,32 +12,42 @@ import enum
 from ..notices import LUA_END, LUA_STATUS, LUA_TOKENS
 from . import NOW
 
-# KEYS: meta, chunks, times. ARGV: channel, owner, offset, token... (The meta hash's count is
-# set at the end; while running, LLEN of the chunks is the count, which saves a command per
-# token.) ``offset`` is where the producer believes the tokens go ('' to skip the check): a retry
-# of an append whose reply was lost finds them stored already and stores nothing twice.
+# KEYS: meta, chunks, times. ARGV: channel, owner, offset, n, n tokens, then n times or none.
+# (The meta hash's count is set at the end; while running, LLEN of the chunks is the count,
+# which saves a command per append.) ``offset`` is where the producer believes the tokens go
+# ('' to skip the check): an append retried after its reply was lost, alone or with tokens put
+# since, finds the first of them stored already and stores only the rest, so nothing is stored
+# twice. Times are the producer's stamps (seconds on the Redis clock, as decimal text: the
+# moment it received each token); without them, the script's own ``TIME`` is every token's.
 # Returns the new count, or an ``AppendRefusal``.
 APPEND = (
-    NOW
-    + """
+    """
 local state = redis.call('HMGET', KEYS[1], 'status', 'owner')
 if state[1] ~= 'running' then return -1 end
 if state[2] ~= ARGV[2] then return -2 end
-local n = #ARGV - 3
+local n = tonumber(ARGV[4])
+local skip = 0
 if ARGV[3] ~= '' then
   local have, expected = redis.call('LLEN', KEYS[2]), tonumber(ARGV[3])
-  if have == expected + n then return have end
-  if have ~= expected then return -3 end
+  if have < expected or have > expected + n then return -3 end
+  skip = have - expected
+  if skip == n then return have end
+end
+local stamped = #ARGV >= 4 + 2 * n
+local now = ''
+if not stamped then
+  local t = redis.call('TIME')
+  now = t[1] .. '.' .. string.format('%06d', tonumber(t[2]))
 end
 local tokens = {}
 local times = {}
-for i = 4, #ARGV do
+for i = 5 + skip, 4 + n do
   tokens[#tokens + 1] = ARGV[i]
-  times[#times + 1] = now
+  if stamped then times[#times + 1] = ARGV[i + n] else times[#times + 1] = now end
 end
 local count = redis.call('RPUSH', KEYS[2], unpack(tokens))
 redis.call('RPUSH', KEYS[3], unpack(times))
-local offset = count - n
+local offset = count - #tokens
 redis.call(publish, ARGV[1], """
     + LUA_TOKENS
     + """)
@@ -50,7 +61,8 @@ class AppendRefusal(enum.IntEnum):
 
     NOT_RUNNING = -1  # the job ended, or was requeued and waits for its next attempt
     OTHER_OWNER = -2  # another attempt runs the job
-    WRONG_OFFSET = -3  # the job holds neither ``offset`` tokens nor ``offset`` plus these
+    WRONG_OFFSET = -3  # the job holds fewer than ``offset`` tokens, or more than ``offset`` plus
+    # these
 
 
 # KEYS: meta, chunks, times. ARGV: channel, status, error, usage_json, owner, retention_seconds,

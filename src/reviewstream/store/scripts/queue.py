@@ -1,7 +1,7 @@
 """The scripts on a queue shard's keys (``JobQueue`` runs them): its stream and lease index.
 
 None replies with a code: SETTLE's reply is unused, LAPSE's is an entry id or nil, EXTEND's a
-truth value, EXPIRED_LEASES' a list.
+truth value, EXTEND_ALL's a list of them, EXPIRED_LEASES' a list.
 """
 
 from __future__ import annotations
@@ -49,6 +49,26 @@ EXTEND = (
 if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
 redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[2]), ARGV[1])
 return 1
+"""
+)
+
+# KEYS: leases (one shard's). ARGV: lease_ms, lease member... EXTEND for many leases of one
+# shard at once (a worker renews its running jobs' in one step per shard): a list of 1
+# (extended) or 0 (gone), one per member.
+EXTEND_ALL = (
+    NOW
+    + """
+local deadline = now_ms + tonumber(ARGV[1])
+local found = {}
+for i = 2, #ARGV do
+  if redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    redis.call('ZADD', KEYS[1], deadline, ARGV[i])
+    found[#found + 1] = 1
+  else
+    found[#found + 1] = 0
+  end
+end
+return found
 """
 )
 
