@@ -143,7 +143,9 @@ class Appends:
         self.interval = flush_ms / 1000
         self.outage_seconds = outage_seconds
         self.flushes = 0
-        self._waiting: dict[str, JobWriter] = {}  # writers holding tokens, by job
+        # Writers holding tokens, by attempt (owner token): a job's lost attempt may still be
+        # letting go here when its next attempt writes.
+        self._waiting: dict[str, JobWriter] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -153,7 +155,7 @@ class Appends:
     def pending(self, writer: JobWriter) -> None:
         """``writer`` holds tokens to send."""
         if not writer.closed:
-            self._waiting[writer.claim.job_id] = writer
+            self._waiting[writer.claim.owner] = writer
             self._wake.set()
 
     def forget(self, writer: JobWriter) -> None:
@@ -161,8 +163,8 @@ class Appends:
         writer.closed = True
         writer.tokens.clear()
         writer.stamps.clear()
-        if self._waiting.get(writer.claim.job_id) is writer:
-            del self._waiting[writer.claim.job_id]
+        if self._waiting.get(writer.claim.owner) is writer:
+            del self._waiting[writer.claim.owner]
         writer._settled()
 
     def start(self) -> None:
@@ -227,7 +229,7 @@ class Appends:
                 writer.tokens.clear()
                 writer.stamps.clear()
             if not writer.tokens:
-                del self._waiting[writer.claim.job_id]
+                del self._waiting[writer.claim.owner]
             writer._settled()
         if failed:
             log.warning("appends of %d jobs failed, retrying: %s", len(failed), failed[0])
@@ -243,7 +245,7 @@ class Appends:
             else:
                 writer.error = StoreError("Redis failed during append tokens")
                 writer.error.__cause__ = error
-            del self._waiting[writer.claim.job_id]
+            del self._waiting[writer.claim.owner]
             writer._settled()
             return
         writer.retry_at = now + writer.delay
