@@ -244,3 +244,35 @@ async def test_on_producer_loss_restart_writes_again_after_the_stored_tokens(
     reset = {"status": "running", "attempt": 2, "offset": len(before), "reset": True}
     assert notices[-1] == reset
     await pubsub.aclose()
+
+
+async def test_a_lost_attempt_letting_go_leaves_the_next_attempt_its_lease(
+    store: Store, redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The worker claims a job's next attempt while its lost one is still letting go (waiting
+    for its first token until a renewal tells it to stop): when the lost one ends, the next one
+    stays among the leases the worker renews, and ends the job at that attempt."""
+    # Each attempt waits past the 1 s lease for its first token, then writes for about 3 s.
+    slow = settings.model_copy(update={"sim_first_token_ms": 1500, "sim_tokens_per_second": 40})
+    hub = Hub(redis, store.keys, store.jobs)
+    await hub.start()
+    reaper = Reaper(store, slow)
+    await reaper.start()
+    try:
+        async with httpx.AsyncClient() as http:
+            worker = Worker(store, hub, slow, http, grace_seconds=0.5)
+            await worker.start()
+            try:
+                short = REQUEST.model_copy(update={"length_words": 100})
+                job_id = await store.create(short, provider="simulated", model="sim-default")
+                await wait_for(store, job_id, lambda s: s.status is JobStatus.RUNNING, 10)
+                first = await store.jobs.attempts(job_id)
+                await store.requeue(job_id, "lost on purpose", max_attempts=3, owner=first.owner)
+                await wait_for(store, job_id, lambda s: s.done, 20)
+            finally:
+                await worker.aclose()
+    finally:
+        await reaper.aclose()
+        await hub.aclose()
+    snap = await store.jobs.read(job_id, 0, 100_000)
+    assert (snap.status, snap.attempts) == (JobStatus.DONE, 2), snap.error
