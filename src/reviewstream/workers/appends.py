@@ -59,6 +59,7 @@ class JobWriter:
         "delay",
         "error",
         "failing_since",
+        "key",
         "last_stamp",
         "offset",
         "refused",
@@ -70,6 +71,7 @@ class JobWriter:
     def __init__(self, appends: Appends, claim: Claim) -> None:
         self._appends = appends
         self.claim = claim
+        self.key = (claim.job_id, claim.owner)  # the attempt's: owner tokens repeat across jobs
         self.offset = claim.offset  # where ``tokens[0]`` goes: every token before is stored
         self.tokens: list[str] = []
         self.stamps: list[str] = []
@@ -143,9 +145,9 @@ class Appends:
         self.interval = flush_ms / 1000
         self.outage_seconds = outage_seconds
         self.flushes = 0
-        # Writers holding tokens, by attempt (owner token): a job's lost attempt may still be
+        # Writers holding tokens, by (job, owner token): a job's lost attempt may still be
         # letting go here when its next attempt writes.
-        self._waiting: dict[str, JobWriter] = {}
+        self._waiting: dict[tuple[str, str], JobWriter] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -155,7 +157,7 @@ class Appends:
     def pending(self, writer: JobWriter) -> None:
         """``writer`` holds tokens to send."""
         if not writer.closed:
-            self._waiting[writer.claim.owner] = writer
+            self._waiting[writer.key] = writer
             self._wake.set()
 
     def forget(self, writer: JobWriter) -> None:
@@ -163,8 +165,8 @@ class Appends:
         writer.closed = True
         writer.tokens.clear()
         writer.stamps.clear()
-        if self._waiting.get(writer.claim.owner) is writer:
-            del self._waiting[writer.claim.owner]
+        if self._waiting.get(writer.key) is writer:
+            del self._waiting[writer.key]
         writer._settled()
 
     def start(self) -> None:
@@ -229,7 +231,7 @@ class Appends:
                 writer.tokens.clear()
                 writer.stamps.clear()
             if not writer.tokens:
-                del self._waiting[writer.claim.owner]
+                del self._waiting[writer.key]
             writer._settled()
         if failed:
             log.warning("appends of %d jobs failed, retrying: %s", len(failed), failed[0])
@@ -245,7 +247,7 @@ class Appends:
             else:
                 writer.error = StoreError("Redis failed during append tokens")
                 writer.error.__cause__ = error
-            del self._waiting[writer.claim.owner]
+            del self._waiting[writer.key]
             writer._settled()
             return
         writer.retry_at = now + writer.delay

@@ -81,11 +81,11 @@ class Worker:
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._slots = asyncio.Semaphore(settings.worker_concurrency)
         self._providers: dict[str, Provider] = {}
-        # Running attempts by owner token, not by job: this worker may still be letting go of a
-        # job's lost attempt when it claims the next one, and each has its own lease.
-        self._jobs: dict[str, tuple[Claim, asyncio.Task[None]]] = {}
+        # Running attempts by (job, owner token), not by job: this worker may still be letting go
+        # of a job's lost attempt when it claims the next one, and each has its own lease.
+        self._jobs: dict[tuple[str, str], tuple[Claim, asyncio.Task[None]]] = {}
         # Set by the lease renewals when an attempt is no longer its to run.
-        self._halts: dict[str, asyncio.Future[None]] = {}
+        self._halts: dict[tuple[str, str], asyncio.Future[None]] = {}
         self.clock = RedisClock()
         self.appends = Appends(
             store.jobs,
@@ -202,11 +202,11 @@ class Worker:
         if claim.attempt > 1:
             log.info("job %s: attempt %d from %d", claim.job_id, claim.attempt, claim.offset)
         task = asyncio.create_task(self._run(claim), name=f"job-{claim.job_id}")
-        self._jobs[claim.owner] = (claim, task)
-        task.add_done_callback(lambda _t: self._job_done(claim.owner))
+        self._jobs[claim.job_id, claim.owner] = (claim, task)
+        task.add_done_callback(lambda _t: self._job_done(claim))
 
-    def _job_done(self, owner: str) -> None:
-        self._jobs.pop(owner, None)
+    def _job_done(self, claim: Claim) -> None:
+        self._jobs.pop((claim.job_id, claim.owner), None)
         self._slots.release()
 
     async def _beat(self) -> None:
@@ -267,7 +267,7 @@ class Worker:
 
     async def _run(self, claim: Claim) -> None:
         job_id = claim.job_id
-        halt = self._halts[claim.owner] = asyncio.get_running_loop().create_future()
+        halt = self._halts[job_id, claim.owner] = asyncio.get_running_loop().create_future()
         try:
             async with self.hub.join(job_id) as feed:
                 produce = asyncio.create_task(self._produce(claim))
@@ -291,7 +291,7 @@ class Worker:
             log.exception("job %s: unexpected error", job_id)
             await self._end_quietly(claim, JobStatus.FAILED, "internal error in the worker")
         finally:
-            del self._halts[claim.owner]
+            del self._halts[job_id, claim.owner]
             halt.cancel()
 
     async def _renew_loop(self) -> None:
@@ -331,7 +331,7 @@ class Worker:
 
     def _halt(self, claim: Claim) -> None:
         """Stop the job's producer: the attempt is no longer ours to run."""
-        halt = self._halts.get(claim.owner)
+        halt = self._halts.get((claim.job_id, claim.owner))
         if halt is not None and not halt.done():
             halt.set_result(None)
 
