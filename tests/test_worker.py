@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from reviewstream.hub import Hub
 from reviewstream.keys import Keys
 from reviewstream.models import JobStatus, ReviewRequest
+from reviewstream.runtime import running_worker
 from reviewstream.settings import Settings
 from reviewstream.store import Store, text_digest
 from reviewstream.workers import Reaper, Worker
@@ -276,3 +277,24 @@ async def test_a_lost_attempt_letting_go_leaves_the_next_attempt_its_lease(
         await hub.aclose()
     snap = await store.jobs.read(job_id, 0, 100_000)
     assert (snap.status, snap.attempts) == (JobStatus.DONE, 2), snap.error
+
+
+async def test_a_worker_hears_its_jobs_ends_and_none_of_their_tokens(
+    store: Store, redis: aioredis.Redis, settings: Settings
+) -> None:
+    # A token every 5 s, leases renewed every 10 s: only the end's notice stops it sooner.
+    slow = settings.model_copy(update={"sim_tokens_per_second": 0.2, "lease_seconds": 30})
+    keys = store.keys
+    async with running_worker(str(slow.redis_url), keys, slow) as worker:
+        job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
+        await wait_for(store, job_id, lambda s: len(s.tokens) >= 1, 10)
+
+        listening = dict(await redis.pubsub_numsub(keys.channel(job_id), keys.ends(job_id)))
+        assert listening == {keys.channel(job_id): 0, keys.ends(job_id): 1}
+
+        await store.cancel(job_id)
+        async with asyncio.timeout(2):
+            while worker.running:
+                await asyncio.sleep(0.01)
+    snap = await store.jobs.read(job_id, 0, 100)
+    assert snap.status is JobStatus.CANCELLED and len(snap.tokens) == 1

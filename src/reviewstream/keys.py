@@ -39,8 +39,14 @@ class Keys:
     def channel(self, job_id: str) -> str:
         return f"{self.prefix}:{{{job_id}}}:events"
 
+    def ends(self, job_id: str) -> str:
+        """The job's end only (the END script announces on both): what a worker listens to for
+        the jobs it runs, which never needs their tokens."""
+        return f"{self.prefix}:{{{job_id}}}:ends"
+
     def job_id_of_channel(self, channel: str) -> str:
-        return channel[len(self.prefix) + 2 : -len("}:events")]
+        """The job of a ``channel`` or an ``ends`` channel."""
+        return channel[len(self.prefix) + 2 : channel.rindex("}:")]
 
     @property
     def shards(self) -> range:

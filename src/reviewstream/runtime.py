@@ -185,8 +185,11 @@ async def redis_url(settings: Settings) -> AsyncIterator[str]:
         await embedded.aclose()
 
 
-def hub_for(redis: RedisClient, store: Store, settings: Settings) -> Hub:
-    """The process's hub on ``redis``; it checks quiet jobs through ``store.jobs``."""
+def hub_for(
+    redis: RedisClient, store: Store, settings: Settings, *, ends_only: bool = False
+) -> Hub:
+    """The process's hub on ``redis``; it checks quiet jobs through ``store.jobs``.
+    ``ends_only``: a worker's own, which hears its jobs' ends and none of their tokens."""
     return Hub(
         redis,
         store.keys,
@@ -196,6 +199,7 @@ def hub_for(redis: RedisClient, store: Store, settings: Settings) -> Hub:
         linger_seconds=settings.feed_linger_seconds,
         resync_seconds=settings.resync_seconds,
         coalesce_seconds=settings.coalesce_ms / 1000,
+        ends_only=ends_only,
     )
 
 
@@ -232,7 +236,7 @@ async def running_worker(
         stack.push_async_callback(redis.aclose)
         store = job_store(redis, keys, settings)
         if hub is None:
-            hub = hub_for(redis, store, settings)
+            hub = hub_for(redis, store, settings, ends_only=True)
             await hub.start()
             stack.push_async_callback(hub.aclose)
         worker = Worker(store, hub, settings, http)

@@ -251,3 +251,26 @@ async def test_cancelling_the_consumer_closes_the_upstream_connection(
 
     await asyncio.wait_for(upstream.client_gone.wait(), timeout=2)
     assert upstream.frames_sent < 100
+
+
+async def test_the_idle_timeout_applies_from_the_first_token_when_shorter(
+    upstream: ScriptedUpstream, openai: OpenAIProvider
+) -> None:
+    frames = openai_frames(["Hi", " there"])
+    upstream.script(Reply(frames=[*frames[:2], 30.0, *frames[2:]]))
+
+    with pytest.raises(UpstreamTimeout, match=r"upstream silent for 0\.2s"):
+        # The first token's 30 s limit must not outlive it: the silence after it is 0.2 s.
+        async with asyncio.timeout(5):
+            await collect(stream(openai, first_token_timeout=30, idle_timeout=0.2))
+
+
+async def test_time_spent_by_the_consumer_is_not_upstream_silence() -> None:
+    provider = Scripted(["a", "b", "c"])
+    received: list[str | Usage] = []
+
+    async for item in stream(provider, first_token_timeout=0.1, idle_timeout=0.1):
+        received.append(item)
+        await asyncio.sleep(0.25)  # the consumer is slow; the upstream never is
+
+    assert received == ["a", "b", "c"]

@@ -1,10 +1,10 @@
 """Redis Cluster's one-slot rule, checked on a single Redis: every command this test process
 sends, every script call and every MULTI/EXEC transaction must name keys of one hash slot.
 
-``SlotCheck.watching()`` wraps the asyncio client's command and pipeline execution (the real
-commands still go to the real Redis); the keys of each command are those Redis itself names
-(``COMMAND GETKEYS``), their slots are redis-py's ``key_slot``, as a cluster client computes
-them. Pub/sub connections are not covered (they send no keyed command here).
+``SlotCheck.watching()`` wraps the asyncio client's command and pipeline execution and the
+store's own pipelines (``boundary.send_all``): the real commands still go to the real Redis; the
+keys of each command are those Redis itself names (``COMMAND GETKEYS``), their slots are
+redis-py's ``key_slot``, as a cluster client computes them. Pub/sub connections are not covered (they send no keyed command here).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import redis.asyncio.client as aioclient
 from redis import Redis as SyncRedis
 from redis.crc import key_slot
 from redis.exceptions import ResponseError
+
+from reviewstream.store import boundary
 
 
 class SlotCheck:
@@ -77,7 +79,15 @@ class SlotCheck:
                     check.check("pipelined command", [args])
             return await pipeline_execute(self, raise_on_error)
 
+        send_all = boundary.send_all
+
+        async def checked_send_all(redis: Any, commands: Sequence[boundary.Command]) -> Any:
+            for args in commands:
+                check.check("pipelined command", [args])
+            return await send_all(redis, commands)
+
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(aioclient.Redis, "execute_command", checked_command)
+            patch.setattr(boundary, "send_all", checked_send_all)
             patch.setattr(aioclient.Pipeline, "execute", checked_pipeline)
             yield self

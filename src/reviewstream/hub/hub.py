@@ -83,8 +83,11 @@ class Hub:
         linger_seconds: float = 5.0,
         resync_seconds: float = 5.0,
         coalesce_seconds: float = 0.0,
+        ends_only: bool = False,
     ) -> None:
         self._keys = keys
+        # A worker's hub hears its jobs' ends only (``keys.ends``), never the tokens it appends.
+        self._channel = keys.ends if ends_only else keys.channel
         self._reader = reader
         self._buffer_tokens = buffer_tokens
         self._subscribe_timeout = subscribe_timeout
@@ -131,7 +134,7 @@ class Hub:
     @contextlib.asynccontextmanager
     async def join(self, job_id: str) -> AsyncIterator[Feed]:
         """The job's feed, subscribed and confirmed, for as long as the context lasts."""
-        channel = self._keys.channel(job_id)
+        channel = self._channel(job_id)
         feed = self._feeds.get(channel)
         created = feed is None
         if feed is None:

@@ -14,9 +14,10 @@ import hashlib
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from ..errors import StoreError
 
@@ -77,6 +78,8 @@ class Script:
 
 # One call of a script: its keys (one slot's) and its arguments.
 Call = tuple[Sequence[str], Sequence[str | int | float]]
+# A command's words: its name, then its arguments.
+Command = tuple[str | int | float, ...]
 
 
 def node_groups(redis: aioredis.Redis, first_keys: Sequence[str]) -> list[list[int]]:
@@ -137,10 +140,48 @@ async def run_many(
 async def _pipeline(
     redis: aioredis.Redis, script: Script, calls: Sequence[Call], evalsha: bool
 ) -> list[Any]:
-    async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            if evalsha:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            else:
+    if isinstance(redis, RedisCluster):
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
                 pipe.eval(script.source, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+            return list(await pipe.execute(raise_on_error=False))
+    head = ("EVALSHA", script.sha) if evalsha else ("EVAL", script.source)
+    return await send_all(redis, [(*head, len(keys), *keys, *args) for keys, args in calls])
+
+
+# hiredis's stub types a command as a 1-tuple; it takes any number of arguments.
+_pack: Any = hiredis.pack_command
+
+
+async def send_all(redis: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
+    """``commands`` sent at once on one connection of the pool and their replies read in
+    order: a pipeline without redis-py's bookkeeping per command, which
+    costs more than the command on the append path. A reply Redis refused is its
+    ``ResponseError`` in its place; a connection error or timeout is retried as redis-py's
+    pipeline does (the client's retry policy, on a fresh connection), and otherwise raised.
+    What is sent must be safe to send twice: the store's batched scripts are."""
+    packed = [_pack(command) for command in commands]
+    pool = redis.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+
+    async def attempt() -> list[Any]:
+        await conn.send_packed_command(packed)
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as e:
+                replies.append(e)
+        return replies
+
+    async def failed(_: Exception) -> None:
+        await conn.disconnect()
+
+    try:
+        replies: list[Any] = await conn.retry.call_with_retry(attempt, failed)
+        return replies
+    except BaseException:
+        await conn.disconnect()  # replies may still be on their way: nobody else may read them
+        raise
+    finally:
+        await pool.release(conn)

@@ -293,7 +293,10 @@ class JobStore:
         while True:
             tokens = await self.text(job_id)
             with redis_errors("finish job"):
-                reply = await self._end(keys=keys, args=[*args, len(tokens), text_digest(tokens)])
+                reply = await self._end(
+                    keys=keys,
+                    args=[*args, len(tokens), text_digest(tokens), self.keys.ends(job_id)],
+                )
             ending = Ending(int(reply[0]))
             if ending is Ending.UNKNOWN_JOB:
                 raise JobNotFound(job_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -84,16 +85,40 @@ class PlainSubscriber:
             await self._send("subscribe", channel)
 
     async def _listen(self) -> None:
-        pubsub, listener = self._pubsub, self._listener
+        """Read what the connection brings until it breaks.
+
+        Straight from the connection, not through ``PubSub.get_message``: that wraps every
+        message in a retry, a timeout and a dict, which cost more than the message. The
+        health check it would run between messages runs beside instead (``_keep_alive``).
+        """
+        conn, listener = self._pubsub.connection, self._listener
+        keep_alive = asyncio.create_task(self._keep_alive(), name="reviewstream-hub-keepalive")
+        try:
+            while True:
+                # Blocks with no timeout (redis-py's math.inf), as PubSub.get_message(None).
+                reply = await conn.read_response(
+                    timeout=math.inf, disconnect_on_error=False, push_request=True
+                )
+                kind = as_text(reply[0])
+                if kind == "message":
+                    listener.received(as_text(reply[1]), reply[2])
+                elif kind == "subscribe":
+                    listener.subscribed(as_text(reply[1]))
+        finally:
+            keep_alive.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keep_alive
+
+    async def _keep_alive(self) -> None:
+        """A PING whenever the connection was quiet for its health check interval: a broken
+        connection fails the PING's write, and the reply (a ``pong``) is read and ignored."""
         while True:
-            message = await pubsub.get_message(timeout=POLL_SECONDS)
-            if message is None:
-                continue
-            kind = message["type"]
-            if kind == "message":
-                listener.received(as_text(message["channel"]), message["data"])
-            elif kind == "subscribe":
-                listener.subscribed(as_text(message["channel"]))
+            await asyncio.sleep(POLL_SECONDS)
+            try:
+                async with self.lock:
+                    await self._pubsub.check_health()
+            except (RedisError, OSError):
+                return  # the reader hears of it too
 
     async def _close(self) -> None:
         pubsub, self._pubsub = self._pubsub, None

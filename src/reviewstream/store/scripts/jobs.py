@@ -67,8 +67,9 @@ class AppendRefusal(enum.IntEnum):
 
 # KEYS: meta, chunks, times. ARGV: channel, status, error, usage_json, owner, retention_seconds,
 # only_if_status ('' or statuses separated by spaces), attempt ('' or the attempt number the job
-# must be at), expected_count, sha256. Sets the terminal status, the final count and the text's
-# digest, announces the end and lets every key of the job expire after the retention. An empty
+# must be at), expected_count, sha256, ends_channel. Sets the terminal status, the final count
+# and the text's digest, announces the end (on the job's channel, and on its ends channel for
+# the worker running it) and lets every key of the job expire after the retention. An empty
 # owner ends the job whoever runs it (cancel, reapers); the digest is of the first
 # ``expected_count`` tokens, so the call is refused if more were stored. Returns {Ending, ...}:
 # {ENDED, attempt, shard, was_running} when this call ended the job (the caller then drops the
@@ -100,9 +101,11 @@ if err_text ~= '' then err = cjson.encode(err_text) end
 local usage = 'null'
 if usage_json ~= '' then usage = usage_json end
 if sha ~= '' then sha = '"' .. sha .. '"' else sha = 'null' end
-redis.call(publish, ARGV[1], """
+local notice = """
     + LUA_END
-    + """)
+    + """
+redis.call(publish, ARGV[1], notice)
+redis.call(publish, ARGV[11], notice)
 local was_running = 0
 if status == 'running' then was_running = 1 end
 return {1, attempt, tonumber(state[4] or '0'), was_running}
