@@ -20,7 +20,7 @@ from reviewstream.settings import Settings
 from reviewstream.web import create_app
 
 from tests import test_durable as durable
-from tests.support.live import REVIEW, new_job, stored, tuned
+from tests.support.live import REVIEW, new_job, stored, tuned, until_tokens
 from tests.support.servers import serve
 from tests.support.upstreams import Reply, ScriptedUpstream, openai_frames, running, sse
 from tests.web.test_ui_stream import ALICE, end_record, keyed
@@ -78,7 +78,7 @@ async def until_followed(c: httpx.AsyncClient) -> None:
 
 
 async def test_the_sdk_follows_a_running_review(settings: Settings) -> None:
-    s = tuned(settings, sim_tokens_per_second=40)
+    s = tuned(settings, sim_tokens_per_second=40, sim_first_token_ms=1500)
     async with serve(create_app(s)) as base, httpx.AsyncClient(base_url=base) as c:
         job_id = await new_job(c)
         following = asyncio.create_task(sdk_follow(base, job_id))
@@ -89,6 +89,23 @@ async def test_the_sdk_follows_a_running_review(settings: Settings) -> None:
         end = await end_record(c, job_id)
     check_done(result, job_id, text, end)
     assert len(deltas(result)) > 2  # followed live, a delta per batch
+
+
+async def test_a_reload_mid_review_gets_the_whole_text_once(settings: Settings) -> None:
+    s = tuned(settings, sim_tokens_per_second=40, sim_first_token_ms=1500)
+    async with serve(create_app(s)) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        first = asyncio.create_task(sdk_follow(base, job_id))
+        await until_followed(c)  # before the first token
+        await until_tokens(c, job_id, 15)
+        reloaded = asyncio.create_task(sdk_follow(base, job_id))  # the page mounts again
+        results = await asyncio.gather(first, reloaded)
+        text = "".join(await stored(c, job_id))
+        end = await end_record(c, job_id)
+    for result in results:
+        check_done(result, job_id, text, end)
+    # The reload got what was stored in its first delta, then the rest live.
+    assert len(deltas(results[1])[0]) > len(deltas(results[0])[0])
 
 
 async def test_the_sdk_replays_a_finished_review(settings: Settings) -> None:
