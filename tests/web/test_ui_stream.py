@@ -198,6 +198,27 @@ async def test_a_failed_job_ends_with_an_error_part_naming_the_cause(
     assert got.text == "Half way"
 
 
+async def test_a_draining_server_ends_the_stream_without_finish(settings: Settings) -> None:
+    """The client's message stays unfinished; its next resume replays it from another server."""
+    app = create_app(tuned(settings, sim_tokens_per_second=10, worker_grace_seconds=0.2))
+    async with serve(app) as base, httpx.AsyncClient(base_url=base) as c:
+        job_id = await new_job(c)
+        async with c.stream("GET", f"/jobs/{job_id}/stream") as r:
+            body, drained = "", False
+            async with asyncio.timeout(10):
+                async for chunk in r.aiter_text():  # to the stream's end
+                    body += chunk
+                    if '"text-delta"' in body and not drained:
+                        app.state.drain()
+                        drained = True
+    parts, _ = parse(body)
+    assert parts[:2] == [
+        {"type": "start", "messageId": job_id},
+        {"type": "text-start", "id": "text"},
+    ]
+    assert {p["type"] for p in parts[2:]} == {"text-delta"}  # no end, no [DONE]
+
+
 async def test_errors_before_the_stream_starts_are_json_answers(api: httpx.AsyncClient) -> None:
     r = await api.get("/jobs/no-such-job/stream")
     assert r.status_code == 404 and r.headers["content-type"] == "application/json"
