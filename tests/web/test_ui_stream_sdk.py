@@ -2,7 +2,9 @@
 (what ``useChat({ resume: true })`` calls on mount) and ``readUIMessageStream`` from the ``ai``
 package (tests/node/ui_stream/, installed by ``scripts/test`` from its lock file) against a live
 server: a running review, a finished one, a keyed server with a stream token, a worker killed
-mid-review, a failed job. A missing ``node_modules`` is a failure, not a skip."""
+mid-review, a failed job, a reload mid-review. With ``--chat`` it runs the SDK's chat itself
+(``AbstractChat``, which ``useChat`` wraps) resumed as ``useChat`` does on mount. A missing
+``node_modules`` is a failure, not a skip."""
 
 from __future__ import annotations
 
@@ -29,12 +31,12 @@ NODE_DIR = Path(__file__).resolve().parents[1] / "node" / "ui_stream"
 NODE_SECONDS = 60.0
 
 
-async def sdk_follow(base: str, job_id: str, token: str | None = None) -> dict[str, Any]:
+async def sdk_follow(base: str, job_id: str, *options: str) -> dict[str, Any]:
     """What the AI SDK's client made of the job's stream (``follow.mjs``'s JSON line)."""
     if not (NODE_DIR / "node_modules" / "ai").is_dir():
         pytest.fail(f"the AI SDK is not installed: npm ci --prefix {NODE_DIR} (scripts/test does)")
     proc = await asyncio.create_subprocess_exec(
-        "node", "follow.mjs", base, job_id, *([token] if token else []),
+        "node", "follow.mjs", base, job_id, *options,
         cwd=NODE_DIR,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -70,10 +72,25 @@ def check_done(result: dict[str, Any], job_id: str, text: str, end: dict[str, An
     assert types(result)[-2:] == ["text-end", "finish"]
 
 
-async def until_followed(c: httpx.AsyncClient) -> None:
-    """Until the server has a live follower (the client's stream is open)."""
-    async with asyncio.timeout(NODE_SECONDS):
-        while "reviewstream_followers 0\n" in (await c.get("/metrics")).text:
+def check_chat(chat: dict[str, Any], job_id: str, text: str, end: dict[str, Any]) -> None:
+    """The chat holds one message, the job's, with exactly the stored text, and is ready."""
+    assert (chat["status"], chat["error"], chat["errors"]) == ("ready", None, []), chat
+    assert chat["messages"] == [
+        {"id": job_id, "role": "assistant", "text": text, "metadata": end},
+    ]
+    assert chat["finish"] == {
+        "isAbort": False, "isDisconnect": False, "isError": False, "finishReason": "stop",
+    }  # fmt: skip
+
+
+async def until_followed(c: httpx.AsyncClient, followers: int = 1) -> None:
+    """Until the server has ``followers`` live followers (the clients' streams are open)."""
+    async with asyncio.timeout(20):
+        while True:
+            metrics = (await c.get("/metrics")).text
+            line = next(x for x in metrics.splitlines() if x.startswith("reviewstream_followers "))
+            if int(line.split()[1]) >= followers:
+                return
             await asyncio.sleep(0.02)
 
 
@@ -98,7 +115,10 @@ async def test_a_reload_mid_review_gets_the_whole_text_once(settings: Settings) 
         first = asyncio.create_task(sdk_follow(base, job_id))
         await until_followed(c)  # before the first token
         await until_tokens(c, job_id, 15)
-        reloaded = asyncio.create_task(sdk_follow(base, job_id))  # the page mounts again
+        so_far = "".join(await stored_so_far(c, job_id))
+        # The page mounts again: a fresh stream, and a chat that had stored its messages.
+        reloaded = asyncio.create_task(sdk_follow(base, job_id))
+        chat = asyncio.create_task(sdk_follow(base, job_id, "--chat", "--persisted", so_far))
         results = await asyncio.gather(first, reloaded)
         text = "".join(await stored(c, job_id))
         end = await end_record(c, job_id)
@@ -106,6 +126,8 @@ async def test_a_reload_mid_review_gets_the_whole_text_once(settings: Settings) 
         check_done(result, job_id, text, end)
     # The reload got what was stored in its first delta, then the rest live.
     assert len(deltas(results[1])[0]) > len(deltas(results[0])[0])
+    # The chat rebuilt its message from `start`: the stored part is not there twice.
+    check_chat(await chat, job_id, text, end)
 
 
 async def test_the_sdk_replays_a_finished_review(settings: Settings) -> None:
@@ -122,7 +144,7 @@ async def test_the_sdk_follows_with_a_stream_token_on_a_keyed_server(settings: S
     async with serve(create_app(s)) as base, httpx.AsyncClient(base_url=base) as c:
         job = (await c.post("/jobs", json=REVIEW, headers=ALICE)).json()
         token = job["links"]["ui_stream"].split("token=")[1]
-        result = await sdk_follow(base, job["id"], token)
+        result = await sdk_follow(base, job["id"], "--token", token)
         refused = await sdk_follow(base, job["id"])
         c.headers.update(ALICE)
         text = "".join(await stored(c, job["id"]))
@@ -138,13 +160,14 @@ async def test_the_sdk_follows_a_review_whose_worker_is_killed(
         first = await w.start()
         job_id = await durable.create(c)
         following = asyncio.create_task(sdk_follow(base, job_id))
-        await until_followed(c)
+        chatting = asyncio.create_task(sdk_follow(base, job_id, "--chat"))
+        await until_followed(c, 2)
         await durable.until(c, job_id, lambda p: len(p["tokens"]) >= 15, 30)
         await w.start()
         first.proc.send_signal(signal.SIGKILL)
         await first.proc.wait()
         final = await durable.until(c, job_id, lambda p: p["done"], 30)
-        result = await following
+        result, chat = await asyncio.gather(following, chatting)
         end = await end_record(c, job_id)
     assert (final["status"], final["attempts"]) == ("done", 2)
     text = "".join(final["tokens"])
@@ -155,18 +178,28 @@ async def test_the_sdk_follows_a_review_whose_worker_is_killed(
         chunk.get("transient") for chunk in result["chunks"] if chunk["type"] == "data-status"
     )
     assert [n["attempt"] for n in notices if n["status"] == "running"] == [2], notices
+    # useChat's chat: one message, the stored text; the notice reached onData, not the message.
+    check_chat(chat, job_id, text, end)
+    assert [part["data"] for part in chat["data"]] == notices
+
+
+async def stored_so_far(c: httpx.AsyncClient, job_id: str) -> list[str]:
+    tokens: list[str] = (await c.get(f"/jobs/{job_id}", params={"limit": 10000})).json()["tokens"]
+    return tokens
 
 
 async def test_the_sdk_surfaces_a_failed_reviews_error(settings: Settings) -> None:
     async with running(ScriptedUpstream()) as upstream:
         boom = sse({"error": {"message": "boom"}})
-        upstream.script(Reply(frames=[*openai_frames(["Half", " way"], done=False)[:3], 1.0, boom]))
+        # The error comes once both clients follow (a pause well inside the idle timeout).
+        upstream.script(Reply(frames=[*openai_frames(["Half", " way"], done=False)[:3], 5.0, boom]))
         s = tuned(settings, openai_base_url=upstream.url + "/v1", upstream_max_retries=1)
         async with serve(create_app(s)) as base, httpx.AsyncClient(base_url=base) as c:
             job_id = await new_job(c, provider="openai")
             following = asyncio.create_task(sdk_follow(base, job_id))
-            await until_followed(c)
-            result = await following
+            chatting = asyncio.create_task(sdk_follow(base, job_id, "--chat"))
+            await until_followed(c, 2)
+            result, chat = await asyncio.gather(following, chatting)
             end = await end_record(c, job_id)
     assert end["status"] == "failed" and "boom" in end["error"]
     assert result["text"] == "Half way"
@@ -175,3 +208,8 @@ async def test_the_sdk_surfaces_a_failed_reviews_error(settings: Settings) -> No
     assert result["errors"] == [f"review failed: {end['error']}"]
     assert result["thrown"] == f"review failed: {end['error']}"
     assert result["metadata"] == end
+    # useChat's chat: status "error" with the cause, the text so far kept.
+    assert (chat["status"], chat["error"]) == ("error", f"review failed: {end['error']}")
+    assert chat["errors"] == [chat["error"]]
+    assert chat["finish"]["isError"] is True
+    assert [m["text"] for m in chat["messages"]] == ["Half way"]
