@@ -65,6 +65,7 @@ class Links(BaseModel):
     long_poll: str
     sse: str
     ws: str
+    ui_stream: str = Field(description="The AI SDK's UI message stream (`useChat`).")
 
 
 class JobCreated(BaseModel):

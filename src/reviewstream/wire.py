@@ -10,6 +10,12 @@ notification once per dialect however many followers it has. The short and long 
 ``models.JobPage`` as JSON (``page_json``, the bytes FastAPI's JSON answer would send); a long
 poll's answer with a batch is cached on the batch too, so the caught-up pollers one notification
 wakes at the same offset share one encoding (``long_poll_body``).
+
+The AI SDK's UI message stream (``ui_*``): SSE whose every ``data:`` line is one JSON part —
+``start`` (``messageId``: the job id), ``text-start``, a ``text-delta`` per batch, then
+``text-end`` and ``finish`` (the end record as ``messageMetadata``), or ``message-metadata`` and
+``error`` (failed) or ``abort`` (cancelled); last ``data: [DONE]``. A changed producer is a
+transient ``data-status`` part (the status notice as its ``data``), never a rewrite.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from typing import Any, Literal
 from sse_starlette import ServerSentEvent
 
 from .models import Batch, BatchPage, JobEnd, JobNotice, JobPage, JobStatus
+
+UI_STREAM_HEADER = (b"x-vercel-ai-ui-message-stream", b"v1")
 
 Mode = Literal["short_poll", "long_poll", "sse", "websocket"]
 MODES: tuple[Mode, ...] = ("short_poll", "long_poll", "sse", "websocket")  # by how they wait
@@ -171,3 +179,73 @@ def ws_message(item: Batch | JobEnd | JobNotice) -> str:
     if isinstance(item, JobEnd):
         return ws_end_message(item)
     return dumps({"type": "status", **item.model_dump(mode="json")})
+
+
+# -- the AI SDK's UI message stream ------------------------------------------------------------
+
+# A job's message has one text part. Its id only has to be the same on text-start, every
+# text-delta and text-end, so it is a constant and a batch's delta is the same bytes in every
+# job's stream: cacheable on the batch.
+UI_TEXT_ID = "text"
+UI_DONE = b"data: [DONE]\n\n"
+_UI_TEXT_END = b'data: {"type":"text-end","id":"text"}\n\n'
+
+
+def ui_part(part: dict[str, Any]) -> bytes:
+    """One part as the SDK writes it: ``data: <JSON>``, a blank line. JSON escapes every line
+    break, so a part is always one ``data:`` line, and it starts with ``{``, so the one space
+    an SSE parser drops after ``data:`` is the space written here."""
+    return b"data: " + dumps(part).encode() + b"\n\n"
+
+
+def ui_start(job_id: str) -> bytes:
+    """The stream's first parts: the message (the job's id) and its text part."""
+    return ui_part({"type": "start", "messageId": job_id}) + ui_part(
+        {"type": "text-start", "id": UI_TEXT_ID}
+    )
+
+
+def ui_text_delta(batch: Batch) -> bytes:
+    """A batch as one ``text-delta`` part, encoded once per batch."""
+    part: bytes | None = batch.encoded.get("ui_stream")
+    if part is None:
+        part = ui_part({"type": "text-delta", "id": UI_TEXT_ID, "delta": "".join(batch.tokens)})
+        batch.encoded["ui_stream"] = part
+    return part
+
+
+def ui_status(notice: JobNotice) -> bytes:
+    """A changed producer: a transient data part, which the SDK hands to ``onData`` and keeps
+    out of the message."""
+    data = notice.model_dump(mode="json")
+    return ui_part({"type": "data-status", "data": data, "transient": True})
+
+
+def ui_end(end: JobEnd) -> bytes:
+    """The text part closed, then ``finish``, ``error`` or ``abort`` by the end's status, and
+    ``[DONE]``. The end record is the message's metadata in each case."""
+    metadata = end_message(end)
+    if end.status == JobStatus.DONE:
+        closing = ui_part({"type": "finish", "finishReason": "stop", "messageMetadata": metadata})
+    else:
+        closing = ui_part({"type": "message-metadata", "messageMetadata": metadata})
+        if end.status == JobStatus.CANCELLED:
+            closing += ui_part({"type": "abort", "reason": "cancelled"})
+        else:
+            error = f"review failed: {end.error}" if end.error else "review failed"
+            closing += ui_part({"type": "error", "errorText": error})
+    return _UI_TEXT_END + closing + UI_DONE
+
+
+def ui_error(error: str) -> bytes:
+    """The stream broke after it started (the HTTP status was sent): an ``error`` part."""
+    return _UI_TEXT_END + ui_part({"type": "error", "errorText": error}) + UI_DONE
+
+
+def ui_stream_part(item: Batch | JobEnd | JobNotice) -> bytes:
+    """A follower's item as UI message stream parts."""
+    if isinstance(item, Batch):
+        return ui_text_delta(item)
+    if isinstance(item, JobEnd):
+        return ui_end(item)
+    return ui_status(item)

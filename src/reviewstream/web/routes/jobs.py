@@ -23,6 +23,7 @@ def links_for(request: Request, job_id: str, token: str | None) -> Links:
         long_poll=f"{base}/long-poll" + (f"?{auth}" if auth else ""),
         sse=f"{base}/events" + (f"?{auth}" if auth else ""),
         ws=f"{base}/ws" + (f"?{auth}" if auth else ""),
+        ui_stream=f"{base}/stream" + (f"?{auth}" if auth else ""),
     )
 
 

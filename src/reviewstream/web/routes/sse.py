@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
 
 from ...errors import ReviewstreamError, ServerDraining
 from ...follow import Follower
-from ...models import ReviewRequest
+from ...models import Batch, JobEnd, JobNotice, ReviewRequest
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import sse_error_event, sse_event, sse_preamble
@@ -55,14 +56,17 @@ class Events:
     When this server drains, the stream just ends: EventSource reconnects by itself, with
     Last-Event-ID, and lands on another server. An iterator class, not an async generator:
     every open stream holds one for its life, and an async generator would also hold an entry
-    in the event loop's registry of them.
+    in the event loop's registry of them. Another dialect over SSE (the UI message stream) is a
+    subclass with its own ``encode`` and ``broke``: class attributes, nothing more per stream.
     """
 
-    __slots__ = ("_follower", "_retry_ms", "_state")
+    __slots__ = ("_follower", "_preamble", "_state")
+    encode: Callable[[Batch | JobEnd | JobNotice], bytes] = staticmethod(sse_event)
+    broke: Callable[[str], bytes] = staticmethod(sse_error_event)  # the stream's last words
 
-    def __init__(self, follower: Follower, retry_ms: int) -> None:
+    def __init__(self, follower: Follower, preamble: bytes) -> None:
         self._follower = follower
-        self._retry_ms = retry_ms
+        self._preamble = preamble
         self._state = "new"  # then "following", then "done"
 
     def __aiter__(self) -> Events:
@@ -71,32 +75,39 @@ class Events:
     async def __anext__(self) -> bytes:
         if self._state == "new":
             self._state = "following"
-            return sse_preamble(self._retry_ms)
+            return self._preamble
         if self._state == "done" or self._follower.reached_end:
             raise StopAsyncIteration
         try:
-            return sse_event(await self._follower.next())
+            return self.encode(await self._follower.next())
         except ServerDraining:
             self._state = "done"
             raise StopAsyncIteration from None
         except ReviewstreamError as e:
             self._state = "done"
-            log.warning("SSE stream of %s broke: %s", self._follower.job_id, e)
-            return sse_error_event(str(e))
+            log.warning("event stream of %s broke: %s", self._follower.job_id, e)
+            return self.broke(str(e))
 
     async def aclose(self) -> None:
         self._state = "done"
 
 
 async def stream_response(
-    service: ReviewService, job_id: str, offset: int, caller: Principal
+    service: ReviewService,
+    job_id: str,
+    offset: int,
+    caller: Principal,
+    events: Callable[[Follower], Events] | None = None,
 ) -> EventStreamResponse:
+    """The job's stream from ``offset``: SSE events, or what ``events`` makes of the follower."""
     # The follower opens here, before the response starts, so an unknown job is a plain 404. The
     # response leaves it when it ends.
     following = service.follow(job_id, offset, caller)
     follower = await following.__aenter__()
     return EventStreamResponse(
-        Events(follower, service.settings.sse_retry_ms),
+        events(follower)
+        if events is not None
+        else Events(follower, sse_preamble(service.settings.sse_retry_ms)),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
         closing=following,
     )
