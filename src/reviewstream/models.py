@@ -65,6 +65,9 @@ class Links(BaseModel):
     long_poll: str
     sse: str
     ws: str
+    durable_stream: str = Field(
+        description="The job as a Durable Stream (catch-up, long-poll and SSE reads)."
+    )
 
 
 class JobCreated(BaseModel):

@@ -8,6 +8,7 @@ call takes the caller's ``Principal``; a job the caller may not see is ``JobNotF
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -108,6 +109,18 @@ class ReviewService:
         _check_may_see(caller, job_id, snapshot.tenant)
         self.watchers.polled(job_id)
         return page_of(snapshot)
+
+    async def read(
+        self, job_id: str, offset: int | None, limit: int, caller: Principal
+    ) -> Snapshot:
+        """The stored tokens from ``offset`` on (at most ``limit``) and where the job stands;
+        ``offset`` None reads nothing, from the job's current end (Durable Streams' ``now``)."""
+        snapshot = await self.store.jobs.read(job_id, offset or 0, 0 if offset is None else limit)
+        _check_may_see(caller, job_id, snapshot.tenant)
+        self.watchers.polled(job_id)
+        if offset is None:
+            return dataclasses.replace(snapshot, offset=snapshot.count, tokens=[], ts=[])
+        return snapshot
 
     async def long_poll(
         self, job_id: str, offset: int, limit: int | None, hold_seconds: float, caller: Principal

@@ -50,7 +50,7 @@ async def test_create_answers_202_with_links_to_every_mode(client: httpx.AsyncCl
     assert r.status_code == 202
     job = r.json()
     assert job["status"] == "queued"
-    assert set(job["links"]) == {"poll", "long_poll", "sse", "ws"}
+    assert set(job["links"]) == {"poll", "long_poll", "sse", "ws", "durable_stream"}
     assert job["links"]["sse"] == f"/jobs/{job['id']}/events"
 
 

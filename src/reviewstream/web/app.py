@@ -27,7 +27,7 @@ from .connection_cap import ConnectionCap, backstop
 from .delivery import Delivery, Route, describe
 from .handlers import add_error_handlers
 from .protocols import LeanWebSocket
-from .routes import demo, health, jobs, long_poll, metrics, short_poll, sse, ws
+from .routes import demo, durable, health, jobs, long_poll, metrics, short_poll, sse, ws
 from .server_close import ServerCloseIsDisconnect
 
 
@@ -36,7 +36,13 @@ class State(TypedDict):
 
 
 # The delivery routes, each registered here once (``web/delivery.py``).
-DELIVERY: tuple[Route, ...] = (short_poll.ROUTE, long_poll.ROUTE, sse.ROUTE, ws.ROUTE)
+DELIVERY: tuple[Route, ...] = (
+    short_poll.ROUTE,
+    long_poll.ROUTE,
+    sse.ROUTE,
+    ws.ROUTE,
+    *durable.JOB_ROUTES,
+)
 
 
 def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> FastAPI:
