@@ -13,6 +13,7 @@ The tree::
     ├── Unauthorized         no credential, a wrong key, an expired or forged token  (HTTP 401)
     ├── Forbidden            a credential that may not do this: a token creating a job (403)
     ├── TooLarge             a Durable Streams append above its limit               (HTTP 413)
+    ├── StreamConflict       a Durable Stream that cannot be so: a deleted fork source (409)
     ├── Refused              an admission limit said no for now (carries retry_after)
     │   ├── QuotaExceeded    a per-key limit: active jobs, jobs per minute, streams (HTTP 429)
     │   └── Overloaded       the queue is full, or no worker is alive                (HTTP 503)
@@ -71,6 +72,13 @@ class TooLarge(ReviewstreamError):
     """A Durable Streams append above ``REVIEWSTREAM_MAX_APPEND_BYTES``."""
 
     http_status = 413
+
+
+class StreamConflict(ReviewstreamError):
+    """A Durable Streams request that conflicts with the stream's state (forking a deleted
+    source)."""
+
+    http_status = 409
 
 
 class InvalidInput(ReviewstreamError):

@@ -210,3 +210,44 @@ async def test_cors_any_origin_unless_restricted(settings: Settings) -> None:
         assert r.headers["access-control-allow-origin"] == "https://app.example"
         r = await c.get("/jobs/x", headers={"Origin": "https://app.example"})
         assert r.headers["access-control-allow-origin"] == "https://app.example"  # the app's
+
+
+async def test_forks_copy_their_prefix_and_hold_their_source(
+    server: tuple[str, httpx.AsyncClient],
+) -> None:
+    _, c = server
+    await c.put("/v1/stream/src", content=b"hello", headers=TEXT)
+    r = await c.post("/v1/stream/src", content=b" world", headers=TEXT)
+    mid = offsets.encode(1)
+
+    def fork_of(source: str, offset: str, sub: int = 0) -> dict[str, str]:
+        headers = {"Stream-Forked-From": source, "Stream-Fork-Offset": offset}
+        return headers | ({"Stream-Fork-Sub-Offset": str(sub)} if sub else {})
+
+    r = await c.put("/v1/stream/fork", headers=fork_of("/v1/stream/src", mid, 3))
+    assert r.status_code == 201 and r.headers["content-type"] == "text/plain"
+    assert (await c.get("/v1/stream/fork")).content == b"hello wo"  # the prefix, 3 bytes in
+    assert (
+        await c.put("/v1/stream/fork", headers=fork_of("/v1/stream/src", mid, 3))
+    ).status_code == 200
+    assert (
+        await c.put("/v1/stream/fork", headers=fork_of("/v1/stream/src", mid))
+    ).status_code == 409
+    await c.post("/v1/stream/fork", content=b"rkers", headers=TEXT)
+    await c.post("/v1/stream/src", content=b"!", headers=TEXT)  # the fork does not see it
+    assert (await c.get("/v1/stream/fork")).content == b"hello workers"
+    bad = fork_of("/v1/stream/src", offsets.encode(9))
+    assert (await c.put("/v1/stream/f2", headers=bad)).status_code == 400
+    assert (
+        await c.put("/v1/stream/f2", headers=fork_of("/v1/stream/none", mid))
+    ).status_code == 404
+    other = {**fork_of("/v1/stream/src", mid), "Content-Type": "application/json"}
+    assert (await c.put("/v1/stream/f2", headers=other)).status_code == 409
+    # Deleting a source that a fork holds: gone (410) and its path taken, until the fork goes.
+    assert (await c.delete("/v1/stream/src")).status_code == 204
+    assert (await c.get("/v1/stream/src")).status_code == 410
+    assert (await c.put("/v1/stream/src", headers=TEXT)).status_code == 409
+    assert (await c.put("/v1/stream/f3", headers=fork_of("/v1/stream/src", mid))).status_code == 409
+    assert (await c.get("/v1/stream/fork")).content == b"hello workers"
+    assert (await c.delete("/v1/stream/fork")).status_code == 204
+    assert (await c.get("/v1/stream/src")).status_code == 404

@@ -71,6 +71,8 @@ class StreamStore:
         self._append = Script(redis, announce + scripts.APPEND)
         self._delete = Script(redis, announce + scripts.DELETE)
         self._touch = Script(redis, scripts.TOUCH)
+        self._refer = Script(redis, scripts.REFER)
+        self._release = Script(redis, scripts.RELEASE)
 
     def _keys(self, sid: str) -> list[str]:
         return [self.keys.meta(sid), self.keys.chunks(sid), self.keys.times(sid)]
@@ -88,6 +90,8 @@ class StreamStore:
         expire_at_ms: str,
         closed: bool,
         tenant: str,
+        fork: str = "",
+        source: str = "",
     ) -> tuple[StreamCreate, int]:
         """Create the stream; its code (created, the same one there, a conflict) and count."""
         args: list[str | int | float] = [
@@ -99,6 +103,8 @@ class StreamStore:
             "1" if closed else "",
             tenant,
             path,
+            fork,
+            source,
             len(chunks),
             *chunks,
         ]
@@ -134,9 +140,48 @@ class StreamStore:
         return Written(StreamWrite(reply[0]), int(reply[1]) if len(reply) > 1 else 0)
 
     async def delete(self, sid: str) -> StreamDelete:
+        """Delete the stream (or mark it deleted while forks refer to it); a deleted fork gives
+        back its reference to its source, and so on up the chain."""
         with redis_errors("delete stream"):
             reply: Any = await self._delete(keys=self._keys(sid), args=[self.keys.channel(sid)])
-        return StreamDelete(reply)
+            code, source = StreamDelete(reply[0]), str(reply[1]) if len(reply) > 1 else ""
+            if code is StreamDelete.DELETED:
+                await self.release(source)
+        return code
+
+    async def refer(self, source: str) -> int:
+        """Take a reference to ``source`` for a new fork: 1, 0 (no such stream), -1 (deleted)."""
+        with redis_errors("fork stream"):
+            return int(await self._refer(keys=[self.keys.meta(source)], args=[]))
+
+    async def release(self, source: str) -> None:
+        """Give back a fork's reference to ``source``; a deleted source nobody holds goes, and
+        gives back its own (one script on each stream's slot, up the chain)."""
+        with redis_errors("release fork source"):
+            while source:
+                source = str(await self._release(keys=self._keys(source), args=[]))
+
+    async def source(self, sid: str, offset: int | None) -> tuple[dict[str, str], int, list[str]]:
+        """A fork source's meta, its count, and its chunks up to ``offset`` (None: all) and the
+        next one (for a sub-offset), read at once on its slot."""
+        fields = (
+            "kind",
+            "content_type",
+            "media",
+            "ttl",
+            "expires_at",
+            "expire_at_ms",
+            "deleted",
+            "tenant",
+        )
+        with redis_errors("read fork source"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hmget(self.keys.meta(sid), *fields)
+                pipe.llen(self.keys.chunks(sid))
+                pipe.lrange(self.keys.chunks(sid), 0, -1 if offset is None else offset)
+                meta, count, chunks = await pipe.execute()
+        values = {k: str(v or "") for k, v in zip(fields, meta, strict=True)}
+        return values, int(count), list(chunks)
 
     async def meta(self, sid: str, *, touch: bool = False) -> StreamMeta:
         """The stream's meta; ``touch`` restarts a sliding TTL (a read). ``JobNotFound`` if

@@ -48,29 +48,32 @@ end
 """
 
 # KEYS: meta, chunks, times. ARGV: content_type, media, ttl, expires_at, expire_at_ms, closed
-# ('1' or ''), tenant, path, n, then n chunks. Returns {CREATED, count}, {EXISTS, count} when
-# the same stream is there already, or a ``StreamCreate`` refusal.
+# ('1' or ''), tenant, path, fork (the fork's configuration as text, '' for none), source (the
+# fork's source id), n, then n chunks (a fork's: the inherited ones, copied). Returns
+# {CREATED, count}, {EXISTS, count} when the same stream is there already, or a
+# ``StreamCreate`` refusal.
 CREATE = (
     """
-local m = redis.call('HMGET', KEYS[1], 'kind', 'status', 'media', 'ttl', 'expires_at', 'deleted')
+local m = redis.call('HMGET', KEYS[1], 'kind', 'status', 'media', 'ttl', 'expires_at', 'deleted',
+  'fork')
 if m[1] then
   if m[1] ~= 'stream' or m[6] == '1' then return {-2} end
   local closed = m[2] ~= 'running'
   if m[3] == ARGV[2] and (m[4] or '') == ARGV[3] and (m[5] or '') == ARGV[4]
-      and closed == (ARGV[6] == '1') then
+      and closed == (ARGV[6] == '1') and (m[7] or '') == ARGV[9] then
     return {0, redis.call('LLEN', KEYS[2])}
   end
   return {-1}
 end
-local n = tonumber(ARGV[9])
-local first = 10
+local n = tonumber(ARGV[11])
+local first = 12
 """
     + _PUSH
     + """
 redis.call('HSET', KEYS[1], 'kind', 'stream', 'status', ARGV[6] == '1' and 'done' or 'running',
   'content_type', ARGV[1], 'media', ARGV[2], 'encoding', 'latin-1', 'ttl', ARGV[3],
   'expires_at', ARGV[4], 'expire_at_ms', ARGV[5], 'tenant', ARGV[7], 'path', ARGV[8],
-  'created_at', now, 'count', count, 'attempts', 0)
+  'created_at', now, 'count', count, 'attempts', 0, 'fork', ARGV[9], 'source', ARGV[10])
 """
     + _EXPIRE
     + """
@@ -178,13 +181,14 @@ class StreamWrite(enum.IntEnum):
 
 
 # KEYS: meta, chunks, times. ARGV: channel. Deletes the stream (a follower hears its end) or,
-# while forks read it, marks it deleted. Returns a ``StreamDelete``.
+# while forks hold a reference to it, marks it deleted (its URL answers 410). Returns
+# {StreamDelete, source}: a deleted fork's source id, whose reference the caller releases.
 DELETE = (
     NOW
     + """
-local m = redis.call('HMGET', KEYS[1], 'kind', 'deleted', 'forks')
-if m[1] ~= 'stream' then return -1 end
-if m[2] == '1' then return -2 end
+local m = redis.call('HMGET', KEYS[1], 'kind', 'deleted', 'forks', 'source')
+if m[1] ~= 'stream' then return {-1} end
+if m[2] == '1' then return {-2} end
 local count = redis.call('LLEN', KEYS[2])
 if tonumber(m[3] or '0') > 0 then
   redis.call('HSET', KEYS[1], 'deleted', '1', 'status', 'cancelled')
@@ -195,15 +199,42 @@ local new_status, err, usage, sha = 'cancelled', '"deleted"', 'null', 'null'
 redis.call(publish, ARGV[1], """
     + LUA_END
     + """)
-return 0
+if tonumber(m[3] or '0') > 0 then return {1, ''} end
+return {0, m[4] or ''}
 """
 )
 
 
 class StreamDelete(enum.IntEnum):
     DELETED = 0
+    SOFT_DELETED = 1  # forks still hold references to it
     NOT_FOUND = -1
     GONE = -2
+
+
+# KEYS: a fork's source's meta. Takes a reference to the source for a new fork, if it is an
+# outside stream not deleted. Returns 1, or 0 when there is no such source, -1 when deleted.
+REFER = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'deleted')
+if m[1] ~= 'stream' then return 0 end
+if m[2] == '1' then return -1 end
+redis.call('HINCRBY', KEYS[1], 'forks', 1)
+return 1
+"""
+
+# KEYS: meta, chunks, times of a fork's source. Gives back a fork's reference; a source deleted
+# already goes once no fork holds it. Returns its own source id when it went (the caller
+# releases that one in turn: the chain's cascade), else ''.
+RELEASE = """
+local m = redis.call('HMGET', KEYS[1], 'kind', 'deleted', 'source')
+if m[1] ~= 'stream' then return '' end
+local left = redis.call('HINCRBY', KEYS[1], 'forks', -1)
+if left <= 0 and m[2] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  return m[3] or ''
+end
+return ''
+"""
 
 
 # KEYS: meta, chunks, times. Sets a sliding TTL's deadline again (a read resets it).

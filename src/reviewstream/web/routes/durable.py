@@ -241,8 +241,12 @@ async def sse(
         closing=following,
     )
     # The protocol's exact media type (the other SSE routes name their charset).
-    response.raw_headers = [h for h in response.raw_headers if h[0] != b"content-type"]
+    # and asks caches to revalidate, besides never storing it.
+    response.raw_headers = [
+        h for h in response.raw_headers if h[0] not in (b"content-type", b"cache-control")
+    ]
     response.raw_headers.append((b"content-type", b"text/event-stream"))
+    response.raw_headers.append((b"cache-control", b"no-store, no-cache"))
     response.raw_headers.extend(
         (name.lower().encode(), value.encode())
         for name, value in wire.SECURITY_HEADERS.items()

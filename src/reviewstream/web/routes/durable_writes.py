@@ -14,12 +14,20 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope
 
-from ...errors import Forbidden, InvalidInput, JobNotFound, StreamGone, TooLarge
+from ...errors import (
+    Forbidden,
+    InvalidInput,
+    JobNotFound,
+    StreamConflict,
+    StreamGone,
+    TooLarge,
+)
 from ...service import ReviewService
 from ...store import Producer, stream_id
 from ...store.scripts.streams import StreamCreate, StreamDelete, StreamWrite
@@ -34,6 +42,7 @@ _INTEGER = re.compile(r"[0-9]{1,16}")
 _CONTENT_TYPE = re.compile(r"[\w.+-]+/[\w.+-]+")
 MAX_PATH = 1024
 JOB_PREFIX = "jobs/"
+PREFIX = "/v1/stream/"
 
 
 def _headers(scope: Scope) -> dict[str, str]:
@@ -142,18 +151,30 @@ async def create(
         return _read_only()
     _writer(caller)
     headers = _headers(scope)
-    if "stream-forked-from" in headers:
-        return _answer(501)  # forks: not yet
-    content_type = headers.get("content-type", "").strip()
-    if _CONTENT_TYPE.match(content_type) is None:
-        content_type = "application/octet-stream"
+    given = headers.get("content-type", "").strip()
+    content_type = given if _CONTENT_TYPE.match(given) else "application/octet-stream"
     ttl, expires, at_ms = _expiry(headers)
     closed = headers.get("stream-closed", "").lower() == "true"
-    media = media_type(content_type)
+    fork = _fork_request(headers)
     body = await _body(scope, receive, service.settings.max_append_bytes)
-    chunks = _chunks(body, media == "application/json", creating=True)
     sid = stream_id(path)
-    code, count = await service.store.streams.create(
+    streams = service.store.streams
+    chunks: list[str] = []
+    config = source = ""
+    if fork is not None:
+        source, origin = fork[0], await _source(service, fork, caller)
+        if _CONTENT_TYPE.match(given) and media_type(given) != origin.media:
+            return _answer(409)
+        content_type, chunks = origin.content_type, origin.chunks
+        if not ttl and not expires:
+            ttl, expires, at_ms = origin.ttl, origin.expires_at, origin.expire_at_ms
+        config = origin.config
+        taken = await streams.refer(source)
+        if taken <= 0:
+            raise JobNotFound(source) if taken == 0 else StreamConflict(source)
+    media = media_type(content_type)
+    chunks += _chunks(body, media == "application/json", creating=True)
+    code, count = await streams.create(
         sid,
         path=path,
         content_type=content_type,
@@ -164,7 +185,11 @@ async def create(
         expire_at_ms=at_ms,
         closed=closed,
         tenant=caller.tenant,
+        fork=config,
+        source=source,
     )
+    if source and code is not StreamCreate.CREATED:
+        await streams.release(source)  # the reference it took is not needed
     if code is StreamCreate.CONFLICT or code is StreamCreate.TAKEN:
         return _answer(409)
     if code is StreamCreate.EXISTS:
@@ -176,6 +201,83 @@ async def create(
         out["Location"] = _location(scope, path)
         return _answer(201, **out)
     return _answer(200, **out)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """What a fork takes from its source: its shape and expiry, the chunks it inherits (a
+    copy: the fork's own slot holds them, so reads, the hub and appends treat it as any
+    stream), and its configuration as text (an idempotent re-creation compares it)."""
+
+    content_type: str
+    media: str
+    ttl: str
+    expires_at: str
+    expire_at_ms: str
+    chunks: list[str]
+    config: str
+
+
+def _fork_request(headers: dict[str, str]) -> tuple[str, int | None, int] | None:
+    """A fork's source id, offset (None: the source's end) and sub-offset, checked."""
+    raw_sub = headers.get("stream-fork-sub-offset")
+    source = headers.get("stream-forked-from")
+    if source is None:
+        if raw_sub is not None or "stream-fork-offset" in headers:
+            raise InvalidInput(("header", "Stream-Forked-From"), "a fork names its source")
+        return None
+    sub = 0
+    if raw_sub is not None:
+        if _TTL.fullmatch(raw_sub) is None:
+            raise InvalidInput(("header", "Stream-Fork-Sub-Offset"), "a non-negative integer")
+        sub = int(raw_sub)
+    raw_offset = headers.get("stream-fork-offset")
+    if sub and raw_offset is None:
+        raise InvalidInput(("header", "Stream-Fork-Offset"), "a sub-offset needs an offset")
+    offset = None
+    if raw_offset is not None:
+        offset = offsets.decode(raw_offset, ("header", "Stream-Fork-Offset"))
+    path = source.split("?", 1)[0]
+    path = path[len(PREFIX) :] if path.startswith(PREFIX) else path.lstrip("/")
+    if not path or path.startswith(JOB_PREFIX):
+        raise JobNotFound(path[:64])  # only outside streams fork
+    return stream_id(path), offset, sub
+
+
+async def _source(
+    service: ReviewService, fork: tuple[str, int | None, int], caller: Principal
+) -> Origin:
+    """The source's part a fork inherits; 404 (none, or not the caller's), 409 (deleted), 400
+    (an offset or sub-offset past its data)."""
+    sid, offset, sub = fork
+    meta, count, chunks = await service.store.streams.source(sid, None if sub else offset)
+    if meta["kind"] != "stream" or not caller.may_see(sid, meta["tenant"]):
+        raise JobNotFound(sid)
+    if meta["deleted"] == "1":
+        raise StreamConflict(sid)
+    anchor = count if offset is None else offset
+    if anchor > count:
+        raise InvalidInput(("header", "Stream-Fork-Offset"), "past the source's end")
+    inherited = chunks[:anchor]
+    if sub:
+        json_mode = meta["media"] == "application/json"
+        if anchor >= count or (json_mode and anchor + sub > count):
+            raise InvalidInput(("header", "Stream-Fork-Sub-Offset"), "past the source's data")
+        if json_mode:
+            inherited = chunks[: anchor + sub]
+        elif sub > len(chunks[anchor]):
+            raise InvalidInput(("header", "Stream-Fork-Sub-Offset"), "past the next append")
+        else:
+            inherited.append(chunks[anchor][:sub])
+    return Origin(
+        content_type=meta["content_type"],
+        media=meta["media"],
+        ttl=meta["ttl"],
+        expires_at=meta["expires_at"],
+        expire_at_ms=meta["expire_at_ms"],
+        chunks=inherited,
+        config=f"{sid}|{anchor}|{sub}",
+    )
 
 
 def _location(scope: Scope, path: str) -> str:
