@@ -71,6 +71,7 @@ async def test_a_job_links_its_stream_and_a_late_joiner_reads_it_whole(
     assert r.headers["stream-up-to-date"] == "true"
     assert r.headers["stream-closed"] == "true"
     assert r.headers["stream-job-status"] == "done"
+    assert r.headers["producer-epoch"] == "1"  # the job's attempt
     assert r.headers["x-content-type-options"] == "nosniff"
     assert r.headers["cross-origin-resource-policy"] == "cross-origin"
     assert (await c.get(url(job_id), params={"offset": "-1"})).content == r.content

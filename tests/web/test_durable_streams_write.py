@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import pytest
 
 from reviewstream.settings import Settings
 from reviewstream.streams import offsets
@@ -15,6 +16,7 @@ from reviewstream.web import create_app, server_options
 
 from tests.support.live import tuned
 from tests.support.servers import serve
+from tests.support.slots import SlotCheck
 from tests.web.test_durable_streams import parse_sse, read_sse
 
 TEXT = {"Content-Type": "text/plain"}
@@ -251,3 +253,31 @@ async def test_forks_copy_their_prefix_and_hold_their_source(
     assert (await c.get("/v1/stream/fork")).content == b"hello workers"
     assert (await c.delete("/v1/stream/fork")).status_code == 204
     assert (await c.get("/v1/stream/src")).status_code == 404
+
+
+@pytest.fixture
+def slot_check(redis_url: str) -> Iterator[SlotCheck]:
+    check = SlotCheck(redis_url)
+    with check.watching():
+        yield check
+    check.close()
+
+
+async def test_every_stream_write_and_read_touches_one_slot(
+    settings: Settings, slot_check: SlotCheck
+) -> None:
+    """Create, append, close, fork (source read, reference, copy), delete and the cascade: each
+    one script or transaction on one stream's slot, as Redis Cluster needs."""
+    async with serve(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as c:
+        await c.put("/v1/stream/one", content=b"a", headers={**TEXT, "Stream-TTL": "60"})
+        await c.post("/v1/stream/one", content=b"b", headers=TEXT)
+        await c.get("/v1/stream/one", params={"offset": "-1", "live": "long-poll"})
+        fork = {"Stream-Forked-From": "/v1/stream/one", "Stream-Fork-Offset": offsets.encode(1)}
+        assert (await c.put("/v1/stream/two", headers=fork)).status_code == 201
+        await c.post("/v1/stream/two", headers={"Stream-Closed": "true"})
+        await c.head("/v1/stream/two")
+        assert (await c.delete("/v1/stream/one")).status_code == 204
+        assert (await c.delete("/v1/stream/two")).status_code == 204
+        assert (await c.get("/v1/stream/one")).status_code == 404
+    assert slot_check.scripts, "no script was watched"
+    assert slot_check.violations == []

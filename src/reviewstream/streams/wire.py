@@ -35,6 +35,9 @@ SSE_ENCODING = "stream-sse-data-encoding"
 # Extensions: how a job's stream ended (done, failed, cancelled) and why, on the closing answer.
 JOB_STATUS = "Stream-Job-Status"
 JOB_ERROR = "Stream-Job-Error"
+# A job's attempt on its reads: each attempt is its producer's epoch (a continued attempt
+# appends after the stored text, as a producer's new epoch does).
+PRODUCER_EPOCH = "Producer-Epoch"
 
 # Every answer of this dialect carries them (PROTOCOL 12.7).
 SECURITY_HEADERS = {

@@ -119,6 +119,8 @@ async def head(service: ReviewService, target: Target, caller: Principal) -> ASG
             headers[wire.TTL] = target.meta.ttl
         if target.meta.expires_at:
             headers[wire.EXPIRES_AT] = target.meta.expires_at
+    if target.job:
+        headers[wire.PRODUCER_EPOCH] = str(snap.attempts)
     headers["ETag"] = wire.etag(target.sid, 0, snap.count, snap.status.terminal)
     return Response(status_code=200, headers=headers)
 
@@ -163,6 +165,8 @@ def catch_up(
         headers |= target.ending(snap)
     if live:
         headers[wire.CURSOR] = wire.cursor(request.cursor)
+    if target.job and snap.attempts:
+        headers[wire.PRODUCER_EPOCH] = str(snap.attempts)
     if request.offset is None and not live:  # `now`: the tail, never cached, no ETag (PROTOCOL 8)
         headers["Cache-Control"] = "no-store"
         return Response(wire.body(shape, []), 200, headers)
@@ -326,7 +330,18 @@ class StreamEvents:
                     return data + self._control(item.next_offset, up_to_date=True, end=end)
                 up_to_date = len(item.tokens) < self._page
                 return data + self._control(item.next_offset, up_to_date=up_to_date, end=None)
-            # a notice (an attempt lost or begun): nothing for this dialect to say yet
+            if item.status is JobStatus.RUNNING and item.attempt > 1:
+                # A continued attempt: a new producer epoch, after the text already stored.
+                extra = {"producerEpoch": item.attempt}
+                fields = wire.control(
+                    follower.offset,
+                    cursor=wire.cursor(self._cursor),
+                    up_to_date=False,
+                    closed=False,
+                    extra=extra,
+                )
+                return wire.control_event(fields, follower.offset)
+            # an attempt lost (the job queued again): nothing to tell until the next begins
 
     async def aclose(self) -> None:
         self._state = "done"
