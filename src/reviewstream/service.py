@@ -168,10 +168,14 @@ class ReviewService:
         return BatchPage(job_id, item, end if done else None, attempts)
 
     @contextlib.asynccontextmanager
-    async def follow(self, job_id: str, offset: int, caller: Principal) -> AsyncIterator[Follower]:
+    async def follow(
+        self, job_id: str, offset: int, caller: Principal, *, page_size: int | None = None
+    ) -> AsyncIterator[Follower]:
         """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding.
 
         The stream counts against the caller's key (``QuotaExceeded`` past its limit).
+        ``page_size``: chunks per list read, when not the setting's (a Durable Stream's chunk
+        is a whole append).
         """
         # The parts' own context managers, inlined into one: a long poll opens a follower per
         # request.
@@ -179,7 +183,10 @@ class ReviewService:
         self.followers += 1
         try:
             async with self.hub.join(job_id) as feed:
-                follower = Follower(self.store.jobs, feed, job_id, offset, self.follow_options)
+                options = self.follow_options
+                if page_size is not None:
+                    options = FollowOptions(page_size=page_size)
+                follower = Follower(self.store.jobs, feed, job_id, offset, options)
                 await follower.start()  # proves the job exists, so routes can answer 404 first
                 _check_may_see(caller, job_id, follower.tenant)
                 self.watchers.opened(job_id)

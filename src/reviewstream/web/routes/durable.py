@@ -66,6 +66,11 @@ class Target:
     def job(self) -> bool:
         return self.meta is None
 
+    def page(self, settings_page: int) -> int:
+        """Chunks per list read: the setting's for a job's tokens, fewer for an outside
+        stream's (each a whole append)."""
+        return settings_page if self.job else min(settings_page, CATCH_UP_CHUNKS)
+
     def ending(self, snapshot: Snapshot | JobEnd) -> dict[str, str]:
         """The headers of an answer that reaches the stream's closure; a job's say how it
         ended (extension headers)."""
@@ -144,7 +149,7 @@ async def read(
     if request.live == "sse":
         return await sse(service, target, request, caller)
     catch_up_limit = CATCH_UP_TOKENS if target.job else CATCH_UP_CHUNKS
-    limit = catch_up_limit if request.live is None else service.settings.page_size
+    limit = catch_up_limit if request.live is None else target.page(service.settings.page_size)
     snap = await service.read(target.sid, request.offset, limit, caller)
     if request.live is None:
         return catch_up(target, snap, request)
@@ -207,7 +212,8 @@ async def long_poll(
     settings = service.settings
     hold = min(request.hold or DEFAULT_HOLD_SECONDS, settings.long_poll_max_timeout)
     cursor = wire.cursor(request.cursor)
-    async with service.follow(target.sid, offset, caller) as follower:
+    page = target.page(service.settings.page_size)
+    async with service.follow(target.sid, offset, caller, page_size=page) as follower:
         try:
             async with service.holds.hold(hold):
                 while True:
@@ -218,7 +224,7 @@ async def long_poll(
                         return _caught_up(target, item, item.next_offset, None)
         except (TimeoutError, ServerDraining):
             return _caught_up(target, None, offset, cursor)
-    page = Snapshot(
+    fresh = Snapshot(
         job_id=target.sid,
         status=JobStatus.RUNNING,
         offset=item.offset,
@@ -228,7 +234,7 @@ async def long_poll(
         error=None,
         usage=None,
     )
-    return catch_up(target, page, request, live=True)
+    return catch_up(target, fresh, request, live=True)
 
 
 async def sse(
@@ -237,10 +243,11 @@ async def sse(
     # The first read finds the end for `now` and answers an unknown job 404 before the stream
     # starts; the follower opens here too, so the response only has to leave it.
     snap = await service.read(target.sid, request.offset, 0, caller)
-    following = service.follow(target.sid, snap.offset, caller)
+    page = target.page(service.settings.page_size)
+    following = service.follow(target.sid, snap.offset, caller, page_size=page)
     follower = await following.__aenter__()
     response = EventStreamResponse(
-        StreamEvents(follower, target, snap, request.cursor, service.settings.page_size),
+        StreamEvents(follower, target, snap, request.cursor, page),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
         closing=following,
     )
