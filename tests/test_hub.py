@@ -174,3 +174,13 @@ async def test_a_new_feed_is_held_while_its_subscribe_waits(redis: aioredis.Redi
         await follower
     finally:
         await hub.aclose()
+
+
+def test_a_feed_buffers_large_chunks_by_size_not_count() -> None:
+    """A Durable Stream's chunk is a whole append: the buffer weighs a chunk by its KiB, so a
+    few megabyte appends do not fill a buffer sized in tokens."""
+    big = "x" * (64 * 1024)
+    feed = feed_with(*(Batch(i, [big], [0.0]) for i in range(4)), max_tokens=100)
+    assert feed.tokens_from(3, 10) is not None and feed.tokens_from(2, 10) is None
+    small = feed_with(*(Batch(i, ["word"], [0.0]) for i in range(4)), max_tokens=100)
+    assert small.tokens_from(0, 10) is not None  # tokens still weigh one each

@@ -4,6 +4,7 @@ The tree::
 
     ReviewstreamError
     ├── JobNotFound          unknown job, or its keys expired after retention  (HTTP 404)
+    │   └── StreamGone       a Durable Stream deleted while its forks read it  (HTTP 410)
     ├── JobFinished          the job already ended; e.g. cancelling it         (HTTP 409)
     ├── InvalidInput         a malformed id, offset, limit, timeout or header    (HTTP 422)
     ├── ProviderConfigError  unknown provider or model, or a provider without its key (422)
@@ -11,6 +12,8 @@ The tree::
     ├── ServerDraining       this server is shutting down: live streams end, clients resume (503)
     ├── Unauthorized         no credential, a wrong key, an expired or forged token  (HTTP 401)
     ├── Forbidden            a credential that may not do this: a token creating a job (403)
+    ├── TooLarge             a Durable Streams append above its limit               (HTTP 413)
+    ├── StreamConflict       a Durable Stream that cannot be so: a deleted fork source (409)
     ├── Refused              an admission limit said no for now (carries retry_after)
     │   ├── QuotaExceeded    a per-key limit: active jobs, jobs per minute, streams (HTTP 429)
     │   └── Overloaded       the queue is full, or no worker is alive                (HTTP 503)
@@ -57,6 +60,25 @@ class ProviderConfigError(ReviewstreamError, ValueError):
     """A job asks for a provider or model this deployment cannot run."""
 
     http_status = 422
+
+
+class StreamGone(JobNotFound):
+    """A Durable Stream deleted while forks still read it."""
+
+    http_status = 410
+
+
+class TooLarge(ReviewstreamError):
+    """A Durable Streams append above ``REVIEWSTREAM_MAX_APPEND_BYTES``."""
+
+    http_status = 413
+
+
+class StreamConflict(ReviewstreamError):
+    """A Durable Streams request that conflicts with the stream's state (forking a deleted
+    source)."""
+
+    http_status = 409
 
 
 class InvalidInput(ReviewstreamError):

@@ -66,6 +66,9 @@ class Links(BaseModel):
     sse: str
     ws: str
     ui_stream: str = Field(description="The AI SDK's UI message stream (`useChat`).")
+    durable_stream: str = Field(
+        description="The job as a Durable Stream (catch-up, long-poll and SSE reads)."
+    )
 
 
 class JobCreated(BaseModel):

@@ -8,6 +8,7 @@ call takes the caller's ``Principal``; a job the caller may not see is ``JobNotF
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -109,6 +110,18 @@ class ReviewService:
         self.watchers.polled(job_id)
         return page_of(snapshot)
 
+    async def read(
+        self, job_id: str, offset: int | None, limit: int, caller: Principal
+    ) -> Snapshot:
+        """The stored tokens from ``offset`` on (at most ``limit``) and where the job stands;
+        ``offset`` None reads nothing, from the job's current end (Durable Streams' ``now``)."""
+        snapshot = await self.store.jobs.read(job_id, offset or 0, 0 if offset is None else limit)
+        _check_may_see(caller, job_id, snapshot.tenant)
+        self.watchers.polled(job_id)
+        if offset is None:
+            return dataclasses.replace(snapshot, offset=snapshot.count, tokens=[], ts=[])
+        return snapshot
+
     async def long_poll(
         self, job_id: str, offset: int, limit: int | None, hold_seconds: float, caller: Principal
     ) -> JobPage | BatchPage:
@@ -155,10 +168,14 @@ class ReviewService:
         return BatchPage(job_id, item, end if done else None, attempts)
 
     @contextlib.asynccontextmanager
-    async def follow(self, job_id: str, offset: int, caller: Principal) -> AsyncIterator[Follower]:
+    async def follow(
+        self, job_id: str, offset: int, caller: Principal, *, page_size: int | None = None
+    ) -> AsyncIterator[Follower]:
         """A follower of ``job_id`` from ``offset``; raises ``JobNotFound`` before yielding.
 
         The stream counts against the caller's key (``QuotaExceeded`` past its limit).
+        ``page_size``: chunks per list read, when not the setting's (a Durable Stream's chunk
+        is a whole append).
         """
         # The parts' own context managers, inlined into one: a long poll opens a follower per
         # request.
@@ -166,7 +183,10 @@ class ReviewService:
         self.followers += 1
         try:
             async with self.hub.join(job_id) as feed:
-                follower = Follower(self.store.jobs, feed, job_id, offset, self.follow_options)
+                options = self.follow_options
+                if page_size is not None:
+                    options = FollowOptions(page_size=page_size)
+                follower = Follower(self.store.jobs, feed, job_id, offset, options)
                 await follower.start()  # proves the job exists, so routes can answer 404 first
                 _check_may_see(caller, job_id, follower.tenant)
                 self.watchers.opened(job_id)

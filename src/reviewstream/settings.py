@@ -102,6 +102,8 @@ class Settings(BaseSettings):
 
     # Requests.
     max_request_bytes: int = Field(default=65536, ge=1024)
+    # A Durable Streams append's body (its own bound: the API's request limit is for JSON).
+    max_append_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     ws_max_message_bytes: int = Field(default=4096, ge=64, le=1 << 20)
     # Requests and WebSocket sessions one process serves at once (idle keep-alive connections
     # aside: uvicorn's limit, a tenth above, bounds those); beyond it: a JSON 503, Retry-After.

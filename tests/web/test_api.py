@@ -50,7 +50,7 @@ async def test_create_answers_202_with_links_to_every_mode(client: httpx.AsyncCl
     assert r.status_code == 202
     job = r.json()
     assert job["status"] == "queued"
-    assert set(job["links"]) == {"poll", "long_poll", "sse", "ws", "ui_stream"}
+    assert set(job["links"]) == {"poll", "long_poll", "sse", "ws", "ui_stream", "durable_stream"}
     assert job["links"]["sse"] == f"/jobs/{job['id']}/events"
     assert job["links"]["ui_stream"] == f"/jobs/{job['id']}/stream"
 

@@ -98,9 +98,9 @@ class Feed:
                 self._buffered = 0
         self._batches.append(batch)
         self._ranges.clear()
-        self._buffered += len(batch.tokens)
+        self._buffered += weight(batch)
         while self._buffered > self._max_tokens and len(self._batches) > 1:
-            self._buffered -= len(self._batches.popleft().tokens)
+            self._buffered -= weight(self._batches.popleft())
         if self._coalesce_seconds <= 0:
             self._wake()
         elif self._flush is None:
@@ -218,3 +218,10 @@ class Feed:
             and self.confirmed.is_set()
             and now - self.news_at >= quiet_seconds
         )
+
+
+def weight(batch: Batch) -> int:
+    """What a batch costs the buffer: a token per token, and a token per KiB beyond its first
+    (an outside Durable Stream's chunk is a whole append, up to megabytes), so that the buffer
+    holds about ``max_tokens`` KiB at most, whatever writes the stream."""
+    return sum(1 + len(token) // 1024 for token in batch.tokens)

@@ -5,6 +5,7 @@ One module per concern:
 - ``jobs``: ``JobStore``, a job's own keys — meta, tokens, their times, its channel;
 - ``queue``: ``JobQueue``, the worker queue's shards and the leases of running attempts;
 - ``workers``: ``WorkerRegistry``, the workers' heartbeats and the shared stream-token secret;
+- ``streams``: ``StreamStore``, Durable Streams written by others, on a job's key layout;
 - ``lifecycle``: ``Store``, the three parts together, and the transitions that take a job
   through the queue (create, claim, renew, requeue, end, cancel, retire), each two single-slot
   steps ordered so that a cut between them is repaired;
@@ -22,6 +23,7 @@ from .jobs import MAX_APPEND_BATCH, JobStore, appended, new_job_id, text_digest
 from .lifecycle import Store, spent_error
 from .queue import JobQueue
 from .scripts.jobs import Renewal, Requeue
+from .streams import Producer, StreamMeta, StreamStore, Written, stream_id
 from .types import Append, Attempts, Claim, Lease, QueueEntry, Snapshot
 from .workers import WorkerRegistry
 
@@ -38,12 +40,17 @@ __all__ = [
     "Renewal",
     "Requeue",
     "Script",
+    "Producer",
     "Snapshot",
     "Store",
+    "StreamMeta",
+    "StreamStore",
     "WorkerRegistry",
+    "Written",
     "appended",
     "new_job_id",
     "redis_errors",
     "spent_error",
+    "stream_id",
     "text_digest",
 ]

@@ -25,6 +25,7 @@ from ..models import JobStatus, ReviewRequest
 from .jobs import JobStore, new_job_id
 from .queue import JobQueue
 from .scripts.jobs import AttemptStart, Renewal, Requeue
+from .streams import StreamStore
 from .types import Claim, Lease, QueueEntry
 from .workers import WorkerRegistry
 
@@ -58,6 +59,7 @@ class Store:
         )
         self.queue = JobQueue(redis, keys)
         self.workers = WorkerRegistry(redis, keys)
+        self.streams = StreamStore(redis, keys, sharded_pubsub=sharded_pubsub)
 
     async def create(
         self,

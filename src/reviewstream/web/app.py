@@ -27,8 +27,21 @@ from .connection_cap import ConnectionCap, backstop
 from .delivery import Delivery, Route, describe
 from .handlers import add_error_handlers
 from .protocols import LeanWebSocket
-from .routes import demo, health, jobs, long_poll, metrics, short_poll, sse, ui_stream, ws
+from .routes import (
+    demo,
+    durable,
+    durable_writes,
+    health,
+    jobs,
+    long_poll,
+    metrics,
+    short_poll,
+    sse,
+    ui_stream,
+    ws,
+)
 from .server_close import ServerCloseIsDisconnect
+from .stream_cors import StreamCors
 
 
 class State(TypedDict):
@@ -42,6 +55,9 @@ DELIVERY: tuple[Route, ...] = (
     sse.ROUTE,
     ws.ROUTE,
     ui_stream.ROUTE,
+    *durable.JOB_ROUTES,  # before the outside streams' routes, whose paths include them
+    *durable.READ_ROUTES,
+    *durable_writes.WRITE_ROUTES,
 )
 
 
@@ -88,6 +104,8 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
             expose_headers=["X-Job-Id", "X-Stream-Token", "Location", "Retry-After"],
             max_age=600,
         )
+    # Durable Streams' own CORS, outside the app's (stream_cors.py).
+    app.add_middleware(StreamCors, origins=settings.cors_origin_list)
     # Outermost, so that a refused request costs nothing else.
     app.add_middleware(ConnectionCap, limit=settings.max_open_connections)
     add_error_handlers(app)

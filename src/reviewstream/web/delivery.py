@@ -39,6 +39,10 @@ from .server_close import GuardedSend
 
 HttpEndpoint = Callable[[ReviewService, Params, Principal], Awaitable[ASGIApp]]
 SocketEndpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
+# A dialect's endpoint that reads its own headers and body (Durable Streams' writes).
+ExchangeEndpoint = Callable[[ReviewService, Scope, Receive, Principal], Awaitable[ASGIApp]]
+# A dialect's answer to a domain error, in its protocol's words (default: ``error_answer``).
+ErrorAnswer = Callable[[ReviewstreamError, str], ASGIApp]
 
 SECURITY: list[dict[str, list[str]]] = [
     {"HTTPBearer": []},
@@ -60,7 +64,9 @@ class Operation:
 @dataclass(frozen=True)
 class Route:
     """One delivery route. ``endpoint`` answers an HTTP request with a response to send;
-    a WebSocket route's ``socket`` runs the session, reading its own handshake."""
+    a WebSocket route's ``socket`` runs the session, reading its own handshake. A dialect with
+    a published protocol may take the request whole (``exchange``: its headers and body) and
+    answer errors its own way (``answer``). Several routes may share a path, one per method."""
 
     name: str
     path: str
@@ -68,6 +74,8 @@ class Route:
     endpoint: HttpEndpoint | None = None
     socket: SocketEndpoint | None = None
     operation: Operation | None = None
+    exchange: ExchangeEndpoint | None = None
+    answer: ErrorAnswer | None = None
     method: str = "GET"
     shares_path: bool = False  # other methods of the path are the app's other routes'
     pattern: re.Pattern[str] = field(init=False, repr=False)
@@ -91,6 +99,7 @@ class Delivery:
         kind = scope["type"]
         if kind == "http" or kind == "websocket":
             path = route_path(scope)
+            refused: list[Route] = []  # the path's routes of other methods
             for route in self.routes:
                 match = route.pattern.match(path)
                 if match is None or route.kind != kind:
@@ -103,24 +112,32 @@ class Delivery:
                     await self._http(route, scope, receive, send)
                     return
                 if not route.shares_path:
-                    await self._not_allowed(route, scope, receive, send)
-                    return
+                    refused.append(route)
+            if refused:
+                await self._not_allowed(refused, scope, receive, send)
+                return
         await self.app(scope, receive, send)
 
     async def _http(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
-        assert route.endpoint is not None
         service: ReviewService = scope["state"]["service"]
         try:
             caller = service.gate.principal(*credentials(scope))
-            params = read(scope, route.takes, scope["path_params"].get("job_id"))
-            response = await route.endpoint(service, params, caller)
+            if route.exchange is not None:
+                response = await route.exchange(service, scope, receive, caller)
+            else:
+                assert route.endpoint is not None
+                params = read(scope, route.takes, scope["path_params"].get("job_id"))
+                response = await route.endpoint(service, params, caller)
         except ReviewstreamError as exc:
-            response = error_answer(exc, f"{scope['method']} {scope['path']}")
+            response = (route.answer or error_answer)(exc, f"{scope['method']} {scope['path']}")
         await response(scope, receive, send)
 
-    async def _not_allowed(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _not_allowed(
+        self, routes: list[Route], scope: Scope, receive: Receive, send: Send
+    ) -> None:
         message = f"Method Not Allowed: {scope['method']} {scope['path'][:200]}"
-        response = error_response(405, message, headers={"Allow": route.method})
+        allow = ", ".join(dict.fromkeys(route.method for route in routes))
+        response = error_response(405, message, headers={"Allow": allow})
         await response(scope, receive, send)
 
 

@@ -27,6 +27,7 @@ from urllib.parse import unquote_plus
 from starlette.types import Scope
 
 from ..errors import InvalidInput
+from ..streams import offsets
 
 MAX_OFFSET = 2**53
 JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -217,3 +218,53 @@ def _query(query: bytes) -> dict[str, str]:
             name, _, value = pair.partition("=")
             decoded[unquote_plus(name)] = unquote_plus(value)
     return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRead:
+    """A Durable Streams read: where from (None: ``now``, the end), how it waits (``live``:
+    None for a catch-up read, ``long-poll`` or ``sse``), the cursor and ETag it echoes, and
+    how long a long poll holds (``?timeout=``, an extension)."""
+
+    offset: int | None
+    live: str | None
+    cursor: str | None
+    if_none_match: str | None
+    hold: float | None
+
+
+STREAM_LIVE = ("long-poll", "sse")
+
+
+def stream_read(scope: Scope) -> StreamRead:
+    """A Durable Streams read's parameters; ``InvalidInput`` (400 in that dialect) for a
+    malformed offset, a repeated or empty one, a live mode without an offset, or an unknown
+    live mode. ``Last-Event-ID`` (an EventSource's resume) wins over ``offset`` in SSE."""
+    query: dict[str, list[str]] = {}
+    for pair in scope["query_string"].decode("latin-1").split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            query.setdefault(unquote_plus(name), []).append(unquote_plus(value))
+    raw_offsets = query.get("offset", [])
+    if len(raw_offsets) > 1 or raw_offsets == [""]:
+        raise InvalidInput(("query", "offset"), "give one offset, not empty")
+    live = query.get("live", [None])[-1]
+    if live is not None and live not in STREAM_LIVE:
+        raise InvalidInput(("query", "live"), f"live must be long-poll or sse, got {live[:40]!r}")
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        headers.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+    raw = raw_offsets[0] if raw_offsets else None
+    last_event_id = headers.get("last-event-id")
+    if live == "sse" and last_event_id:
+        raw = last_event_id
+    elif live is not None and raw is None:
+        raise InvalidInput(("query", "offset"), f"live={live} needs an offset")
+    hold = query.get("timeout", [None])[-1]
+    return StreamRead(
+        offset=offsets.decode(raw),
+        live=live,
+        cursor=query.get("cursor", [None])[-1],
+        if_none_match=headers.get("if-none-match"),
+        hold=None if hold is None else float(HOLD.parse(hold)),
+    )

@@ -16,7 +16,8 @@ _CANCEL_ERRORS = {**JOB_ERRORS, 409: {"model": ErrorBody, "description": "The jo
 
 def links_for(request: Request, job_id: str, token: str | None) -> Links:
     """Where to follow the job in each mode; each link carries the job's stream token, if any."""
-    base = f"{request.scope.get('root_path', '')}/jobs/{job_id}"
+    root = request.scope.get("root_path", "")
+    base = f"{root}/jobs/{job_id}"
     auth = f"token={quote(token)}" if token else ""
     return Links(
         poll=f"{base}?offset=0" + (f"&{auth}" if auth else ""),
@@ -24,6 +25,7 @@ def links_for(request: Request, job_id: str, token: str | None) -> Links:
         sse=f"{base}/events" + (f"?{auth}" if auth else ""),
         ws=f"{base}/ws" + (f"?{auth}" if auth else ""),
         ui_stream=f"{base}/stream" + (f"?{auth}" if auth else ""),
+        durable_stream=f"{root}/v1/stream/jobs/{job_id}" + (f"?{auth}" if auth else ""),
     )
 
 
