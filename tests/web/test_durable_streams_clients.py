@@ -17,6 +17,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urljoin
 
 import httpx
 import pytest
@@ -72,7 +73,7 @@ async def start_job(server: Server) -> tuple[str, str]:
     assert link, f"the job's links have no durable_stream: {body['links']}"
     if server.headers:
         assert "token=" in link, f"a keyed server's link carries the stream token: {link}"
-    return str(body["id"]), server.base + link
+    return str(body["id"]), urljoin(server.base, link)
 
 
 async def stored_text(server: Server, job_id: str) -> str:
