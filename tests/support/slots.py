@@ -4,7 +4,8 @@ sends, every script call and every MULTI/EXEC transaction must name keys of one 
 ``SlotCheck.watching()`` wraps the asyncio client's command and pipeline execution and the
 store's own pipelines (``boundary.send_all``): the real commands still go to the real Redis; the
 keys of each command are those Redis itself names (``COMMAND GETKEYS``), their slots are
-redis-py's ``key_slot``, as a cluster client computes them. Pub/sub connections are not covered (they send no keyed command here).
+redis-py's ``key_slot``, as a cluster client computes them. Pub/sub connections are not
+covered (they send no keyed command here).
 """
 
 from __future__ import annotations
