@@ -10,7 +10,9 @@ seconds for every job to produce, then measures over ``--window`` seconds:
 - **redis us/token**: redis-server's CPU (``/proc``) / tokens appended;
 - **cmds/token**: Redis commands (``INFO commandstats``, the script's own reads excluded, a
   script's inner commands included) / tokens appended;
-- **tokens/s**: tokens appended per second (the load: ``jobs × rate`` when the worker keeps up).
+- **tokens/s**: tokens appended per second (the load: ``jobs × rate`` when the worker keeps up);
+- **worker KiB/job**: the worker's resident memory with every job running, less its memory
+  before the first job, per job (what sizing ``REVIEWSTREAM_WORKER_CONCURRENCY`` costs).
 
 Tokens appended = the growth of every job's token list over the window. Each round starts a
 fresh Redis and worker per tree; with several ``--tree`` the trees run interleaved, round by
@@ -38,7 +40,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from harness import Children, child_env, command, machine, run, say, until
 
-from reviewstream.bench.server import BENCH_COMMANDS, RedisProcess, cpu_seconds
+from reviewstream.bench.server import BENCH_COMMANDS, RedisProcess, cpu_seconds, rss_bytes
 from reviewstream.keys import Keys
 from reviewstream.models import ReviewRequest
 from reviewstream.store import Store
@@ -51,7 +53,13 @@ REQUEST = ReviewRequest(
 )
 
 
-FIGURES = ("tokens_per_s", "worker_us_per_token", "redis_us_per_token", "cmds_per_token")
+FIGURES = (
+    "tokens_per_s",
+    "worker_us_per_token",
+    "redis_us_per_token",
+    "cmds_per_token",
+    "kib_per_job",
+)
 
 
 def redis_calls(info: dict[str, Any]) -> int:
@@ -102,6 +110,7 @@ async def one_round(
                     return bool(await client.zcard(keys.workers))
 
                 await until(alive, 30, "the worker's heartbeat")
+                idle_rss = rss_bytes(worker.pid)
                 job_ids = [
                     await store.create(REQUEST, provider="simulated", model="sim-default")
                     for _ in range(args.jobs)
@@ -114,10 +123,12 @@ async def one_round(
                 w1, r1 = cpu_seconds(worker.pid), cpu_seconds(redis_server.pid)
                 c1 = redis_calls(await client.info("commandstats"))
                 t1, n1 = time.monotonic(), await stored(client, keys, job_ids)
+                busy_rss = rss_bytes(worker.pid)
                 await worker.stop()
         finally:
             await redis_server.aclose()
     assert w0 is not None and w1 is not None and r0 is not None and r1 is not None
+    assert idle_rss is not None and busy_rss is not None
     tokens = max(n1 - n0, 1)
     return {
         "tree": tree,
@@ -125,6 +136,7 @@ async def one_round(
         "worker_us_per_token": round((w1 - w0) / tokens * 1e6, 1),
         "redis_us_per_token": round((r1 - r0) / tokens * 1e6, 1),
         "cmds_per_token": round((c1 - c0) / tokens, 2),
+        "kib_per_job": round((busy_rss - idle_rss) / 1024 / args.jobs, 1),
     }
 
 
@@ -151,8 +163,8 @@ async def main(args: argparse.Namespace) -> int:
     print(f"# {command()}")
     print(f"# {args.jobs} jobs at {args.rate:g} tok/s, window {args.window:g} s, median of "
           f"{args.rounds} rounds")  # fmt: skip
-    print("| tree | tokens/s | worker µs/token | redis µs/token | cmds/token |")
-    print("|---|---|---|---|---|")
+    print("| tree | tokens/s | worker µs/token | redis µs/token | cmds/token | worker KiB/job |")
+    print("|---|---|---|---|---|---|")
     summary = []
     for name, _ in trees:
         mine = [r for r in rounds if r["tree"] == name]
@@ -161,6 +173,7 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"| {name} | {row['tokens_per_s']:.0f} | {row['worker_us_per_token']:.1f} |"
             f" {row['redis_us_per_token']:.1f} | {row['cmds_per_token']:.2f} |"
+            f" {row['kib_per_job']:.0f} |"
         )
     if args.json:
         report = {"command": command(), "machine": machine(), "rounds": rounds, "summary": summary}

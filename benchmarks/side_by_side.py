@@ -78,7 +78,8 @@ TARGETS = (
 P50_TOLERANCE_MS = 1.0
 NOTES = (
     "latency = the client's arrival time.time() - the token's timestamp, same host, same clock",
-    "reviewstream's timestamp: Redis TIME inside the append script (the token is at the server)",
+    "reviewstream's timestamp: the moment its worker received the token from the model, on the"
+    " Redis clock (before the group commit's flush and the trip through Redis to the readers)",
 )
 RATIO_NOTE = "ratios are reviewstream / peer: below 1, reviewstream's figure is the lower"
 

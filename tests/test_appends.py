@@ -114,6 +114,27 @@ async def test_a_lone_token_is_flushed_without_waiting_for_the_interval(store: S
     assert (await store.jobs.read(claim.job_id, 0, 10)).tokens == ["alone"]
 
 
+async def test_tokens_put_within_the_interval_after_a_flush_go_in_the_next_one(
+    store: Store,
+) -> None:
+    [claim] = await running_jobs(store, 1)
+    group = Appends(store.jobs, time.time, flush_ms=300, outage_seconds=10)
+    group.start()
+    try:
+        writer = group.writer(claim)
+        writer.put("first")
+        assert await writer.drain()
+        assert group.flushes == 1
+        for word in (" a", " b", " c", " d"):  # well within the 300 ms after the first flush
+            writer.put(word)
+            await asyncio.sleep(0.01)
+        assert await writer.drain()
+        assert group.flushes == 2
+    finally:
+        await group.aclose()
+    assert (await store.jobs.read(claim.job_id, 0, 10)).tokens == ["first", " a", " b", " c", " d"]
+
+
 async def test_a_fenced_attempt_is_refused_and_the_other_jobs_of_the_flush_go_through(
     store: Store, appends: Appends
 ) -> None:

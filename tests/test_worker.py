@@ -298,3 +298,18 @@ async def test_a_worker_hears_its_jobs_ends_and_none_of_their_tokens(
                 await asyncio.sleep(0.01)
     snap = await store.jobs.read(job_id, 0, 100)
     assert snap.status is JobStatus.CANCELLED and len(snap.tokens) == 1
+
+
+async def test_a_worker_process_listens_to_its_jobs_ends_only(
+    store: Store, redis: aioredis.Redis, settings: Settings
+) -> None:
+    proc = worker_process(settings, REVIEWSTREAM_SIM_TOKENS_PER_SECOND="5")
+    try:
+        job_id = await store.create(REQUEST, provider="simulated", model="sim-default")
+        await wait_for(store, job_id, lambda s: len(s.tokens) >= 1, 20)
+        keys = store.keys
+        listening = dict(await redis.pubsub_numsub(keys.channel(job_id), keys.ends(job_id)))
+        assert listening == {keys.channel(job_id): 0, keys.ends(job_id): 1}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

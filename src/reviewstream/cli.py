@@ -80,7 +80,7 @@ async def run_worker(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with open_runtime(settings, worker=True) as runtime:
+    async with open_runtime(settings, worker=True, followers=False) as runtime:
         assert isinstance(runtime.worker, Worker)  # inline: this process is the worker
         name = runtime.worker.name
         log.info("worker %s running (concurrency %d)", name, settings.worker_concurrency)

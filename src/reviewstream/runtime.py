@@ -247,9 +247,11 @@ async def running_worker(
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, worker: bool, workers_in: WorkersIn = "inline"
+    settings: Settings, *, worker: bool, workers_in: WorkersIn = "inline", followers: bool = True
 ) -> AsyncIterator[Runtime]:
     """Open everything a process needs; closes it all, in reverse order, on the way out.
+    ``followers``: the process serves followers (an API); without, its hub hears the ends of
+    the jobs its workers run, none of their tokens (``reviewstream worker``).
 
     The workers are opened last, so they are closed first: they hand their jobs over while
     Redis (embedded or not) and the hub are still there.
@@ -261,7 +263,7 @@ async def open_runtime(
         keys = Keys(settings.key_prefix, settings.queue_shards)
         store = job_store(redis, keys, settings)
         await store.queue.ensure_group()
-        hub = hub_for(redis, store, settings)
+        hub = hub_for(redis, store, settings, ends_only=not followers)
         await hub.start()
         stack.push_async_callback(hub.aclose)
         gate = await gatekeeper(settings, store)

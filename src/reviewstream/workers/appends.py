@@ -189,18 +189,26 @@ class Appends:
                 await self._wake.wait()
                 continue
             start = max(due, last + self.interval)
-            if start > loop.time():
-                # A token of a job not in backoff may arrive meanwhile: look again then.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(start):
-                        await self._wake.wait()
-                continue
+            now = loop.time()
+            if start > now:
+                if due > last + self.interval:
+                    # Only writers in backoff wait: a token of another job may come first and
+                    # be due sooner. Look again then.
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(start):
+                            await self._wake.wait()
+                    continue
+                # The next flush is due at ``start`` whatever arrives meanwhile: one timer, not
+                # a wake-up per token.
+                await asyncio.sleep(start - now)
             await asyncio.sleep(0)  # idle: the producers woken in this turn add their tokens
             last = loop.time()
             await self._flush(last)
 
     async def _flush(self, now: float) -> None:
         batch = [w for w in self._waiting.values() if w.retry_at <= now]
+        if not batch:
+            return  # what waited was dropped meanwhile (its attempt ended)
         sent = [min(len(w.tokens), MAX_APPEND_BATCH) for w in batch]
         appends = [
             Append(w.claim.job_id, w.claim.owner, w.offset, w.tokens[:n], w.stamps[:n])
