@@ -14,6 +14,7 @@ from types import FrameType
 import uvicorn
 
 from .observe.logs import configure_logging, secrets_of
+from .observe.rundir import run_directory
 from .settings import Settings
 
 log = logging.getLogger("reviewstream")
@@ -32,10 +33,17 @@ class Server(uvicorn.Server):
 
 
 def serve(args: argparse.Namespace) -> int:
-    from .web import begin_shutdown, create_app, server_options
-
     settings = with_grace(Settings(), args.graceful_timeout)
     configure_logging(settings.log_format, secrets=secrets_of(settings))
+    # Before the app (and prometheus_client) is imported: every process of this run writes its
+    # series to one directory, which any API process's /metrics reads (observe.exposition).
+    with run_directory():
+        return _serve(args, settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .web import begin_shutdown, create_app, server_options
+
     if args.processes is not None:
         settings = settings.model_copy(update={"processes": args.processes})
     if settings.redis_url is None:

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ReviewstreamError
 from ..models import JobPage
+from ..observe import metrics as observe
 from ..service import ReviewService
 from ..tenancy import Principal
 from .handlers import error_answer, error_response
@@ -70,6 +71,7 @@ class Route:
     operation: Operation | None = None
     method: str = "GET"
     shares_path: bool = False  # other methods of the path are the app's other routes'
+    mode: str | None = None  # its ``observe.metrics.MODES`` name: connections counted by it
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,15 +98,24 @@ class Delivery:
                 if match is None or route.kind != kind:
                     continue
                 scope["path_params"] = match.groupdict()
-                if route.socket is not None:
-                    await route.socket(scope, receive, GuardedSend(send))
-                    return
-                if scope["method"] == route.method:
-                    await self._http(route, scope, receive, send)
-                    return
-                if not route.shares_path:
+                if route.socket is None and scope["method"] != route.method:
+                    if route.shares_path:
+                        continue
                     await self._not_allowed(route, scope, receive, send)
                     return
+                # Open in its mode while it runs (reviewstream_connections): a plain number.
+                tally = observe.tally(route.mode) if route.mode is not None else None
+                if tally is not None:
+                    tally.open += 1
+                try:
+                    if route.socket is not None:
+                        await route.socket(scope, receive, GuardedSend(send))
+                    else:
+                        await self._http(route, scope, receive, send)
+                finally:
+                    if tally is not None:
+                        tally.open -= 1
+                return
         await self.app(scope, receive, send)
 
     async def _http(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:

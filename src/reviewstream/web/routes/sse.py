@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from ...errors import ReviewstreamError, ServerDraining
 from ...follow import Follower
 from ...models import ReviewRequest
+from ...observe.metrics import sent
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import sse_error_event, sse_event, sse_preamble
@@ -75,7 +76,7 @@ class Events:
         if self._state == "done" or self._follower.reached_end:
             raise StopAsyncIteration
         try:
-            return sse_event(await self._follower.next())
+            return sse_event(sent("sse", await self._follower.next()))
         except ServerDraining:
             self._state = "done"
             raise StopAsyncIteration from None
@@ -119,6 +120,7 @@ ROUTE = Route(
         tags=("delivery",),
         responses={**_SSE, **json_errors(JOB_ERRORS)},
     ),
+    mode="sse",
 )
 
 
