@@ -85,8 +85,8 @@ class _Collectors(Collector):
 
 
 def render(now: ScrapeTime) -> bytes:
-    """The exposition: every process's series and ``now``. Reads files in multiprocess mode:
-    call it off the event loop, after ``metrics().flush()`` on it."""
+    """The exposition: every process's series and ``now`` (after ``metrics().flush()``, so
+    that this process's are current). Reads a file per process in multiprocess mode."""
     m = metrics()
     registry = CollectorRegistry(auto_describe=False)
     path = os.environ.get(MULTIPROC_ENV)
