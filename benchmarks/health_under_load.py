@@ -10,6 +10,7 @@ worker process). Compare trees with ``PYTHONPATH`` (the server runs what ``revie
 Python imports), interleaving runs:
 
     PYTHONPATH=src python benchmarks/health_under_load.py --followers 1000 --seconds 20
+    PYTHONPATH=src python benchmarks/health_under_load.py --probes /healthz   # delivery's cost
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 conns += opened
             say(f"{len(conns)} SSE followers on {len(jobs)} jobs; settling {args.settle:g} s")
             await asyncio.sleep(args.settle)
-            probes = [Probe(path) for path in PROBES]
+            probes = [Probe(path) for path in args.probes]
             stop = asyncio.Event()
             cpu_before = api_cpu_seconds(system.server_pid)
             events_before, started = events[0], time.monotonic()
@@ -187,5 +188,10 @@ if __name__ == "__main__":
     parser.add_argument("--words", type=int, default=1500, help="each job's length")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--settle", type=float, default=3.0)
+    parser.add_argument(
+        "--probes", nargs="+", default=list(PROBES),
+        help="paths sampled every 100 ms (the CPU per event counts their cost too: to compare"
+        " what delivery costs, probe /healthz alone)",
+    )  # fmt: skip
     parser.add_argument("--json", help="also write the result here")
     run(main(parser.parse_args()))
