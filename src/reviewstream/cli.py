@@ -107,6 +107,10 @@ def worker(args: argparse.Namespace) -> int:
     """
     settings = with_grace(Settings(), args.graceful_timeout)
     configure_logging(settings.log_format, secrets=secrets_of(settings))
+    from .observe.exposition import serve_standalone
+
+    if serve_standalone(settings.metrics_port):
+        log.info("worker metrics on port %d (/metrics)", settings.metrics_port)
     asyncio.run(run_worker(settings))
     logging.shutdown()
     sys.stdout.flush()

@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Observability. Every line a process writes: human-readable text, or one JSON object per
     # line (ts, level, logger, message, and job_id, key, mode, status, duration_ms where known).
     log_format: LogFormat = "text"
+    # `reviewstream worker` started on its own (not `serve`'s child, whose series the API's
+    # /metrics shows) serves its series at http://0.0.0.0:PORT/metrics; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _cluster_needs_a_url(self) -> Settings:

@@ -10,12 +10,15 @@ from pathlib import Path
 
 import httpx
 
+from reviewstream.settings import Settings
+from reviewstream.web import create_app
 from reviewstream.wire import MODES
 
 from tests.support import followers as fl
-from tests.support.procs import environment, start, stop_all, wait_ready
+from tests.support import live
+from tests.support.procs import environment, start, stop_all, wait_log, wait_ready
 from tests.support.scrape import Samples, until, value
-from tests.support.servers import free_port
+from tests.support.servers import free_port, serve
 
 REVIEW = {"employee_name": "Frances Allen", "employee_review_points": "Compilers"}
 PID = re.compile(r'^reviewstream_process_info\{pid="(\d+)"\} 1', re.MULTILINE)
@@ -74,3 +77,33 @@ async def test_any_process_answers_for_every_process(redis_url: str, tmp_path: P
         assert len(pids) == 2, "one API process answered every scrape"
     finally:
         await stop_all([serve])
+
+
+async def test_a_worker_on_its_own_serves_its_series(
+    redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    port = free_port()
+    env = environment(redis_url, {"metrics_port": str(port), "sim_tokens_per_second": "300"})
+    worker = await start("worker", ["worker"], env, tmp_path)
+    try:
+        await wait_log(worker, "worker metrics on port")
+        api = live.tuned(settings, worker_heartbeat_timeout_seconds=3)
+        async with serve(create_app(api, run_worker=False)) as base:
+            async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+                await wait_ready(base, worker)
+                job = await live.new_job(c)
+                assert (await fl.long_poll(c, job)).ends[0]["status"] == "done"
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as w:
+            await until(
+                w,
+                lambda s: (
+                    value(s, "reviewstream_jobs_ended_total", status="done") == 1
+                    and value(s, "reviewstream_job_attempts_total") == 1
+                    and value(
+                        s, "reviewstream_provider_first_token_seconds_count", provider="simulated"
+                    )
+                    == 1
+                ),  # fmt: skip
+            )
+    finally:
+        await stop_all([worker])

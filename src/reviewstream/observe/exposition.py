@@ -28,7 +28,12 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
@@ -96,6 +101,15 @@ def render(now: ScrapeTime) -> bytes:
     else:
         registry.register(_Collectors(m.registry, now))
     return generate_latest(registry)
+
+
+def serve_standalone(port: int) -> bool:
+    """Serve this process's series on ``port`` (a thread of prometheus_client's), unless it
+    writes them to a multiprocess directory that an API process's ``/metrics`` reads."""
+    if port == 0 or os.environ.get(MULTIPROC_ENV):
+        return False
+    start_http_server(port, registry=metrics().registry)
+    return True
 
 
 def _multiprocess(path: str) -> MultiProcessCollector:
