@@ -118,6 +118,9 @@ async def test_no_secret_in_any_line(
         assert {"short_poll", "long_poll", "sse"} <= modes
         assert any(e["status"] == 401 and "job_id" in e for e in access)
         assert any(e.get("mode") == "websocket" for e in entries if e["logger"] == "uvicorn.error")
+        # A held stream's close: its job, mode and duration.
+        closed = {e["mode"] for e in entries if "duration_ms" in e and "job_id" in e}
+        assert {"sse", "websocket"} <= closed
     else:
         assert not lines[0].startswith("{")
 

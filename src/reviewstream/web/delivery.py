@@ -20,7 +20,9 @@ document, from the same ``Param`` declarations that read the request.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,8 @@ from ..tenancy import Principal
 from .handlers import error_answer, error_response
 from .params import Param, Params, credentials, read
 from .server_close import GuardedSend
+
+log = logging.getLogger(__name__)
 
 HttpEndpoint = Callable[[ReviewService, Params, Principal], Awaitable[ASGIApp]]
 SocketEndpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -72,6 +76,7 @@ class Route:
     method: str = "GET"
     shares_path: bool = False  # other methods of the path are the app's other routes'
     mode: str | None = None  # its ``observe.metrics.MODES`` name: connections counted by it
+    held: bool = False  # held for a job's life (a stream, a socket): its close is logged
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -107,6 +112,7 @@ class Delivery:
                 tally = observe.tally(route.mode) if route.mode is not None else None
                 if tally is not None:
                     tally.open += 1
+                started = time.monotonic() if route.held else 0.0
                 try:
                     if route.socket is not None:
                         await route.socket(scope, receive, GuardedSend(send))
@@ -115,6 +121,8 @@ class Delivery:
                 finally:
                     if tally is not None:
                         tally.open -= 1
+                    if route.held:
+                        _closed(route, scope, started)
                 return
         await self.app(scope, receive, send)
 
@@ -133,6 +141,16 @@ class Delivery:
         message = f"Method Not Allowed: {scope['method']} {scope['path'][:200]}"
         response = error_response(405, message, headers={"Allow": route.method})
         await response(scope, receive, send)
+
+
+def _closed(route: Route, scope: Scope, started: float) -> None:
+    """A held connection ended: one log line with its job, mode and duration (uvicorn's access
+    line was written when it began)."""
+    job_id = scope["path_params"].get("job_id")
+    ms = round((time.monotonic() - started) * 1000, 1)
+    mode = route.mode or route.name
+    extra = {"job_id": job_id, "mode": mode, "duration_ms": ms}
+    log.info("%s of job %s closed after %.0f ms", mode, job_id, ms, extra=extra)
 
 
 def route_path(scope: Scope) -> str:

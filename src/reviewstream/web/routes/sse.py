@@ -121,6 +121,7 @@ ROUTE = Route(
         responses={**_SSE, **json_errors(JOB_ERRORS)},
     ),
     mode="sse",
+    held=True,
 )
 
 

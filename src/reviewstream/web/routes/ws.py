@@ -124,5 +124,10 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 
 
 ROUTE = Route(
-    "job_socket", "/jobs/{job_id}/ws", (JOB_ID, OFFSET), socket=job_socket, mode="websocket"
+    "job_socket",
+    "/jobs/{job_id}/ws",
+    (JOB_ID, OFFSET),
+    socket=job_socket,
+    mode="websocket",
+    held=True,
 )
