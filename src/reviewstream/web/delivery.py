@@ -130,7 +130,7 @@ class Delivery:
         assert route.endpoint is not None
         service: ReviewService = scope["state"]["service"]
         try:
-            caller = service.gate.principal(*credentials(scope))
+            caller = scope["reviewstream.caller"] = service.gate.principal(*credentials(scope))
             params = read(scope, route.takes, scope["path_params"].get("job_id"))
             response = await route.endpoint(service, params, caller)
         except ReviewstreamError as exc:
@@ -150,6 +150,9 @@ def _closed(route: Route, scope: Scope, started: float) -> None:
     ms = round((time.monotonic() - started) * 1000, 1)
     mode = route.mode or route.name
     extra = {"job_id": job_id, "mode": mode, "duration_ms": ms}
+    caller = scope.get("reviewstream.caller")  # the key's name, once the caller was known
+    if caller is not None and caller.tenant:
+        extra["key"] = caller.tenant
     log.info("%s of job %s closed after %.0f ms", mode, job_id, ms, extra=extra)
 
 

@@ -85,12 +85,14 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        refused(422, "InvalidInput")
         where = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return error_response(422, f"invalid request: {where}", jsonable_errors(errors))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Starlette's and FastAPI's own refusals, in our shape rather than {"detail": ...}.
+        refused(exc.status_code, "HTTPException")
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's "error parsing the body": JSON it could not decode (not UTF-8, nested
             # too deep). An invalid body like any malformed JSON, so the documented 422.

@@ -93,7 +93,7 @@ async def job_socket(scope: Scope, receive: Receive, send: Send) -> None:
         await _deny(websocket, 403, "this origin may not open a WebSocket here")
         return
     try:
-        caller = service.gate.principal(*credentials(scope))
+        caller = scope["reviewstream.caller"] = service.gate.principal(*credentials(scope))
     except Unauthorized as e:
         await _deny(websocket, 401, str(e))
         return
