@@ -139,6 +139,11 @@ async def test_no_secret_in_any_line(
         ('{"x-api-key": "sk-ant-999"}', '"x-api-key": "[redacted]"'),
         ("a token rst1.j2.bob.99.c2ln in a message", "a token rst1.[redacted] in"),
         ("stream-token: rst1.x.y.1.z", "stream-token: [redacted]"),
+        (
+            "openai_api_key=sk-1234 and apikey: 'abcd'",
+            "openai_api_key=[redacted] and apikey: '[redacted]'",
+        ),
+        ("max_output_tokens=800 offset=3", "max_output_tokens=800 offset=3"),
     ],
 )
 def test_redactor_removes_what_is_shaped_like_a_credential(line: str, kept: str) -> None:

@@ -45,7 +45,7 @@ _PATTERNS: tuple[tuple[str, re.Pattern[str], str], ...] = (
         _KEEP,
     ),
     ("bearer", re.compile(rf"(?i)(bearer\s+){_VALUE}"), _KEEP),
-    ("api-key", re.compile(rf"""(?i)(api-key["']?\s*[:=]\s*["']?){_VALUE}"""), _KEEP),
+    ("api", re.compile(rf"""(?i)(api[-_]?key["']?\s*[:=]\s*["']?){_VALUE}"""), _KEEP),
     ("://", re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^\s:/@\"']*:)[^\s@/\"']+@"), _KEEP + "@"),
 )
 
