@@ -185,3 +185,13 @@ async def test_the_dashboard_graphs_series_the_service_exposes(
     titles = " ".join(p["title"].lower() for p in dashboard["panels"])
     for panel in ("delivery lag", "connections", "jobs by outcome", "queue depth", "provider"):
         assert panel in titles
+
+
+async def test_queue_depth_per_shard_at_scrape_time(settings: Settings) -> None:
+    # One slot, a first token an hour away: the first job runs, the others wait in the queue.
+    busy = live.tuned(settings, worker_concurrency=1, sim_first_token_ms=3_600_000)
+    async with serve(create_app(busy)) as base, httpx.AsyncClient(base_url=base) as c:
+        jobs = [await live.new_job(c) for _ in range(3)]
+        await until(c, lambda s: value(s, "reviewstream_queue_depth", shard="0") == 2)
+        for job in jobs:
+            await c.delete(f"/jobs/{job}")
