@@ -144,15 +144,17 @@ class Delivery:
 
 
 def _closed(route: Route, scope: Scope, started: float) -> None:
-    """A held connection ended: one log line with its job, mode and duration (uvicorn's access
-    line was written when it began)."""
+    """A held connection ended: one log line with its job, mode, key and duration (uvicorn's
+    access line was written when it began)."""
+    caller = scope.get("reviewstream.caller")
+    if caller is None:
+        return  # refused before it was open (401): its access line says so
     job_id = scope["path_params"].get("job_id")
     ms = round((time.monotonic() - started) * 1000, 1)
     mode = route.mode or route.name
     extra = {"job_id": job_id, "mode": mode, "duration_ms": ms}
-    caller = scope.get("reviewstream.caller")  # the key's name, once the caller was known
-    if caller is not None and caller.tenant:
-        extra["key"] = caller.tenant
+    if caller.tenant:
+        extra["key"] = caller.tenant  # the API key's name
     log.info("%s of job %s closed after %.0f ms", mode, job_id, ms, extra=extra)
 
 
