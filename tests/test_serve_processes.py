@@ -26,7 +26,8 @@ from tests.support.procs import Process, environment, exit_seconds, start, stop_
 from tests.support.servers import free_port
 
 REVIEW = {"employee_name": "Barbara Liskov", "employee_review_points": "Substitution"}
-PID = re.compile(r'^reviewstream_process_info\{pid="(\d+)"\} 1$', re.MULTILINE)
+# prometheus_client writes values as floats ("1.0").
+PID = re.compile(r'^reviewstream_process_info\{pid="(\d+)"\} 1(?:\.0)?$', re.MULTILINE)
 STEPS = (1, 10)  # tokens per connection, at random: a follower reconnects that often
 
 
@@ -231,7 +232,7 @@ async def running_per_process(base: str, pids: set[int]) -> dict[int, int]:
         async with httpx.AsyncClient(base_url=base, timeout=20) as fresh:
             text = (await fresh.get("/metrics")).text
         match = PID.search(text)
-        gauge = re.search(r"^reviewstream_worker_running_jobs (\d+)$", text, re.MULTILINE)
+        gauge = re.search(r"^reviewstream_worker_running_jobs (\d+)(?:\.0)?$", text, re.MULTILINE)
         assert match is not None and gauge is not None
         running[int(match.group(1))] = int(gauge.group(1))
         if set(running) >= pids:

@@ -13,10 +13,11 @@ from types import FrameType
 
 import uvicorn
 
+from .observe.logs import configure_logging, secrets_of
+from .observe.rundir import run_directory
 from .settings import Settings
 
 log = logging.getLogger("reviewstream")
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class Server(uvicorn.Server):
@@ -32,9 +33,17 @@ class Server(uvicorn.Server):
 
 
 def serve(args: argparse.Namespace) -> int:
+    settings = with_grace(Settings(), args.graceful_timeout)
+    configure_logging(settings.log_format, secrets=secrets_of(settings))
+    # Before the app (and prometheus_client) is imported: every process of this run writes its
+    # series to one directory, which any API process's /metrics reads (observe.exposition).
+    with run_directory():
+        return _serve(args, settings)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from .web import begin_shutdown, create_app, server_options
 
-    settings = with_grace(Settings(), args.graceful_timeout)
     if args.processes is not None:
         settings = settings.model_copy(update={"processes": args.processes})
     if settings.redis_url is None:
@@ -43,9 +52,7 @@ def serve(args: argparse.Namespace) -> int:
         from .processes.serve import Listen, serve_processes
 
         listen = Listen(args.host, args.port, args.log_level)
-        return serve_processes(
-            settings, listen, run_workers=not args.api_only, log_format=LOG_FORMAT
-        )
+        return serve_processes(settings, listen, run_workers=not args.api_only)
     app = create_app(settings, run_worker=not args.api_only)
     config = uvicorn.Config(
         app,
@@ -53,6 +60,7 @@ def serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=args.log_level,
         lifespan="on",
+        log_config=None,  # every line through the process's one handler (observe.logs)
         # Typed int, but any number of seconds works (it is a wait_for timeout).
         timeout_graceful_shutdown=settings.worker_grace_seconds,  # type: ignore[arg-type]
         proxy_headers=True,
@@ -97,7 +105,13 @@ def worker(args: argparse.Namespace) -> int:
     a busy machine to push the exit past ``--graceful-timeout`` plus a second. So the process
     ends without it, as ``serve`` does (uvicorn re-raises the SIGTERM it handled).
     """
-    asyncio.run(run_worker(with_grace(Settings(), args.graceful_timeout)))
+    settings = with_grace(Settings(), args.graceful_timeout)
+    configure_logging(settings.log_format, secrets=secrets_of(settings))
+    from .observe.exposition import serve_standalone
+
+    if serve_standalone(settings.metrics_port):
+        log.info("worker metrics on port %d (/metrics)", settings.metrics_port)
+    asyncio.run(run_worker(settings))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -149,5 +163,5 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    configure_logging("text")  # serve and worker configure it again from their settings
     return int(args.func(args))

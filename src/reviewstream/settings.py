@@ -14,6 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 ProviderName = Literal["simulated", "openai", "anthropic"]
 OpenAIContinuation = Literal["auto", "prefill", "prefix", "instruction"]
 WorkersIn = Literal["process", "thread", "inline"]
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -125,6 +126,13 @@ class Settings(BaseSettings):
     queued_timeout_seconds: float = Field(default=600.0, gt=0)
     # A worker is alive while its heartbeat is younger than this; with none, jobs are refused.
     worker_heartbeat_timeout_seconds: float = Field(default=15.0, gt=0)
+
+    # Observability. Every line a process writes: human-readable text, or one JSON object per
+    # line (ts, level, logger, message, and job_id, key, mode, status, duration_ms where known).
+    log_format: LogFormat = "text"
+    # `reviewstream worker` started on its own (not `serve`'s child, whose series the API's
+    # /metrics shows) serves its series at http://0.0.0.0:PORT/metrics; 0: off.
+    metrics_port: int = Field(default=0, ge=0, le=65535)
 
     @model_validator(mode="after")
     def _cluster_needs_a_url(self) -> Settings:

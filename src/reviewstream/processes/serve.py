@@ -39,6 +39,7 @@ from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
 from ..keys import Keys
+from ..observe.logs import configure_logging, secrets_of
 from ..runtime import job_store, redis_client, redis_url
 from ..settings import Settings
 from ..web import begin_shutdown, create_app, server_options
@@ -77,13 +78,13 @@ class ApiProcess:
 
     settings: Settings
     parent: int
-    log_format: str  # the parent's: a spawned process configures its logging anew
     slots: str | None = None  # thread or inline workers: the file their shares are claimed in
     _held: IO[bytes] | None = field(default=None, repr=False, compare=False)
 
     def __call__(self) -> FastAPI:
         die_with_parent(self.parent)
-        logging.basicConfig(level=logging.INFO, format=self.log_format)
+        # A spawned process configures its logging anew, as the parent did (observe.logs).
+        configure_logging(self.settings.log_format, secrets=secrets_of(self.settings))
         settings, run_worker = self.settings, self.slots is not None
         if self.slots is not None:
             processes = settings.processes
@@ -121,15 +122,13 @@ class Listen:
     log_level: str
 
 
-def serve_processes(
-    settings: Settings, listen: Listen, *, run_workers: bool, log_format: str
-) -> int:
+def serve_processes(settings: Settings, listen: Listen, *, run_workers: bool) -> int:
     """Run ``settings.processes`` API processes on one port until SIGTERM or SIGINT; each
-    logs in ``log_format``."""
-    return asyncio.run(_parent(settings, listen, run_workers=run_workers, log_format=log_format))
+    logs as ``settings.log_format`` says."""
+    return asyncio.run(_parent(settings, listen, run_workers=run_workers))
 
 
-async def _parent(settings: Settings, listen: Listen, *, run_workers: bool, log_format: str) -> int:
+async def _parent(settings: Settings, listen: Listen, *, run_workers: bool) -> int:
     loop = asyncio.get_running_loop()
     async with contextlib.AsyncExitStack() as stack:
         url = await stack.enter_async_context(redis_url(settings))
@@ -140,7 +139,7 @@ async def _parent(settings: Settings, listen: Listen, *, run_workers: bool, log_
             workers = await stack.enter_async_context(worker_process(url, settings))
         elif run_workers:
             slots = stack.enter_context(slot_file())
-        factory = ApiProcess(settings, os.getpid(), log_format, slots)
+        factory = ApiProcess(settings, os.getpid(), slots)
         config = uvicorn.Config(
             factory,
             factory=True,
@@ -149,6 +148,7 @@ async def _parent(settings: Settings, listen: Listen, *, run_workers: bool, log_
             port=listen.port,
             log_level=listen.log_level,
             lifespan="on",
+            log_config=None,  # every line through the process's one handler (observe.logs)
             # Typed int, but any number of seconds works (it is a wait_for timeout).
             timeout_graceful_shutdown=settings.worker_grace_seconds,  # type: ignore[arg-type]
             proxy_headers=True,

@@ -35,6 +35,7 @@ from ..errors import (
     UpstreamUnavailable,
 )
 from ..models import Usage
+from ..observe import metrics as observe
 from .base import Prompt, Provider
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,7 @@ async def resilient_stream(
     its first delta stored nothing, so the text to continue after has not changed.
     """
     attempt = 0
+    started = time.monotonic()
     while True:
         inner = provider.stream(prompt)
         yielded = False
@@ -189,9 +191,12 @@ async def resilient_stream(
                     raise UpstreamTimeout(f"{provider.name}: {what} {limit:g}s") from None
                 finally:
                     watch.waiting = False
+                if not yielded:
+                    observe.first_token(provider.name, time.monotonic() - started)
                 yielded = True
                 yield item
         except ProviderError as err:
+            observe.provider_error(provider.name, type(err).__name__)
             if yielded or not err.retryable or attempt >= max_retries:
                 raise
             delay = backoff_delay(

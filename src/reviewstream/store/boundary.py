@@ -20,6 +20,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
 
 from ..errors import StoreError
+from ..observe import metrics as observe
 
 # What redis-py raises when Redis fails; the cluster client's own (no node serves a slot, none
 # can be reached) are no RedisError.
@@ -44,6 +45,7 @@ def redis_errors(operation: str) -> Iterator[None]:
     except REDIS_FAILURES as e:
         if task is not None and task.cancelling() > asked:
             raise asyncio.CancelledError from e
+        observe.redis_error(operation)
         # The message reaches clients: no hosts, ports, keys or commands (the cause is logged).
         raise StoreError(f"Redis failed during {operation}") from e
     if task is not None and task.cancelling() > asked:

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 from ..errors import JobFinished, JobNotFound, StoreError
 from ..keys import Keys
 from ..models import JobStatus, ReviewRequest
+from ..observe import metrics as observe
 from .jobs import JobStore, new_job_id
 from .queue import JobQueue
 from .scripts.jobs import AttemptStart, Renewal, Requeue
@@ -101,6 +102,7 @@ class Store:
                     attempt=0,
                 )
             raise
+        observe.job_created()
         return job_id
 
     async def claim(
@@ -135,6 +137,7 @@ class Store:
             attempt, offset = int(reply[0]), int(reply[1])
             claim = Claim(entry.job_id, attempt, f"{worker}#{attempt}", offset, entry.shard)
             lease = claim.lease
+            observe.attempt_started()
         elif start is AttemptStart.DELIVERED_TWICE:  # the attempt may still lack its lease
             lease = Lease(entry.job_id, int(reply[0]), entry.shard)
         elif start is AttemptStart.SPENT:
@@ -256,6 +259,8 @@ class Store:
             only_if_status=only_if_status,
             attempt=attempt,
         )
+        if ended:
+            observe.job_ended(status)
         if lease is not None:
             try:
                 await self.queue.drop_lease(lease)

@@ -149,6 +149,15 @@ class JobQueue:
                 raise failures[0]
         return sum(int(n) for n in lengths if not isinstance(n, BaseException))
 
+    async def lengths(self) -> list[int]:
+        """Each shard's entries (queued, and claimed but not yet settled): one ``XLEN`` per
+        shard, for ``/metrics``."""
+        with redis_errors("read queue lengths"):
+            lengths = await asyncio.gather(
+                *(self.redis.xlen(self.keys.queue(shard)) for shard in self.keys.shards)
+            )
+        return [int(n) for n in lengths]
+
     async def queued_before(
         self, cutoff_ms: int, count: int, *, shard: int | None = None
     ) -> list[QueueEntry]:

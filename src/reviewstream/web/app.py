@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..observe.metrics import flushing
 from ..runtime import open_runtime
 from ..service import ReviewService
 from ..settings import Settings
@@ -68,9 +69,10 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[State]:
-        async with open_runtime(
-            settings, worker=run_worker, workers_in=settings.serve_workers
-        ) as runtime:
+        async with (
+            open_runtime(settings, worker=run_worker, workers_in=settings.serve_workers) as runtime,
+            flushing(),  # the delivery paths' tallies into the metrics (observe.metrics)
+        ):
             service = ReviewService.on(runtime)
             app.state.drain = service.drain  # for begin_shutdown
             # What startup built (modules, the app, its routes and models) is never garbage.

@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from ..admission import RETRY_SECONDS
+from ..observe.metrics import refused
 from ..wire import CloseCode
 from .handlers import error_response, retry_after
 
@@ -77,6 +78,7 @@ class ConnectionCap:
             self._full = True
             log.warning("%d connections open (%s): answering 503", self.limit, LIMIT)
         message = f"this server has {self.limit} connections open ({LIMIT}): try again later"
+        refused(503, "ConnectionCap")
         response = error_response(
             503,
             message,

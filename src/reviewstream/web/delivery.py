@@ -20,7 +20,9 @@ document, from the same ``Param`` declarations that read the request.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,11 +33,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import ReviewstreamError
 from ..models import JobPage
+from ..observe import metrics as observe
 from ..service import ReviewService
 from ..tenancy import Principal
 from .handlers import error_answer, error_response
 from .params import Param, Params, credentials, read
 from .server_close import GuardedSend
+
+log = logging.getLogger(__name__)
 
 HttpEndpoint = Callable[[ReviewService, Params, Principal], Awaitable[ASGIApp]]
 SocketEndpoint = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -78,6 +83,8 @@ class Route:
     answer: ErrorAnswer | None = None
     method: str = "GET"
     shares_path: bool = False  # other methods of the path are the app's other routes'
+    mode: str | None = None  # its ``observe.metrics.MODES`` name: connections counted by it
+    held: bool = False  # held for a job's life (a stream, a socket): its close is logged
     pattern: re.Pattern[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -105,14 +112,26 @@ class Delivery:
                 if match is None or route.kind != kind:
                     continue
                 scope["path_params"] = match.groupdict()
-                if route.socket is not None:
-                    await route.socket(scope, receive, GuardedSend(send))
-                    return
-                if scope["method"] == route.method:
-                    await self._http(route, scope, receive, send)
-                    return
-                if not route.shares_path:
-                    refused.append(route)
+                if route.socket is None and scope["method"] != route.method:
+                    if not route.shares_path:
+                        refused.append(route)
+                    continue
+                # Open in its mode while it runs (reviewstream_connections): a plain number.
+                tally = observe.tally(route.mode) if route.mode is not None else None
+                if tally is not None:
+                    tally.open += 1
+                started = time.monotonic() if route.held else 0.0
+                try:
+                    if route.socket is not None:
+                        await route.socket(scope, receive, GuardedSend(send))
+                    else:
+                        await self._http(route, scope, receive, send)
+                finally:
+                    if tally is not None:
+                        tally.open -= 1
+                    if route.held:
+                        _closed(route, scope, started)
+                return
             if refused:
                 await self._not_allowed(refused, scope, receive, send)
                 return
@@ -121,7 +140,7 @@ class Delivery:
     async def _http(self, route: Route, scope: Scope, receive: Receive, send: Send) -> None:
         service: ReviewService = scope["state"]["service"]
         try:
-            caller = service.gate.principal(*credentials(scope))
+            caller = scope["reviewstream.caller"] = service.gate.principal(*credentials(scope))
             if route.exchange is not None:
                 response = await route.exchange(service, scope, receive, caller)
             else:
@@ -139,6 +158,21 @@ class Delivery:
         allow = ", ".join(dict.fromkeys(route.method for route in routes))
         response = error_response(405, message, headers={"Allow": allow})
         await response(scope, receive, send)
+
+
+def _closed(route: Route, scope: Scope, started: float) -> None:
+    """A held connection ended: one log line with its job, mode, key and duration (uvicorn's
+    access line was written when it began)."""
+    caller = scope.get("reviewstream.caller")
+    if caller is None:
+        return  # refused before it was open (401): its access line says so
+    job_id = scope["path_params"].get("job_id")
+    ms = round((time.monotonic() - started) * 1000, 1)
+    mode = route.mode or route.name
+    extra = {"job_id": job_id, "mode": mode, "duration_ms": ms}
+    if caller.tenant:
+        extra["key"] = caller.tenant  # the API key's name
+    log.info("%s of job %s closed after %.0f ms", mode, job_id, ms, extra=extra)
 
 
 def route_path(scope: Scope) -> str:

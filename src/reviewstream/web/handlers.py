@@ -26,6 +26,7 @@ from ..errors import (
     StoreError,
     Unauthorized,
 )
+from ..observe.metrics import refused
 from ..wire import CloseCode
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ def retry_after(seconds: float) -> dict[str, str]:
 def error_answer(exc: ReviewstreamError, request: str) -> JSONResponse:
     """The JSON answer to a domain error; ``request`` (method and path) names it in the log."""
     status = exc.http_status
+    refused(status, type(exc).__name__)
     if isinstance(exc, InvalidInput):
         detail = [{"loc": list(exc.where), "msg": exc.problem, "type": "value_error"}]
         return error_response(status, str(exc), detail)
@@ -71,6 +73,7 @@ def error_answer(exc: ReviewstreamError, request: str) -> JSONResponse:
 def close_code(exc: ReviewstreamError) -> int:
     """The WebSocket close code of a domain error: ``4000 + http_status``, but a draining
     server's is RFC 6455's service restart (reconnect and resume elsewhere)."""
+    refused(exc.http_status, type(exc).__name__)
     if isinstance(exc, ServerDraining):
         return CloseCode.SERVICE_RESTART
     return 4000 + exc.http_status
@@ -82,12 +85,14 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
+        refused(422, "InvalidInput")
         where = ", ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
         return error_response(422, f"invalid request: {where}", jsonable_errors(errors))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         # Starlette's and FastAPI's own refusals, in our shape rather than {"detail": ...}.
+        refused(exc.status_code, "HTTPException")
         if exc.status_code == 400 and exc.__cause__ is not None:
             # FastAPI's "error parsing the body": JSON it could not decode (not UTF-8, nested
             # too deep). An invalid body like any malformed JSON, so the documented 422.

@@ -23,6 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope
 from ...errors import InvalidInput, JobNotFound, ReviewstreamError, ServerDraining
 from ...follow import Follower
 from ...models import Batch, JobEnd, JobStatus
+from ...observe import metrics as observe
+from ...observe.metrics import sent
 from ...service import ReviewService
 from ...store import Snapshot, StreamMeta, stream_id
 from ...streams import offsets, wire
@@ -35,6 +37,7 @@ from ..params import JOB_ID, StreamRead, stream_read
 
 log = logging.getLogger(__name__)
 
+MODE = "durable_streams"  # what its reads count as (``observe.metrics.MODES``)
 JOB_STREAM = "/v1/stream/jobs/{job_id}"
 CATCH_UP_TOKENS = 10000  # a finished review is read whole in one catch-up GET
 CATCH_UP_CHUNKS = 64  # an outside stream's appends are up to REVIEWSTREAM_MAX_APPEND_BYTES each
@@ -180,6 +183,8 @@ def catch_up(
     headers["Cache-Control"] = _CATCH_UP_CACHE if snap.tokens else "no-store"
     if request.if_none_match == etag:
         return Response(status_code=304, headers={"ETag": etag, **wire.SECURITY_HEADERS})
+    if snap.tokens:
+        observe.tally(MODE).delivered(snap.tokens, snap.ts)
     return Response(wire.body(shape, snap.tokens), 200, headers)
 
 
@@ -318,7 +323,7 @@ class StreamEvents:
         follower = self._follower
         while True:
             try:
-                item = await follower.next()
+                item = sent(MODE, await follower.next())
             except ServerDraining:
                 self._state = "done"
                 raise StopAsyncIteration from None
@@ -355,11 +360,11 @@ class StreamEvents:
 
 
 JOB_ROUTES = (
-    Route("durable_stream", JOB_STREAM, (), exchange=read_job, answer=answer),
+    Route("durable_stream", JOB_STREAM, (), exchange=read_job, answer=answer, mode=MODE),
     Route("durable_stream_head", JOB_STREAM, (), exchange=head_job, answer=answer, method="HEAD"),
 )
 OUTSIDE_STREAM = "/v1/stream/{path:path}"
 READ_ROUTES = (
-    Route("stream_read", OUTSIDE_STREAM, (), exchange=read_outside, answer=answer),
+    Route("stream_read", OUTSIDE_STREAM, (), exchange=read_outside, answer=answer, mode=MODE),
     Route("stream_head", OUTSIDE_STREAM, (), exchange=head_outside, answer=answer, method="HEAD"),
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...observe.metrics import long_poll_answered, sent
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import long_poll_body
@@ -14,6 +15,7 @@ async def long_poll(service: ReviewService, params: Params, caller: Principal) -
     answer = await service.long_poll(
         params.job_id, params.offset, params.limit, params.hold, caller
     )
+    long_poll_answered(sent("long_poll", answer))
     return JsonAnswer(long_poll_body(answer))
 
 
@@ -30,4 +32,5 @@ ROUTE = Route(
         tags=("delivery",),
         responses={200: PAGE, **json_errors(JOB_ERRORS)},
     ),
+    mode="long_poll",
 )

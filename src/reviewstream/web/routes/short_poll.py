@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ...observe.metrics import sent
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import page_json
@@ -11,9 +12,8 @@ from ..params import JOB_ID, LIMIT, OFFSET, Params
 
 
 async def short_poll(service: ReviewService, params: Params, caller: Principal) -> JsonAnswer:
-    return JsonAnswer(
-        page_json(await service.poll(params.job_id, params.offset, params.limit, caller))
-    )
+    page = await service.poll(params.job_id, params.offset, params.limit, caller)
+    return JsonAnswer(page_json(sent("short_poll", page)))
 
 
 ROUTE = Route(
@@ -27,5 +27,6 @@ ROUTE = Route(
         tags=("jobs",),
         responses={200: PAGE, **json_errors(JOB_ERRORS)},
     ),
-    shares_path=True,  # DELETE /jobs/{job_id} is the jobs router's cancel
+    shares_path=True,
+    mode="short_poll",  # DELETE /jobs/{job_id} is the jobs router's cancel
 )

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Request
 from ...errors import ReviewstreamError, ServerDraining
 from ...follow import Follower
 from ...models import Batch, JobEnd, JobNotice, ReviewRequest
+from ...observe.metrics import sent
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import sse_error_event, sse_event, sse_preamble
@@ -63,6 +64,7 @@ class Events:
     __slots__ = ("_follower", "_preamble", "_state")
     encode: Callable[[Batch | JobEnd | JobNotice], bytes] = staticmethod(sse_event)
     broke: Callable[[str], bytes] = staticmethod(sse_error_event)  # the stream's last words
+    mode = "sse"  # what its deliveries count as (``observe.metrics.MODES``)
 
     def __init__(self, follower: Follower, preamble: bytes) -> None:
         self._follower = follower
@@ -79,7 +81,7 @@ class Events:
         if self._state == "done" or self._follower.reached_end:
             raise StopAsyncIteration
         try:
-            return self.encode(await self._follower.next())
+            return self.encode(sent(self.mode, await self._follower.next()))
         except ServerDraining:
             self._state = "done"
             raise StopAsyncIteration from None
@@ -130,6 +132,8 @@ ROUTE = Route(
         tags=("delivery",),
         responses={**_SSE, **json_errors(JOB_ERRORS)},
     ),
+    mode="sse",
+    held=True,
 )
 
 

@@ -45,6 +45,7 @@ class Parts(Events):
     __slots__ = ()
     encode = staticmethod(ui_stream_part)
     broke = staticmethod(ui_error)
+    mode = "ui_stream"
 
 
 async def job_ui_stream(
@@ -63,6 +64,8 @@ ROUTE = Route(
     "/jobs/{job_id}/stream",
     (JOB_ID,),
     endpoint=job_ui_stream,
+    mode="ui_stream",
+    held=True,
     operation=Operation(
         summary="Job UI Message Stream",
         description="The AI SDK's UI message stream (`useChat` with `DefaultChatTransport`, "

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...errors import JobFinished, ReviewstreamError, Unauthorized
+from ...observe.metrics import refused, sent
 from ...service import ReviewService
 from ...tenancy import Principal
 from ...wire import CloseCode, ws_message
@@ -74,6 +75,7 @@ class _Close(Exception):
 
 async def _deny(websocket: WebSocket, status: int, message: str) -> None:
     """Refuse the handshake: HTTP ``status`` before the upgrade where the server can."""
+    refused(status, "Unauthorized" if status == 401 else "Forbidden")
     if "websocket.http.response" in websocket.scope.get("extensions", {}):
         headers = AUTHENTICATE if status == 401 else None
         response: Response = error_response(status, message, headers=headers)
@@ -91,7 +93,7 @@ async def job_socket(scope: Scope, receive: Receive, send: Send) -> None:
         await _deny(websocket, 403, "this origin may not open a WebSocket here")
         return
     try:
-        caller = service.gate.principal(*credentials(scope))
+        caller = scope["reviewstream.caller"] = service.gate.principal(*credentials(scope))
     except Unauthorized as e:
         await _deny(websocket, 401, str(e))
         return
@@ -106,7 +108,7 @@ async def job_socket(scope: Scope, receive: Receive, send: Send) -> None:
             # Not in a function of its own: an open socket holds every frame it is suspended
             # in for its life.
             while not follower.reached_end:
-                await websocket.send_text(ws_message(await follower.next()))
+                await websocket.send_text(ws_message(sent("websocket", await follower.next())))
         await websocket.close(CloseCode.END_OF_JOB, "end of job")
     except WebSocketDisconnect:
         pass
@@ -121,4 +123,11 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
         await websocket.close(code, reason[:120])
 
 
-ROUTE = Route("job_socket", "/jobs/{job_id}/ws", (JOB_ID, OFFSET), socket=job_socket)
+ROUTE = Route(
+    "job_socket",
+    "/jobs/{job_id}/ws",
+    (JOB_ID, OFFSET),
+    socket=job_socket,
+    mode="websocket",
+    held=True,
+)
