@@ -233,6 +233,7 @@ async def long_poll(
         count=item.next_offset,  # live: nothing stored past what was just announced
         error=None,
         usage=None,
+        attempts=follower.attempts,  # the producer epoch that wrote them, as heard here
     )
     return catch_up(target, fresh, request, live=True)
 
@@ -265,6 +266,9 @@ async def sse(
     )
     if not target.shape.text:
         response.raw_headers.append((wire.SSE_ENCODING.encode(), b"base64"))
+    if target.job and snap.attempts:
+        # The epoch at the start; a later one is told in band (``producerEpoch``).
+        response.raw_headers.append((b"producer-epoch", str(snap.attempts).encode()))
     return response
 
 
