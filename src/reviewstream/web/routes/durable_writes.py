@@ -151,20 +151,43 @@ async def create(
         return _read_only()
     _writer(caller)
     headers = _headers(scope)
-    given = headers.get("content-type", "").strip()
-    content_type = given if _CONTENT_TYPE.match(given) else "application/octet-stream"
-    ttl, expires, at_ms = _expiry(headers)
-    closed = headers.get("stream-closed", "").lower() == "true"
-    fork = _fork_request(headers)
+    _expiry(headers)  # malformed headers are a 400 before the body is read or anything counted
+    _fork_request(headers)
     body = await _body(scope, receive, service.settings.max_append_bytes)
     sid = stream_id(path)
+    # The key's stream quotas (429); what a PUT that creates nothing counted is given back.
+    counted = await service.admission.admit_stream(caller, sid)
+    created = False
+    try:
+        response, created = await _create(service, scope, caller, path, headers, body)
+    finally:
+        if counted is not None and not created:
+            await service.admission.forget_stream(caller, sid, counted)
+    return response
+
+
+async def _create(
+    service: ReviewService,
+    scope: Scope,
+    caller: Principal,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> tuple[Response, bool]:
+    """The stream created (True) or found as asked (False), or the protocol's refusal."""
+    given = headers.get("content-type", "").strip()
+    content_type = given if _CONTENT_TYPE.match(given) else "application/octet-stream"
+    closed = headers.get("stream-closed", "").lower() == "true"
+    fork = _fork_request(headers)
+    sid = stream_id(path)
+    ttl, expires, at_ms = _expiry(headers)
     streams = service.store.streams
     chunks: list[str] = []
     config = source = ""
     if fork is not None:
         source, origin = fork[0], await _source(service, fork, caller)
         if _CONTENT_TYPE.match(given) and media_type(given) != origin.media:
-            return _answer(409)
+            return _answer(409), False
         content_type, chunks = origin.content_type, origin.chunks
         if not ttl and not expires:
             ttl, expires, at_ms = origin.ttl, origin.expires_at, origin.expire_at_ms
@@ -191,7 +214,7 @@ async def create(
     if source and code is not StreamCreate.CREATED:
         await streams.release(source)  # the reference it took is not needed
     if code is StreamCreate.CONFLICT or code is StreamCreate.TAKEN:
-        return _answer(409)
+        return _answer(409), False
     if code is StreamCreate.EXISTS:
         await _owned(service, sid, caller)
     out = {"Content-Type": content_type, wire.NEXT_OFFSET: offsets.encode(count)}
@@ -199,8 +222,8 @@ async def create(
         out[wire.CLOSED] = "true"
     if code is StreamCreate.CREATED:
         out["Location"] = _location(scope, path)
-        return _answer(201, **out)
-    return _answer(200, **out)
+        return _answer(201, **out), True
+    return _answer(200, **out), False
 
 
 @dataclass(frozen=True, slots=True)
