@@ -54,8 +54,9 @@ EXAMPLES = 25  # per operation and caller, in the fuzzing phase (examples and co
 def error_body_shape(
     ctx: schemathesis.CheckContext, response: schemathesis.Response, case: schemathesis.Case[Any]
 ) -> bool | None:
-    """Every 4xx is ``{"error": str, "detail": ...}`` in JSON, whoever answered it."""
-    if not 400 <= response.status_code < 500:
+    """Every 4xx is ``{"error": str, "detail": ...}`` in JSON, whoever answered it (but for a
+    ``HEAD``'s, which has no body by HTTP)."""
+    if not 400 <= response.status_code < 500 or case.method.upper() == "HEAD":
         return None
     content_type = response.headers.get("content-type", [""])[0]
     assert content_type.startswith("application/json"), (

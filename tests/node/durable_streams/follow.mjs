@@ -31,8 +31,11 @@ async function read(offset, stop = () => false) {
     res.closed.then(resolve, reject)
   })
   res.cancel()
+  // What this session delivered ends at its last chunk's offset: the handle's own may already
+  // be past it (the client reads ahead of its subscriber), and resuming there would skip text.
   // The closure may come without text (an SSE control event): the session has seen it.
-  return { text, offset: res.offset ?? last.offset, streamClosed: res.streamClosed }
+  const reached = text ? last.offset : (res.offset ?? last.offset)
+  return { text, offset: reached, streamClosed: res.streamClosed }
 }
 
 let prefix = ""

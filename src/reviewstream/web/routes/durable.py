@@ -32,6 +32,7 @@ from ..delivery import Route
 from ..event_stream import EventStreamResponse
 from ..handlers import error_answer
 from ..params import JOB_ID, StreamRead, stream_read
+from . import durable_openapi as doc
 
 log = logging.getLogger(__name__)
 
@@ -359,11 +360,15 @@ class StreamEvents:
 
 
 JOB_ROUTES = (
-    Route("durable_stream", JOB_STREAM, (), exchange=read_job, answer=answer),
-    Route("durable_stream_head", JOB_STREAM, (), exchange=head_job, answer=answer, method="HEAD"),
-)
+    Route("durable_stream", JOB_STREAM, (), operation=doc.JOB_READ, exchange=read_job,
+          answer=answer),
+    Route("durable_stream_head", JOB_STREAM, (), operation=doc.JOB_HEAD, exchange=head_job,
+          answer=answer, method="HEAD"),
+)  # fmt: skip
 OUTSIDE_STREAM = "/v1/stream/{path:path}"
 READ_ROUTES = (
-    Route("stream_read", OUTSIDE_STREAM, (), exchange=read_outside, answer=answer),
-    Route("stream_head", OUTSIDE_STREAM, (), exchange=head_outside, answer=answer, method="HEAD"),
-)
+    Route("stream_read", OUTSIDE_STREAM, (), operation=doc.STREAM_READ, exchange=read_outside,
+          answer=answer),
+    Route("stream_head", OUTSIDE_STREAM, (), operation=doc.STREAM_HEAD, exchange=head_outside,
+          answer=answer, method="HEAD"),
+)  # fmt: skip
