@@ -13,6 +13,7 @@ in the protocol's statuses (400 for a malformed offset, 404, 405 for writes to a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,10 @@ JOB_STREAM = "/v1/stream/jobs/{job_id}"
 CATCH_UP_TOKENS = 10000  # a finished review is read whole in one catch-up GET
 CATCH_UP_CHUNKS = 64  # an outside stream's appends are up to REVIEWSTREAM_MAX_APPEND_BYTES each
 DEFAULT_HOLD_SECONDS = 10.0  # a long poll's hold, capped by REVIEWSTREAM_LONG_POLL_MAX_TIMEOUT
+# An SSE read ends after about this long, between events, so that new readers collapse onto
+# edge requests (PROTOCOL 10.2: "approximately every 60 seconds", a fixed figure, not a knob);
+# its client reconnects from the last control event's streamNextOffset.
+SSE_CLOSE_SECONDS = 60.0
 _CATCH_UP_CACHE = "private, max-age=60, stale-while-revalidate=300"
 
 
@@ -249,7 +254,7 @@ async def sse(
     following = service.follow(target.sid, snap.offset, caller, page_size=page)
     follower = await following.__aenter__()
     response = EventStreamResponse(
-        StreamEvents(follower, target, snap, request.cursor, page),
+        StreamEvents(follower, target, snap, request.cursor, page, close_after=SSE_CLOSE_SECONDS),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
         closing=following,
     )
@@ -278,10 +283,17 @@ class StreamEvents:
     as a closing control event, after which the stream ends. A stream that starts caught up
     says so at once (``upToDate``)."""
 
-    __slots__ = ("_cursor", "_first", "_follower", "_job", "_page", "_state", "_text")
+    __slots__ = ("_cursor", "_deadline", "_first", "_follower", "_job", "_page", "_state", "_text")
 
     def __init__(
-        self, follower: Follower, target: Target, first: Snapshot, cursor: str | None, page: int
+        self,
+        follower: Follower,
+        target: Target,
+        first: Snapshot,
+        cursor: str | None,
+        page: int,
+        *,
+        close_after: float,
     ) -> None:
         self._follower = follower
         self._job = target.job
@@ -290,6 +302,8 @@ class StreamEvents:
         self._cursor = cursor
         self._page = page
         self._state = "new"  # then "following", then "done"
+        # Then the stream ends, between events (on the loop's clock: `asyncio.timeout_at`).
+        self._deadline = asyncio.get_running_loop().time() + close_after
 
     def __aiter__(self) -> StreamEvents:
         return self
@@ -322,8 +336,14 @@ class StreamEvents:
                 return self._control(first.offset, up_to_date=True, end=None)
         follower = self._follower
         while True:
+            if asyncio.get_running_loop().time() >= self._deadline:
+                self._state = "done"  # time to close: the client resumes from its last offset
+                raise StopAsyncIteration
             try:
-                item = await follower.next()
+                async with asyncio.timeout_at(self._deadline):
+                    item = await follower.next()
+            except TimeoutError:
+                continue  # closes above
             except ServerDraining:
                 self._state = "done"
                 raise StopAsyncIteration from None
