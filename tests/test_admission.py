@@ -149,3 +149,44 @@ async def test_open_streams_per_key_are_capped(settings: Settings) -> None:
                 assert other.status_code == 404  # bob's own limit is untouched; not his job
         r = await c.get(f"/jobs/{job['id']}/long-poll?timeout=0.1", headers=ALICE)
         assert r.status_code == 200  # the streams closed: the key may open more
+
+
+async def test_keys_streams_written_at_v1_stream_are_metered(settings: Settings) -> None:
+    s = keyed(settings, max_open_durable_streams_per_key=2, durable_streams_per_minute_per_key=5)
+    text = {"Content-Type": "text/plain"}
+    alice, bob = {**ALICE, **text}, {**BOB, **text}
+
+    async def put(name: str, headers: dict[str, str], **more: str) -> httpx.Response:
+        return await c.put(f"/v1/stream/{name}", content=b"x", headers={**headers, **more})
+
+    async def close(name: str) -> None:
+        r = await c.post(f"/v1/stream/{name}", headers={**ALICE, "Stream-Closed": "true"})
+        assert r.status_code == 204
+
+    async with api(s, run_worker=False) as c:
+        assert (await put("a", alice)).status_code == 201
+        assert (await put("a", alice)).status_code == 200  # the same again: not counted again
+        # A PUT that creates nothing gives back what it took (a fork of nothing: 404).
+        r = await put("z", alice, **{"Stream-Forked-From": "/v1/stream/none"})
+        assert r.status_code == 404
+        assert (await put("b", alice)).status_code == 201
+        r = await put("c", alice)  # two open: the protocol's 429, with when to try again
+        assert r.status_code == 429 and float(r.headers["Retry-After"]) > 0
+        assert r.json()["detail"] == {"limit": "REVIEWSTREAM_MAX_OPEN_DURABLE_STREAMS_PER_KEY"}
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert (await c.get("/v1/stream/a", headers=ALICE)).status_code == 200  # reads are not
+        assert (await put("c", bob)).status_code == 201  # another key's quota is its own
+        await close("a")  # a closed stream is no longer open
+        assert (await put("d", alice)).status_code == 201
+        assert (await c.delete("/v1/stream/b", headers=ALICE)).status_code == 204  # nor a deleted
+        assert (await put("e", alice)).status_code == 201
+        await close("d")
+        assert (await put("f", alice)).status_code == 201  # the fifth created this minute
+        await close("e")
+        r = await put("g", alice)
+        assert r.status_code == 429 and 1 <= int(r.headers["Retry-After"]) <= 60
+        assert r.json()["detail"] == {"limit": "REVIEWSTREAM_DURABLE_STREAMS_PER_MINUTE_PER_KEY"}
+        # Appends to a key's streams are not metered.
+        for _ in range(3):
+            r = await c.post("/v1/stream/f", content=b"y", headers=alice)
+            assert r.status_code == 204

@@ -7,6 +7,14 @@ crashed process held keeps counting:
   script on the tenant's own keys admits a job or names the limit. The active set is cleaned
   lazily, when it is full: its members whose jobs ended (or expired) leave it then, so a job
   whose ending was never recorded there stops counting once it ends by any path.
+- **Durable Streams per key** (``REVIEWSTREAM_MAX_OPEN_DURABLE_STREAMS_PER_KEY``,
+  ``_DURABLE_STREAMS_PER_MINUTE_PER_KEY``): a stream written at ``/v1/stream/`` is a job whose
+  producer is outside, so a ``PUT`` that may create one is admitted the same way, on keys of its
+  own (an operator meters model-backed jobs and streams separately): open streams (not closed,
+  deleted or expired; cleaned lazily as the active jobs are) and creations in the last minute.
+  An idempotent re-creation of a stream already counted is not counted again; a ``PUT`` that
+  creates nothing gives back what it took. Appends are not metered: they are the producer's
+  tokens, each bounded by ``REVIEWSTREAM_MAX_APPEND_BYTES``, into a stream the open count holds.
 - **Open streams per key** (``REVIEWSTREAM_MAX_STREAMS_PER_KEY``): each process counts its own
   in memory (no Redis round trip per stream) and, about once a second, publishes its count per
   key as an entry with a deadline and reads the others'; a dead process's entries lapse. A key
@@ -36,7 +44,7 @@ from .errors import Overloaded, QuotaExceeded, StoreError
 from .models import JobStatus
 from .settings import Settings
 from .store import Script, Store, redis_errors
-from .store.scripts.tenants import ADMIT, Quota
+from .store.scripts.tenants import ADMIT, ADMIT_STREAM, Quota
 from .tenancy import Principal
 
 log = logging.getLogger(__name__)
@@ -52,6 +60,7 @@ class Admission:
         self._store = store
         self._settings = settings
         self._admit = Script(store.redis, ADMIT)
+        self._admit_stream = Script(store.redis, ADMIT_STREAM)
 
     async def check_capacity(self) -> None:
         """``Overloaded`` when no worker is alive or the queue is full."""
@@ -84,7 +93,7 @@ class Admission:
             if (
                 limit is Quota.ACTIVE_JOBS
                 and attempt == 0
-                and await self._forget_ended(principal.tenant)
+                and await self._forget_ended(self._store.keys.tenant_active(principal.tenant))
             ):
                 continue  # some counted jobs had ended: try once more
             break
@@ -112,20 +121,68 @@ class Admission:
             )
         return Quota(int(limit)), int(retry_ms)
 
-    async def _forget_ended(self, tenant: str) -> bool:
-        """Drop the tenant's counted jobs that have ended or expired; True if any were."""
+    async def admit_stream(self, principal: Principal, stream: str) -> str | None:
+        """Count a ``PUT`` that may create ``stream`` against its key's stream quotas, or raise
+        ``QuotaExceeded``. What it counted (``forget_stream`` takes it back when the ``PUT``
+        created nothing), or None when nothing was."""
+        s = self._settings
+        per_minute = s.durable_streams_per_minute_per_key
+        if principal.open or not (s.max_open_durable_streams_per_key or per_minute):
+            return None
+        keys, tenant = self._store.keys, principal.tenant
+        start = f"{stream}:{uuid.uuid4().hex[:12]}"  # each creation is one member of the window
+        for attempt in range(2):
+            with redis_errors("admit stream"):
+                limit, retry_ms, counted = await self._admit_stream(
+                    keys=[keys.tenant_open_streams(tenant), keys.tenant_stream_starts(tenant)],
+                    args=[stream, s.max_open_durable_streams_per_key, per_minute, start],
+                )
+            if Quota(int(limit)) is Quota.ADMITTED:
+                return start if int(counted) else None
+            if (
+                Quota(int(limit)) is Quota.ACTIVE_JOBS
+                and attempt == 0
+                and await self._forget_ended(keys.tenant_open_streams(tenant))
+            ):
+                continue  # some counted streams had closed or gone: try once more
+            break
+        if Quota(int(limit)) is Quota.ACTIVE_JOBS:
+            raise QuotaExceeded(
+                f"key {tenant!r} has {s.max_open_durable_streams_per_key} streams open"
+                " (REVIEWSTREAM_MAX_OPEN_DURABLE_STREAMS_PER_KEY): close or delete one",
+                limit="REVIEWSTREAM_MAX_OPEN_DURABLE_STREAMS_PER_KEY",
+                retry_after=RETRY_SECONDS,
+            )
+        raise QuotaExceeded(
+            f"key {tenant!r} created {per_minute} streams in the last minute"
+            " (REVIEWSTREAM_DURABLE_STREAMS_PER_MINUTE_PER_KEY)",
+            limit="REVIEWSTREAM_DURABLE_STREAMS_PER_MINUTE_PER_KEY",
+            retry_after=max(int(retry_ms) / 1000, 1.0),
+        )
+
+    async def forget_stream(self, principal: Principal, stream: str, start: str) -> None:
+        """Take back what ``admit_stream`` counted for a ``PUT`` that created nothing."""
+        keys, tenant = self._store.keys, principal.tenant
+        with redis_errors("give back a stream's count"):
+            async with self._store.redis.pipeline(transaction=False) as pipe:
+                pipe.zrem(keys.tenant_open_streams(tenant), stream)
+                pipe.zrem(keys.tenant_stream_starts(tenant), start)
+                await pipe.execute()
+
+    async def _forget_ended(self, active: str) -> bool:
+        """Drop the members of a tenant's ``active`` set (jobs, or streams it created) that
+        have ended, closed or expired; True if any were."""
         redis, keys = self._store.redis, self._store.keys
-        active = keys.tenant_active(tenant)
         with redis_errors("check active jobs"):
             members: list[Any] = await redis.zrange(active, 0, -1)
             async with redis.pipeline(transaction=False) as pipe:
                 for job_id in members:
-                    pipe.hget(keys.meta(job_id), "status")
-                statuses: list[Any] = await pipe.execute()
+                    pipe.hmget(keys.meta(job_id), "status", "deleted")
+                states: list[Any] = await pipe.execute()
             ended = [
                 job_id
-                for job_id, status in zip(members, statuses, strict=True)
-                if status is None or JobStatus(status).terminal
+                for job_id, (status, deleted) in zip(members, states, strict=True)
+                if status is None or JobStatus(status).terminal or deleted == "1"
             ]
             if ended:
                 await redis.zrem(active, *ended)

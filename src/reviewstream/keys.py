@@ -87,3 +87,11 @@ class Keys:
     def tenant_starts(self, tenant: str) -> str:
         """Sorted set: the tenant's jobs created in the last minute (by creation time, ms)."""
         return f"{self.prefix}:{{t:{tenant}}}:starts"
+
+    def tenant_open_streams(self, tenant: str) -> str:
+        """Sorted set: the streams the tenant created at /v1/stream/ that are counted open."""
+        return f"{self.prefix}:{{t:{tenant}}}:open-streams"
+
+    def tenant_stream_starts(self, tenant: str) -> str:
+        """Sorted set: the tenant's stream creations in the last minute (by time, ms)."""
+        return f"{self.prefix}:{{t:{tenant}}}:stream-starts"

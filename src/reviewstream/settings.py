@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     max_active_jobs_per_key: int = Field(default=0, ge=0)
     jobs_per_minute_per_key: int = Field(default=0, ge=0)
     max_streams_per_key: int = Field(default=0, ge=0)
+    # Streams a key creates at /v1/stream/ (Durable Streams): open at once, and created a minute.
+    max_open_durable_streams_per_key: int = Field(default=0, ge=0)
+    durable_streams_per_minute_per_key: int = Field(default=0, ge=0)
     max_queued_jobs: int = Field(default=10000, ge=1)
     queued_timeout_seconds: float = Field(default=600.0, gt=0)
     # A worker is alive while its heartbeat is younger than this; with none, jobs are refused.

@@ -54,16 +54,21 @@ SECURITY: list[dict[str, list[str]]] = [
     {"APIKeyQuery": []},
 ]  # the schemes the app's other routes declare
 _REF = "#/components/schemas/{model}"
+_CONVERTER = re.compile(r"\{(\w+):\w+\}")
 
 
 @dataclass(frozen=True)
 class Operation:
-    """How the OpenAPI document describes a route (a WebSocket route has none)."""
+    """How the OpenAPI document describes a route (a WebSocket route has none). A route that
+    reads its own request (``exchange``) declares its parameters and body here, as OpenAPI
+    objects; the others' come from their ``Param``s."""
 
     summary: str
     description: str
     tags: tuple[str, ...]
     responses: dict[int | str, dict[str, Any]]
+    parameters: tuple[dict[str, Any], ...] = ()
+    request_body: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,16 +194,20 @@ def describe(document: dict[str, Any], routes: Sequence[Route]) -> None:
         if route.operation is None:
             continue
         op = route.operation
-        operation_id = re.sub(r"\W", "_", f"{route.name}{route.path}") + "_" + route.method.lower()
-        paths.setdefault(route.path, {})[route.method.lower()] = {
+        path = _CONVERTER.sub(r"{\1}", route.path)  # `{path:path}` is `{path}` in OpenAPI
+        operation_id = re.sub(r"\W", "_", f"{route.name}{path}") + "_" + route.method.lower()
+        described: dict[str, Any] = {
             "tags": list(op.tags),
             "summary": op.summary,
             "description": op.description,
             "operationId": operation_id,
             "security": SECURITY,
-            "parameters": [param.openapi() for param in route.takes],
+            "parameters": [param.openapi() for param in route.takes] + list(op.parameters),
             "responses": {str(status): answer for status, answer in op.responses.items()},
         }
+        if op.request_body is not None:
+            described["requestBody"] = op.request_body
+        paths.setdefault(path, {})[route.method.lower()] = described
     _, schemas = models_json_schema([(JobPage, "serialization")], ref_template=_REF)
     components = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in schemas.get("$defs", {}).items():

@@ -6,8 +6,9 @@
 //              from the offset it had reached (a reader that saved its offset and came back)
 //   headers    optional request headers (e.g. Authorization)
 //   seconds    the bound on the whole read (default 30)
-// Prints { text, prefix, savedOffset, offset, streamClosed }: text is everything read (prefix
-// included), prefix what the first session read before resuming.
+// Prints { text, prefix, savedOffset, offset, streamClosed, requests }: text is everything read
+// (prefix included), prefix what the first session read before resuming, requests how many
+// HTTP requests the client made (an SSE read the server closed is reconnected by a new one).
 import { stream } from "@durable-streams/client"
 
 const args = JSON.parse(process.argv[2] ?? "{}")
@@ -18,8 +19,14 @@ const bound = setTimeout(() => {
 }, (args.seconds ?? 30) * 1000)
 
 /** Read from `offset` until `stop(text so far)` or the stream's closure. */
+let requests = 0
+const counted = (...request) => {
+  requests += 1
+  return fetch(...request)
+}
+
 async function read(offset, stop = () => false) {
-  const res = await stream({ url, offset, live, headers, warnOnHttp: false })
+  const res = await stream({ url, offset, live, headers, warnOnHttp: false, fetch: counted })
   let text = ""
   let last = { offset }
   await new Promise((resolve, reject) => {
@@ -31,8 +38,11 @@ async function read(offset, stop = () => false) {
     res.closed.then(resolve, reject)
   })
   res.cancel()
+  // What this session delivered ends at its last chunk's offset: the handle's own may already
+  // be past it (the client reads ahead of its subscriber), and resuming there would skip text.
   // The closure may come without text (an SSE control event): the session has seen it.
-  return { text, offset: res.offset ?? last.offset, streamClosed: res.streamClosed }
+  const reached = text ? last.offset : (res.offset ?? last.offset)
+  return { text, offset: reached, streamClosed: res.streamClosed }
 }
 
 let prefix = ""
@@ -50,4 +60,5 @@ console.log(JSON.stringify({
   savedOffset,
   offset: rest.offset,
   streamClosed: rest.streamClosed,
+  requests,
 }))

@@ -13,6 +13,7 @@ in the protocol's statuses (400 for a malformed offset, 404, 405 for writes to a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from ..delivery import Route
 from ..event_stream import EventStreamResponse
 from ..handlers import error_answer
 from ..params import JOB_ID, StreamRead, stream_read
+from . import durable_openapi as doc
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,10 @@ JOB_STREAM = "/v1/stream/jobs/{job_id}"
 CATCH_UP_TOKENS = 10000  # a finished review is read whole in one catch-up GET
 CATCH_UP_CHUNKS = 64  # an outside stream's appends are up to REVIEWSTREAM_MAX_APPEND_BYTES each
 DEFAULT_HOLD_SECONDS = 10.0  # a long poll's hold, capped by REVIEWSTREAM_LONG_POLL_MAX_TIMEOUT
+# An SSE read ends after about this long, between events, so that new readers collapse onto
+# edge requests (PROTOCOL 10.2: "approximately every 60 seconds", a fixed figure, not a knob);
+# its client reconnects from the last control event's streamNextOffset.
+SSE_CLOSE_SECONDS = 60.0
 _CATCH_UP_CACHE = "private, max-age=60, stale-while-revalidate=300"
 
 
@@ -238,6 +244,7 @@ async def long_poll(
         count=item.next_offset,  # live: nothing stored past what was just announced
         error=None,
         usage=None,
+        attempts=follower.attempts,  # the producer epoch that wrote them, as heard here
     )
     return catch_up(target, fresh, request, live=True)
 
@@ -252,7 +259,7 @@ async def sse(
     following = service.follow(target.sid, snap.offset, caller, page_size=page)
     follower = await following.__aenter__()
     response = EventStreamResponse(
-        StreamEvents(follower, target, snap, request.cursor, page),
+        StreamEvents(follower, target, snap, request.cursor, page, close_after=SSE_CLOSE_SECONDS),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
         closing=following,
     )
@@ -270,6 +277,9 @@ async def sse(
     )
     if not target.shape.text:
         response.raw_headers.append((wire.SSE_ENCODING.encode(), b"base64"))
+    if target.job and snap.attempts:
+        # The epoch at the start; a later one is told in band (``producerEpoch``).
+        response.raw_headers.append((b"producer-epoch", str(snap.attempts).encode()))
     return response
 
 
@@ -278,10 +288,17 @@ class StreamEvents:
     as a closing control event, after which the stream ends. A stream that starts caught up
     says so at once (``upToDate``)."""
 
-    __slots__ = ("_cursor", "_first", "_follower", "_job", "_page", "_state", "_text")
+    __slots__ = ("_cursor", "_deadline", "_first", "_follower", "_job", "_page", "_state", "_text")
 
     def __init__(
-        self, follower: Follower, target: Target, first: Snapshot, cursor: str | None, page: int
+        self,
+        follower: Follower,
+        target: Target,
+        first: Snapshot,
+        cursor: str | None,
+        page: int,
+        *,
+        close_after: float,
     ) -> None:
         self._follower = follower
         self._job = target.job
@@ -290,6 +307,8 @@ class StreamEvents:
         self._cursor = cursor
         self._page = page
         self._state = "new"  # then "following", then "done"
+        # Then the stream ends, between events (on the loop's clock: `asyncio.timeout_at`).
+        self._deadline = asyncio.get_running_loop().time() + close_after
 
     def __aiter__(self) -> StreamEvents:
         return self
@@ -322,8 +341,14 @@ class StreamEvents:
                 return self._control(first.offset, up_to_date=True, end=None)
         follower = self._follower
         while True:
+            if asyncio.get_running_loop().time() >= self._deadline:
+                self._state = "done"  # time to close: the client resumes from its last offset
+                raise StopAsyncIteration
             try:
-                item = sent(MODE, await follower.next())
+                async with asyncio.timeout_at(self._deadline):
+                    item = sent(MODE, await follower.next())
+            except TimeoutError:
+                continue  # closes above
             except ServerDraining:
                 self._state = "done"
                 raise StopAsyncIteration from None
@@ -360,11 +385,15 @@ class StreamEvents:
 
 
 JOB_ROUTES = (
-    Route("durable_stream", JOB_STREAM, (), exchange=read_job, answer=answer, mode=MODE),
-    Route("durable_stream_head", JOB_STREAM, (), exchange=head_job, answer=answer, method="HEAD"),
-)
+    Route("durable_stream", JOB_STREAM, (), operation=doc.JOB_READ, exchange=read_job,
+          answer=answer, mode=MODE),
+    Route("durable_stream_head", JOB_STREAM, (), operation=doc.JOB_HEAD, exchange=head_job,
+          answer=answer, method="HEAD"),
+)  # fmt: skip
 OUTSIDE_STREAM = "/v1/stream/{path:path}"
 READ_ROUTES = (
-    Route("stream_read", OUTSIDE_STREAM, (), exchange=read_outside, answer=answer, mode=MODE),
-    Route("stream_head", OUTSIDE_STREAM, (), exchange=head_outside, answer=answer, method="HEAD"),
-)
+    Route("stream_read", OUTSIDE_STREAM, (), operation=doc.STREAM_READ, exchange=read_outside,
+          answer=answer, mode=MODE),
+    Route("stream_head", OUTSIDE_STREAM, (), operation=doc.STREAM_HEAD, exchange=head_outside,
+          answer=answer, method="HEAD"),
+)  # fmt: skip

@@ -16,6 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
+from urllib.parse import quote
 
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope
@@ -35,6 +36,8 @@ from ...streams import offsets, wire
 from ...streams.wire import media_type
 from ...tenancy import Principal
 from ..delivery import Route
+from ..handlers import error_response
+from . import durable_openapi as doc
 from .durable import OUTSIDE_STREAM, answer
 
 _TTL = re.compile(r"0|[1-9][0-9]{0,9}")
@@ -61,13 +64,16 @@ def _path(scope: Scope) -> str | None:
 
 
 def _read_only() -> Response:
-    return Response(
-        "a job's stream is read-only", 405, {"Allow": "GET, HEAD", **wire.SECURITY_HEADERS}
-    )
+    return _refuse(405, "a job's stream is read-only", Allow="GET, HEAD")
 
 
 def _answer(status: int, **headers: str) -> Response:
     return Response(status_code=status, headers={**wire.SECURITY_HEADERS, **headers})
+
+
+def _refuse(status: int, message: str, **headers: str) -> Response:
+    """A refusal in the protocol's status and headers, with our one error body."""
+    return error_response(status, message, headers={**wire.SECURITY_HEADERS, **headers})
 
 
 async def _body(scope: Scope, receive: Receive, limit: int) -> bytes:
@@ -151,20 +157,43 @@ async def create(
         return _read_only()
     _writer(caller)
     headers = _headers(scope)
-    given = headers.get("content-type", "").strip()
-    content_type = given if _CONTENT_TYPE.match(given) else "application/octet-stream"
-    ttl, expires, at_ms = _expiry(headers)
-    closed = headers.get("stream-closed", "").lower() == "true"
-    fork = _fork_request(headers)
+    _expiry(headers)  # malformed headers are a 400 before the body is read or anything counted
+    _fork_request(headers)
     body = await _body(scope, receive, service.settings.max_append_bytes)
     sid = stream_id(path)
+    # The key's stream quotas (429); what a PUT that creates nothing counted is given back.
+    counted = await service.admission.admit_stream(caller, sid)
+    created = False
+    try:
+        response, created = await _create(service, scope, caller, path, headers, body)
+    finally:
+        if counted is not None and not created:
+            await service.admission.forget_stream(caller, sid, counted)
+    return response
+
+
+async def _create(
+    service: ReviewService,
+    scope: Scope,
+    caller: Principal,
+    path: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> tuple[Response, bool]:
+    """The stream created (True) or found as asked (False), or the protocol's refusal."""
+    given = headers.get("content-type", "").strip()
+    content_type = given if _CONTENT_TYPE.match(given) else "application/octet-stream"
+    closed = headers.get("stream-closed", "").lower() == "true"
+    fork = _fork_request(headers)
+    sid = stream_id(path)
+    ttl, expires, at_ms = _expiry(headers)
     streams = service.store.streams
     chunks: list[str] = []
     config = source = ""
     if fork is not None:
         source, origin = fork[0], await _source(service, fork, caller)
         if _CONTENT_TYPE.match(given) and media_type(given) != origin.media:
-            return _answer(409)
+            return _refuse(409, "a fork has its source's content type"), False
         content_type, chunks = origin.content_type, origin.chunks
         if not ttl and not expires:
             ttl, expires, at_ms = origin.ttl, origin.expires_at, origin.expire_at_ms
@@ -191,7 +220,7 @@ async def create(
     if source and code is not StreamCreate.CREATED:
         await streams.release(source)  # the reference it took is not needed
     if code is StreamCreate.CONFLICT or code is StreamCreate.TAKEN:
-        return _answer(409)
+        return _refuse(409, "the stream exists with another configuration"), False
     if code is StreamCreate.EXISTS:
         await _owned(service, sid, caller)
     out = {"Content-Type": content_type, wire.NEXT_OFFSET: offsets.encode(count)}
@@ -199,8 +228,8 @@ async def create(
         out[wire.CLOSED] = "true"
     if code is StreamCreate.CREATED:
         out["Location"] = _location(scope, path)
-        return _answer(201, **out)
-    return _answer(200, **out)
+        return _answer(201, **out), True
+    return _answer(200, **out), False
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,7 +315,9 @@ def _location(scope: Scope, path: str) -> str:
     if host is None:
         server = scope.get("server") or ("localhost", 80)
         host = f"{server[0]}:{server[1]}"
-    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}/v1/stream/{path}"
+    # The path as the request's URL spelled it (percent-encoded), so that any path is a header.
+    quoted = quote(path, safe="/")
+    return f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}/v1/stream/{quoted}"
 
 
 def _producer(headers: dict[str, str]) -> Producer | None:
@@ -355,7 +386,8 @@ def _written(
     if code is StreamWrite.GONE:
         raise StreamGone("stream")
     if code is StreamWrite.CLOSED:
-        return _answer(409, **{wire.CLOSED: "true", wire.NEXT_OFFSET: offsets.encode(value)})
+        closed = {wire.CLOSED: "true", wire.NEXT_OFFSET: offsets.encode(value)}
+        return _refuse(409, "the stream is closed", **closed)
     if code is StreamWrite.ALREADY_CLOSED:
         return _answer(204, **{wire.CLOSED: "true", wire.NEXT_OFFSET: offsets.encode(value)})
     if code is StreamWrite.DUPLICATE_CLOSE:
@@ -369,16 +401,17 @@ def _written(
     if code is StreamWrite.DUPLICATE:
         return _answer(204, **epoch, **{"Producer-Seq": str(value)})
     if code is StreamWrite.STALE_EPOCH:
-        return _answer(403, **{"Producer-Epoch": str(value)})
+        return _refuse(
+            403, "a newer producer epoch writes this stream", **{"Producer-Epoch": str(value)}
+        )
     if code is StreamWrite.EPOCH_NEEDS_SEQ_0:
-        return _answer(400)
+        return _refuse(400, "a new producer epoch starts at Producer-Seq 0")
     if code is StreamWrite.SEQUENCE_GAP:
         assert producer is not None
-        return _answer(
-            409,
-            **{"Producer-Expected-Seq": str(value), "Producer-Received-Seq": str(producer.seq)},
-        )
-    return _answer(409)  # a content type that differs, or a Stream-Seq that does not increase
+        seqs = {"Producer-Expected-Seq": str(value), "Producer-Received-Seq": str(producer.seq)}
+        return _refuse(409, "a gap in Producer-Seq", **seqs)
+    # a content type that differs, or a Stream-Seq that does not increase
+    return _refuse(409, "the append's Content-Type or Stream-Seq does not fit the stream")
 
 
 async def delete(
@@ -399,7 +432,10 @@ async def delete(
 
 
 WRITE_ROUTES = (
-    Route("stream_create", OUTSIDE_STREAM, (), exchange=create, answer=answer, method="PUT"),
-    Route("stream_append", OUTSIDE_STREAM, (), exchange=append, answer=answer, method="POST"),
-    Route("stream_delete", OUTSIDE_STREAM, (), exchange=delete, answer=answer, method="DELETE"),
-)
+    Route("stream_create", OUTSIDE_STREAM, (), operation=doc.STREAM_CREATE, exchange=create,
+          answer=answer, method="PUT"),
+    Route("stream_append", OUTSIDE_STREAM, (), operation=doc.STREAM_APPEND, exchange=append,
+          answer=answer, method="POST"),
+    Route("stream_delete", OUTSIDE_STREAM, (), operation=doc.STREAM_DELETE, exchange=delete,
+          answer=answer, method="DELETE"),
+)  # fmt: skip
