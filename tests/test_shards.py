@@ -446,6 +446,8 @@ async def test_every_script_and_transaction_touches_one_slot(
         "max_active_jobs_per_key": 50,
         "jobs_per_minute_per_key": 100,
         "max_streams_per_key": 20,
+        "max_open_durable_streams_per_key": 5,
+        "durable_streams_per_minute_per_key": 50,
         "abandon_seconds": 30.0,
         "worker_grace_seconds": 0.2,
     }
@@ -522,6 +524,10 @@ async def test_every_script_and_transaction_touches_one_slot(
             r = await c.post("/jobs", json=REVIEW)
             r = await c.delete(f"/jobs/{r.json()['id']}")
             assert r.status_code in (204, 409), r.text  # 409: it had ended already
+            # A stream the key writes at /v1/stream/ (its quotas are the tenant's scripts).
+            text = {"Content-Type": "text/plain"}
+            r = await c.put("/v1/stream/slots", content=b"one", headers=text)
+            assert r.status_code == 201, r.text
             modes = ("short_poll", "long_poll", "sse")  # the WebSocket would need a token
             results = await asyncio.gather(
                 *(fl.follow(mode, c, base, j) for mode in modes for j in placed.values())

@@ -89,7 +89,7 @@ async def until_followed(c: httpx.AsyncClient, followers: int = 1) -> None:
         while True:
             metrics = (await c.get("/metrics")).text
             line = next(x for x in metrics.splitlines() if x.startswith("reviewstream_followers "))
-            if int(line.split()[1]) >= followers:
+            if float(line.split()[1]) >= followers:
                 return
             await asyncio.sleep(0.02)
 
