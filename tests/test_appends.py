@@ -249,11 +249,11 @@ async def test_renew_all_waits_for_no_master_past_a_sixth_of_the_lease(
     """A master that does not answer (down and retried, here paused) fails its own renewals
     in time for the others' to be retried before their leases lapse, instead of holding them."""
     claims = await running_jobs(store, 2)
-    await redis.execute_command("CLIENT", "PAUSE", 4000, "WRITE")
+    await redis.client_pause(4000, all=False)  # writes (the scripts) wait
     try:
         async with asyncio.timeout(2):  # unbounded, the renewals would wait the whole pause
             found = await store.renew_all(claims, lease_ms=3000)
     finally:
-        await redis.execute_command("CLIENT", "UNPAUSE")
+        await redis.client_unpause()
     assert all(isinstance(f, StoreError) and "in time" in str(f) for f in found), found
     assert await store.renew_all(claims, lease_ms=3000) == [Renewal.RENEWED] * 2

@@ -138,6 +138,9 @@ class Settings(BaseSettings):
     # `reviewstream worker` started on its own (not `serve`'s child, whose series the API's
     # /metrics shows) serves its series at http://0.0.0.0:PORT/metrics; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # /metrics renders every process's series on the loop that delivers tokens: a scrape within
+    # this many seconds of the last rendering gets that text again (0: render every scrape).
+    metrics_max_age_seconds: float = Field(default=1.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _cluster_needs_a_url(self) -> Settings:
