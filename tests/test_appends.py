@@ -241,3 +241,19 @@ async def test_renew_all_renews_each_attempt_in_two_round_trips(
     await store.requeue(requeued.job_id, "test", max_attempts=3)
     found = await store.renew_all([renewed, cancelled, requeued], lease_ms=5000)
     assert found == [Renewal.RENEWED, Renewal.LOST, Renewal.LOST]
+
+
+async def test_renew_all_waits_for_no_master_past_a_sixth_of_the_lease(
+    store: Store, redis: aioredis.Redis
+) -> None:
+    """A master that does not answer (down and retried, here paused) fails its own renewals
+    in time for the others' to be retried before their leases lapse, instead of holding them."""
+    claims = await running_jobs(store, 2)
+    await redis.client_pause(4000, all=False)  # writes (the scripts) wait
+    try:
+        async with asyncio.timeout(2):  # unbounded, the renewals would wait the whole pause
+            found = await store.renew_all(claims, lease_ms=3000)
+    finally:
+        await redis.client_unpause()
+    assert all(isinstance(f, StoreError) and "in time" in str(f) for f in found), found
+    assert await store.renew_all(claims, lease_ms=3000) == [Renewal.RENEWED] * 2

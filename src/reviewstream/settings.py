@@ -58,7 +58,9 @@ class Settings(BaseSettings):
     upstream_backoff_max: float = Field(default=20.0, ge=0)
 
     # Workers.
-    worker_concurrency: int = Field(default=32, ge=1)
+    # Jobs a worker runs at once: high enough that its CPU, not this, is what limits it at
+    # the usual 20-100 tokens/s per job (README, "Scale out and sizing").
+    worker_concurrency: int = Field(default=256, ge=1)
     # A worker sends the tokens of all its running jobs to Redis in one round trip per flush,
     # as soon as its loop is idle, and starts flushes at least this far apart (ms).
     append_flush_ms: float = Field(default=2.0, ge=0, le=1000)
@@ -136,6 +138,9 @@ class Settings(BaseSettings):
     # `reviewstream worker` started on its own (not `serve`'s child, whose series the API's
     # /metrics shows) serves its series at http://0.0.0.0:PORT/metrics; 0: off.
     metrics_port: int = Field(default=0, ge=0, le=65535)
+    # /metrics renders every process's series on the loop that delivers tokens: a scrape within
+    # this many seconds of the last rendering gets that text again (0: render every scrape).
+    metrics_max_age_seconds: float = Field(default=1.0, ge=0, le=60)
 
     @model_validator(mode="after")
     def _cluster_needs_a_url(self) -> Settings:

@@ -223,3 +223,20 @@ async def test_queue_depth_per_shard_at_scrape_time(settings: Settings) -> None:
         await until(c, lambda s: value(s, "reviewstream_queue_depth", shard="0") == 2)
         for job in jobs:
             await c.delete(f"/jobs/{job}")
+
+
+@pytest.mark.parametrize("max_age", [0.0, 60.0])
+async def test_a_scrape_within_the_max_age_gets_the_last_rendering(
+    settings: Settings, max_age: float
+) -> None:
+    tuned = settings.model_copy(update={"metrics_max_age_seconds": max_age})
+    async with serve(create_app(tuned)) as base, httpx.AsyncClient(base_url=base) as c:
+        first = (await c.get("/metrics")).text
+        await live.new_job(c)  # reviewstream_jobs_created_total moves
+        again = (await c.get("/metrics")).text
+    created = "reviewstream_jobs_created_total"
+    assert (again == first) is (max_age > 0), (value_of(first, created), value_of(again, created))
+
+
+def value_of(text: str, name: str) -> str:
+    return next(line for line in text.splitlines() if line.startswith(name + " "))

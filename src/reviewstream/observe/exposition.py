@@ -130,3 +130,25 @@ def forget_dead(path: str) -> None:
             mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         except PermissionError:
             pass  # alive, another user's
+
+
+class Scrapes:
+    """The last exposition, answered again to scrapes within ``max_age`` seconds of it.
+
+    Rendering reads every process's files on the event loop that delivers tokens; a scraper
+    (or several, or a dashboard's refresh) asking more often than ``max_age`` gets the same
+    text instead of stalling delivery again. Prometheus scrapes every 15 s or so: the figures
+    it reads are never older than ``max_age``.
+    """
+
+    def __init__(self, max_age: float = 1.0) -> None:
+        self.max_age = max_age
+        self._body = b""
+        self._at = float("-inf")
+
+    def fresh(self, now: float) -> bytes | None:
+        return self._body if now - self._at < self.max_age else None
+
+    def keep(self, body: bytes, now: float) -> bytes:
+        self._body, self._at = body, now
+        return body

@@ -101,7 +101,12 @@ def node_groups(redis: aioredis.Redis, first_keys: Sequence[str]) -> list[list[i
 
 
 async def run_many(
-    redis: aioredis.Redis, script: Script, calls: Sequence[Call], *, operation: str
+    redis: aioredis.Redis,
+    script: Script,
+    calls: Sequence[Call],
+    *,
+    operation: str,
+    master_seconds: float | None = None,
 ) -> list[Any]:
     """Run ``script`` once per call in one round trip: a pipeline (not a transaction) on a
     single Redis, one per master on a Redis Cluster, the masters' at once.
@@ -110,24 +115,31 @@ async def run_many(
     every call of a pipeline that failed (a master down fails its own calls only), the
     ``ResponseError`` of a call Redis refused. By SHA on a single Redis, and sent whole to
     those that Redis did not know (a restart); whole on a cluster, whose pipeline refuses
-    EVALSHA.
+    EVALSHA. ``master_seconds``: how long one master may take; past it, its calls get a
+    ``StoreError`` (their fate unknown, as for any failed round trip), so that a master that
+    is down and retried does not hold back the replies of the others.
     """
     replies: list[Any] = [None] * len(calls)
     evalsha = not isinstance(redis, RedisCluster)
 
     async def group(indices: list[int]) -> None:
         try:
-            with redis_errors(operation):
-                found = await _pipeline(redis, script, [calls[i] for i in indices], evalsha)
-                unknown = [j for j, reply in enumerate(found) if isinstance(reply, NoScriptError)]
-                if unknown:
-                    again = await _pipeline(
-                        redis, script, [calls[indices[j]] for j in unknown], False
-                    )
-                    for j, reply in zip(unknown, again, strict=True):
-                        found[j] = reply
+            async with asyncio.timeout(master_seconds):
+                with redis_errors(operation):
+                    found = await _pipeline(redis, script, [calls[i] for i in indices], evalsha)
+                    unknown = [
+                        j for j, reply in enumerate(found) if isinstance(reply, NoScriptError)
+                    ]
+                    if unknown:
+                        again = await _pipeline(
+                            redis, script, [calls[indices[j]] for j in unknown], False
+                        )
+                        for j, reply in zip(unknown, again, strict=True):
+                            found[j] = reply
         except StoreError as e:
             found = [e] * len(indices)
+        except TimeoutError:
+            found = [StoreError(f"Redis did not answer in time during {operation}")] * len(indices)
         for i, reply in zip(indices, found, strict=True):
             replies[i] = reply
 

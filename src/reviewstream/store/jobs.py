@@ -353,15 +353,26 @@ class JobStore:
             )
 
     async def renewals(
-        self, attempts: Sequence[tuple[str, str]], abandon_ms: int = 0
+        self,
+        attempts: Sequence[tuple[str, str]],
+        abandon_ms: int = 0,
+        master_seconds: float | None = None,
     ) -> list[Renewal | StoreError]:
         """``renewal`` for many (job id, owner) at once, in one round trip (one per master on
-        a Redis Cluster): each one's ``Renewal``, or the ``StoreError`` its round trip met."""
+        a Redis Cluster): each one's ``Renewal``, or the ``StoreError`` its round trip met
+        (``master_seconds``: a master's longest, as ``run_many``'s)."""
         calls: list[Call] = [
             ([self.keys.meta(job_id)], [owner, abandon_ms]) for job_id, owner in attempts
         ]
         found: list[Renewal | StoreError] = []
-        for reply in await run_many(self.redis, self._renew, calls, operation="renew leases"):
+        replies = await run_many(
+            self.redis,
+            self._renew,
+            calls,
+            operation="renew leases",
+            master_seconds=master_seconds,
+        )
+        for reply in replies:
             if isinstance(reply, StoreError):
                 found.append(reply)
             elif isinstance(reply, Exception):

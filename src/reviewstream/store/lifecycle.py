@@ -170,11 +170,18 @@ class Store:
         """``renew`` for many attempts (a worker's running jobs) in two round trips, whatever
         their number: every job side at once, then every shard side at once. Each attempt's
         ``Renewal``, or the ``StoreError`` one of its steps met (on a Redis Cluster, a master
-        down fails the attempts whose job or shard it serves, no other)."""
-        found = await self.jobs.renewals([(c.job_id, c.owner) for c in claims], abandon_ms)
+        down fails the attempts whose job or shard it serves, no other). Each step waits at
+        most a sixth of the lease for a master: one that is down, its calls retried, must not
+        hold back the others' renewals until their leases lapse."""
+        bound = lease_ms / 6000
+        found = await self.jobs.renewals(
+            [(c.job_id, c.owner) for c in claims], abandon_ms, master_seconds=bound
+        )
         running = [i for i, f in enumerate(found) if f is Renewal.RENEWED]
         if running:
-            extended = await self.queue.extend_all([claims[i].lease for i in running], lease_ms)
+            extended = await self.queue.extend_all(
+                [claims[i].lease for i in running], lease_ms, master_seconds=bound
+            )
             for i, ok in zip(running, extended, strict=True):
                 if isinstance(ok, StoreError):
                     found[i] = ok

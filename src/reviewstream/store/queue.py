@@ -200,10 +200,13 @@ class JobQueue:
                 )
             )
 
-    async def extend_all(self, leases: Sequence[Lease], lease_ms: int) -> list[bool | StoreError]:
+    async def extend_all(
+        self, leases: Sequence[Lease], lease_ms: int, master_seconds: float | None = None
+    ) -> list[bool | StoreError]:
         """``extend`` for many leases, one step per shard, every shard's at once (in one round
         trip on a single Redis): for each lease, whether it was extended, or the
-        ``StoreError`` its shard's step met."""
+        ``StoreError`` its shard's step met (``master_seconds``: a master's longest, as
+        ``run_many``'s)."""
         by_shard: dict[int, list[int]] = {}
         for i, lease in enumerate(leases):
             by_shard.setdefault(lease.shard, []).append(i)
@@ -212,7 +215,13 @@ class JobQueue:
             ([self.keys.leases(shard)], [lease_ms, *(leases[i].member for i in by_shard[shard])])
             for shard in shards
         ]
-        replies = await run_many(self.redis, self._extend_all, calls, operation="renew leases")
+        replies = await run_many(
+            self.redis,
+            self._extend_all,
+            calls,
+            operation="renew leases",
+            master_seconds=master_seconds,
+        )
         found: list[bool | StoreError] = [False] * len(leases)
         for shard, reply in zip(shards, replies, strict=True):
             for j, i in enumerate(by_shard[shard]):

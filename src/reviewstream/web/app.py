@@ -19,6 +19,7 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .. import __version__
+from ..observe.exposition import Scrapes
 from ..observe.metrics import flushing
 from ..runtime import open_runtime
 from ..service import ReviewService
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None, *, run_worker: bool = True) -> 
         summary="Performance reviews written by an LLM, delivered while they are written.",
         lifespan=lifespan,
     )
+    app.state.scrapes = Scrapes(settings.metrics_max_age_seconds)  # /metrics, rendered so often
     # A WebSocket send into a socket uvicorn closed by itself (1009, 1011) is a disconnect.
     app.add_middleware(ServerCloseIsDisconnect)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
