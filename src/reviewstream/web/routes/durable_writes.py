@@ -55,12 +55,17 @@ def _headers(scope: Scope) -> dict[str, str]:
     return headers
 
 
-def _path(scope: Scope) -> str | None:
-    """The stream's path below ``/v1/stream/``; None for a job's stream (read-only)."""
+def _path(scope: Scope, caller: Principal) -> str | None:
+    """The path below ``/v1/stream/`` a write names, written by a key (a stream token reads one
+    job: 403); None for a job's stream (read-only)."""
     path: str = scope["path_params"]["path"]
     if not path or len(path) > MAX_PATH:
         raise InvalidInput(("path", "path"), f"a stream path has 1 to {MAX_PATH} characters")
-    return None if path.startswith(JOB_PREFIX) else path
+    if path.startswith(JOB_PREFIX):
+        return None
+    if caller.job_id is not None:
+        raise Forbidden("a stream token reads one job; writing streams needs an API key")
+    return path
 
 
 def _read_only() -> Response:
@@ -137,11 +142,6 @@ def _expiry(headers: dict[str, str]) -> tuple[str, str, str]:
     return ttl or "", expires or "", at_ms
 
 
-def _writer(caller: Principal) -> None:
-    if caller.job_id is not None:
-        raise Forbidden("a stream token reads one job; writing streams needs an API key")
-
-
 async def _owned(service: ReviewService, sid: str, caller: Principal) -> None:
     """The caller may write ``sid``: its key created it (404 otherwise, as for reading)."""
     meta = await service.store.streams.meta(sid)
@@ -152,10 +152,9 @@ async def _owned(service: ReviewService, sid: str, caller: Principal) -> None:
 async def create(
     service: ReviewService, scope: Scope, receive: Receive, caller: Principal
 ) -> ASGIApp:
-    path = _path(scope)
+    path = _path(scope, caller)
     if path is None:
         return _read_only()
-    _writer(caller)
     headers = _headers(scope)
     _expiry(headers)  # malformed headers are a 400 before the body is read or anything counted
     _fork_request(headers)
@@ -336,10 +335,9 @@ def _producer(headers: dict[str, str]) -> Producer | None:
 async def append(
     service: ReviewService, scope: Scope, receive: Receive, caller: Principal
 ) -> ASGIApp:
-    path = _path(scope)
+    path = _path(scope, caller)
     if path is None:
         return _read_only()
-    _writer(caller)
     headers = _headers(scope)
     producer = _producer(headers)
     close = headers.get("stream-closed", "").lower() == "true"
@@ -417,10 +415,9 @@ def _written(
 async def delete(
     service: ReviewService, scope: Scope, receive: Receive, caller: Principal
 ) -> ASGIApp:
-    path = _path(scope)
+    path = _path(scope, caller)
     if path is None:
         return _read_only()
-    _writer(caller)
     sid = stream_id(path)
     await _owned(service, sid, caller)
     code = await service.store.streams.delete(sid)
