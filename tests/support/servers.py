@@ -23,6 +23,10 @@ def free_port() -> int:
 async def serve(app: Any, **config: Any) -> AsyncIterator[str]:
     """Run ``app`` under a real uvicorn on 127.0.0.1; yields its base URL."""
     port = free_port()
+    # An idle keep-alive connection outlives httpx's 5 s expiry, so the client retires it: with
+    # uvicorn's default, also 5 s, a request sent on a connection just as the server closes it
+    # fails (a ReadError) under the tests that hold many connections.
+    config.setdefault("timeout_keep_alive", 30)
     cfg = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", **config
     )
