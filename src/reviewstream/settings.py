@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(default=256, ge=1)
     # A worker sends the tokens of all its running jobs to Redis in one round trip per flush,
     # as soon as its loop is idle, and starts flushes at least this far apart (ms).
-    append_flush_ms: float = Field(default=2.0, ge=0, le=1000)
+    append_flush_ms: float = Field(default=5.0, ge=0, le=1000)
     lease_seconds: float = Field(default=10.0, gt=0)
     claim_idle_seconds: float = Field(default=15.0, gt=0)
     reap_interval_seconds: float = Field(default=1.0, gt=0)

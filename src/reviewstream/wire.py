@@ -74,8 +74,12 @@ def end_message(end: JobEnd) -> dict[str, Any]:
     return end.model_dump(mode="json")
 
 
+# One encoder for every message: ``json.dumps`` with options builds a new one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps(message: dict[str, Any]) -> str:
-    return json.dumps(message, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(message)
 
 
 # -- polls ----------------------------------------------------------------------------------
@@ -130,8 +134,13 @@ def sse_token_event(batch: Batch) -> bytes:
     """The SSE ``token`` event of a batch (id = the offset after it), encoded once per batch."""
     event: bytes | None = batch.encoded.get("sse")
     if event is None:
-        data = {"offset": batch.offset, "tokens": batch.tokens, "ts": batch.ts}
-        event = ServerSentEvent(dumps(data), event="token", id=str(batch.next_offset)).encode()
+        data = dumps({"offset": batch.offset, "tokens": batch.tokens, "ts": batch.ts})
+        # What ``ServerSentEvent(data, event="token", id=...).encode()`` writes, without its
+        # line splitting: JSON escapes every line break, so the data is one line.
+        event = b"id: %d\r\nevent: token\r\ndata: %s\r\n\r\n" % (
+            batch.next_offset,
+            data.encode(),
+        )
         batch.encoded["sse"] = event
     return event
 

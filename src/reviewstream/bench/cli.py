@@ -12,14 +12,14 @@ reads them through ``options_from_args`` with defaults of its own.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .. import loops
 from ..wire import MODES
 from .plan import MIN_CONCURRENCY, BenchOptions
 from .report import CHART_NAME, chart, table, write_json
@@ -194,16 +194,6 @@ def headline_errors(results: dict[str, Any]) -> int:
     return sum(int(e.get("errors") or 0) for e in entries)
 
 
-def run_loop(main: Coroutine[Any, Any, T]) -> T:
-    """Run ``main`` on uvloop when it is installed: the client spends less CPU per message."""
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
-        return asyncio.run(main)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(main)
-
-
 EXTRA_MISSING = (
     "reviewstream bench needs the bench extra: pip install 'reviewstream[bench]'"
     " (from a clone: pip install '.[bench]')"
@@ -230,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
     options.output.mkdir(parents=True, exist_ok=True)
     limit = raise_open_files_limit()
     stderr_progress(f"reviewstream bench: output to {options.output}/ (open-files limit {limit})")
-    results = run_loop(run_suite(options))
+    results = loops.run(run_suite(options))  # uvloop: less client CPU per message
     if sys.argv[1:2] == ["bench"]:
         results["config"]["command"] = " ".join(["reviewstream", *sys.argv[1:]])
     write_json(results, options.output / "results.json")

@@ -10,18 +10,10 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
+from ..loops import loop_factory
 from .worker import Worker
 
 log = logging.getLogger(__name__)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
-    """uvloop when installed (as ``serve`` runs the API on), else asyncio's own loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop
-    return uvloop.new_event_loop
 
 
 class WorkerThread:
@@ -67,7 +59,7 @@ class WorkerThread:
 
     def _main(self) -> None:
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            with asyncio.Runner(loop_factory=loop_factory()) as runner:
                 runner.run(self._run())
         except Exception as e:
             if not self._started.done():
