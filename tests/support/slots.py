@@ -82,10 +82,12 @@ class SlotCheck:
 
         send_all = boundary.send_all
 
-        async def checked_send_all(redis: Any, commands: Sequence[boundary.Command]) -> Any:
+        async def checked_send_all(
+            redis: Any, commands: Sequence[boundary.Command], **options: Any
+        ) -> Any:
             for args in commands:
                 check.check("pipelined command", [args])
-            return await send_all(redis, commands)
+            return await send_all(redis, commands, **options)
 
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(aioclient.Redis, "execute_command", checked_command)

@@ -13,12 +13,13 @@ One module per concern:
   ``QueueEntry``, ``Lease``, ``Claim``, ``Append``);
 - ``scripts``: the Lua they run, one module per area, each script's reply an enum beside it;
 - ``notices``: what a job's channel carries — the Lua that writes it and the parser;
-- ``boundary``: ``redis_errors`` (Redis failures as ``StoreError``) and ``Script``.
+- ``boundary``: ``redis_errors`` (Redis failures as ``StoreError``), ``Script``, and ``Lane``
+  (a pool connection held by one sequential user).
 
 The key names are ``reviewstream.keys``'s.
 """
 
-from .boundary import REDIS_FAILURES, Script, redis_errors
+from .boundary import REDIS_FAILURES, Lane, Script, redis_errors
 from .jobs import MAX_APPEND_BATCH, JobStore, appended, new_job_id, text_digest
 from .lifecycle import Store, spent_error
 from .queue import JobQueue
@@ -35,6 +36,7 @@ __all__ = [
     "Claim",
     "JobQueue",
     "JobStore",
+    "Lane",
     "Lease",
     "QueueEntry",
     "Renewal",

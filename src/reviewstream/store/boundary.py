@@ -107,6 +107,7 @@ async def run_many(
     *,
     operation: str,
     master_seconds: float | None = None,
+    lane: Lane | None = None,
 ) -> list[Any]:
     """Run ``script`` once per call in one round trip: a pipeline (not a transaction) on a
     single Redis, one per master on a Redis Cluster, the masters' at once.
@@ -117,25 +118,31 @@ async def run_many(
     those that Redis did not know (a restart); whole on a cluster, whose pipeline refuses
     EVALSHA. ``master_seconds``: how long one master may take; past it, its calls get a
     ``StoreError`` (their fate unknown, as for any failed round trip), so that a master that
-    is down and retried does not hold back the replies of the others.
+    is down and retried does not hold back the replies of the others. ``lane``: the connection
+    to send on, on a single Redis (``Lane``).
     """
     replies: list[Any] = [None] * len(calls)
     evalsha = not isinstance(redis, RedisCluster)
 
+    async def send(indices: list[int]) -> list[Any]:
+        with redis_errors(operation):
+            found = await _pipeline(redis, script, [calls[i] for i in indices], evalsha, lane)
+            unknown = [j for j, reply in enumerate(found) if isinstance(reply, NoScriptError)]
+            if unknown:
+                again = await _pipeline(
+                    redis, script, [calls[indices[j]] for j in unknown], False, lane
+                )
+                for j, reply in zip(unknown, again, strict=True):
+                    found[j] = reply
+        return found
+
     async def group(indices: list[int]) -> None:
         try:
-            async with asyncio.timeout(master_seconds):
-                with redis_errors(operation):
-                    found = await _pipeline(redis, script, [calls[i] for i in indices], evalsha)
-                    unknown = [
-                        j for j, reply in enumerate(found) if isinstance(reply, NoScriptError)
-                    ]
-                    if unknown:
-                        again = await _pipeline(
-                            redis, script, [calls[indices[j]] for j in unknown], False
-                        )
-                        for j, reply in zip(unknown, again, strict=True):
-                            found[j] = reply
+            if master_seconds is None:
+                found = await send(indices)
+            else:
+                async with asyncio.timeout(master_seconds):
+                    found = await send(indices)
         except StoreError as e:
             found = [e] * len(indices)
         except TimeoutError:
@@ -152,7 +159,11 @@ async def run_many(
 
 
 async def _pipeline(
-    redis: aioredis.Redis, script: Script, calls: Sequence[Call], evalsha: bool
+    redis: aioredis.Redis,
+    script: Script,
+    calls: Sequence[Call],
+    evalsha: bool,
+    lane: Lane | None,
 ) -> list[Any]:
     if isinstance(redis, RedisCluster):
         async with redis.pipeline(transaction=False) as pipe:
@@ -160,23 +171,53 @@ async def _pipeline(
                 pipe.eval(script.source, len(keys), *keys, *args)
             return list(await pipe.execute(raise_on_error=False))
     head = ("EVALSHA", script.sha) if evalsha else ("EVAL", script.source)
-    return await send_all(redis, [(*head, len(keys), *keys, *args) for keys, args in calls])
+    return await send_all(
+        redis, [(*head, len(keys), *keys, *args) for keys, args in calls], lane=lane
+    )
 
 
 # hiredis's stub types a command as a 1-tuple; it takes any number of arguments.
 _pack: Any = hiredis.pack_command
 
 
-async def send_all(redis: aioredis.Redis, commands: Sequence[Command]) -> list[Any]:
-    """``commands`` sent at once on one connection of the pool and their replies read in
-    order: a pipeline without redis-py's bookkeeping per command, which
+class Lane:
+    """A connection of ``redis``'s pool held by one user that sends one round trip at a time
+    (a worker's group commit): ``send_all`` on it skips the pool's checkout and return — a
+    lock, a check that the connection holds no stray data, and the pool's accounting — which
+    cost more than a small flush's commands. A round trip that fails disconnects it, and the
+    next reconnects, as on any pool connection. ``aclose`` gives it back to the pool."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._redis = redis  # a cluster client has no pool: its pipelines take no lane
+        self._conn: Any = None
+
+    async def connection(self) -> Any:
+        if self._conn is None:
+            pool = self._redis.connection_pool
+            self._conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._conn
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._redis.connection_pool.release(conn)
+
+
+async def send_all(
+    redis: aioredis.Redis, commands: Sequence[Command], *, lane: Lane | None = None
+) -> list[Any]:
+    """``commands`` sent at once on one connection of the pool (``lane``'s, if given) and their
+    replies read in order: a pipeline without redis-py's bookkeeping per command, which
     costs more than the command on the append path. A reply Redis refused is its
     ``ResponseError`` in its place; a connection error or timeout is retried as redis-py's
     pipeline does (the client's retry policy, on a fresh connection), and otherwise raised.
     What is sent must be safe to send twice: the store's batched scripts are."""
     packed = [_pack(command) for command in commands]
     pool = redis.connection_pool
-    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    if lane is not None:
+        conn = await lane.connection()
+    else:
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
 
     async def attempt() -> list[Any]:
         await conn.send_packed_command(packed)
@@ -198,4 +239,5 @@ async def send_all(redis: aioredis.Redis, commands: Sequence[Command]) -> list[A
         await conn.disconnect()  # replies may still be on their way: nobody else may read them
         raise
     finally:
-        await pool.release(conn)
+        if lane is None:
+            await pool.release(conn)

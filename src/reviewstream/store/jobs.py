@@ -24,7 +24,7 @@ from ..errors import JobNotFound, StoreError
 from ..keys import Keys
 from ..models import JobStatus, ReviewRequest
 from . import notices
-from .boundary import Call, Script, redis_errors, run_many
+from .boundary import Call, Lane, Script, redis_errors, run_many
 from .scripts import jobs as scripts
 from .scripts.jobs import AppendRefusal, AttemptStart, Ending, Renewal, Requeue
 from .types import Append, Attempts, Lease, QueueEntry, Snapshot
@@ -237,9 +237,12 @@ class JobStore:
                     return False
         return True
 
-    async def append_batch(self, appends: Sequence[Append]) -> list[Any]:
+    async def append_batch(
+        self, appends: Sequence[Append], *, lane: Lane | None = None
+    ) -> list[Any]:
         """Many appends (each at most ``MAX_APPEND_BATCH`` tokens, each job at most once) in
-        one round trip: one pipeline, one per master on a Redis Cluster (``run_many``).
+        one round trip: one pipeline (on ``lane``'s connection, if given), one per master on a
+        Redis Cluster (``run_many``).
 
         Each append's reply in its place: the job's new count, an ``AppendRefusal`` code, or
         the exception its call met (a ``StoreError`` when its round trip failed: whether it
@@ -247,7 +250,7 @@ class JobStore:
         ``appended`` reads a reply.
         """
         calls = [self._append_call(append) for append in appends]
-        return await run_many(self.redis, self._append, calls, operation="append tokens")
+        return await run_many(self.redis, self._append, calls, operation="append tokens", lane=lane)
 
     def _append_call(self, append: Append) -> Call:
         job_id = append.job_id

@@ -40,7 +40,7 @@ import logging
 from collections.abc import Callable
 
 from ..errors import StoreError
-from ..store import MAX_APPEND_BATCH, Append, Claim, JobStore, appended
+from ..store import MAX_APPEND_BATCH, Append, Claim, JobStore, Lane, appended
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class Appends:
         self._waiting: dict[tuple[str, str], JobWriter] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # One flush at a time: on a single Redis, every flush goes on one held connection.
+        self._lane = Lane(jobs.redis)
 
     def writer(self, claim: Claim) -> JobWriter:
         return JobWriter(self, claim)
@@ -178,6 +180,7 @@ class Appends:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        await self._lane.aclose()
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -215,7 +218,7 @@ class Appends:
             for w, n in zip(batch, sent, strict=True)
         ]
         self.flushes += 1
-        replies = await self.jobs.append_batch(appends)
+        replies = await self.jobs.append_batch(appends, lane=self._lane)
         failed: list[Exception] = []
         for writer, n, reply in zip(batch, sent, replies, strict=True):
             if writer.closed:

@@ -31,6 +31,7 @@ from ...store import Snapshot, StreamMeta, stream_id
 from ...streams import offsets, wire
 from ...streams.wire import JOB_SHAPE, Shape
 from ...tenancy import Principal
+from ...timeouts import LazyTimeout
 from ..delivery import Route
 from ..event_stream import EventStreamResponse
 from ..handlers import error_answer
@@ -288,7 +289,17 @@ class StreamEvents:
     as a closing control event, after which the stream ends. A stream that starts caught up
     says so at once (``upToDate``)."""
 
-    __slots__ = ("_cursor", "_deadline", "_first", "_follower", "_job", "_page", "_state", "_text")
+    __slots__ = (
+        "_cursor",
+        "_deadline",
+        "_first",
+        "_follower",
+        "_job",
+        "_page",
+        "_state",
+        "_text",
+        "_watch",
+    )
 
     def __init__(
         self,
@@ -307,8 +318,10 @@ class StreamEvents:
         self._cursor = cursor
         self._page = page
         self._state = "new"  # then "following", then "done"
-        # Then the stream ends, between events (on the loop's clock: `asyncio.timeout_at`).
+        # Then the stream ends, between events (on the loop's clock), the wait for the next
+        # event cut short by one timer for the whole stream.
         self._deadline = asyncio.get_running_loop().time() + close_after
+        self._watch = LazyTimeout()
 
     def __aiter__(self) -> StreamEvents:
         return self
@@ -339,15 +352,18 @@ class StreamEvents:
                     self._state = "done"
                     return self._control(first.count, up_to_date=True, end=first)
                 return self._control(first.offset, up_to_date=True, end=None)
-        follower = self._follower
+        follower, watch, loop = self._follower, self._watch, asyncio.get_running_loop()
         while True:
-            if asyncio.get_running_loop().time() >= self._deadline:
+            now = loop.time()
+            if now >= self._deadline:
                 self._state = "done"  # time to close: the client resumes from its last offset
                 raise StopAsyncIteration
+            watch.start(self._deadline - now)
             try:
-                async with asyncio.timeout_at(self._deadline):
-                    item = sent(MODE, await follower.next())
-            except TimeoutError:
+                item = sent(MODE, await follower.next())
+            except asyncio.CancelledError:
+                if not watch.expired():
+                    raise
                 continue  # closes above
             except ServerDraining:
                 self._state = "done"
@@ -356,6 +372,8 @@ class StreamEvents:
                 self._state = "done"
                 log.warning("Durable Streams SSE of %s broke: %s", follower.job_id, e)
                 raise StopAsyncIteration from None
+            finally:
+                watch.waiting = False
             if isinstance(item, JobEnd):
                 self._state = "done"
                 return self._control(item.next_offset, up_to_date=True, end=item)
@@ -382,6 +400,7 @@ class StreamEvents:
 
     async def aclose(self) -> None:
         self._state = "done"
+        self._watch.close()
 
 
 JOB_ROUTES = (
