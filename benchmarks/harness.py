@@ -37,7 +37,7 @@ from reviewstream.bench.machine import describe
 from reviewstream.bench.server import start_process, stop_process
 from reviewstream.bench.server import wait_healthy as _wait_healthy
 from reviewstream.bench.suite import stderr_progress as say
-from reviewstream.loops import run as run_loop
+from reviewstream.processes.loops import run as run_loop
 
 __all__ = [
     "STARTUP_SECONDS", "Child", "Children", "Failure", "child_env", "command", "machine", "run",

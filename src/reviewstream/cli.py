@@ -13,9 +13,9 @@ from types import FrameType
 
 import uvicorn
 
-from . import loops
 from .observe.logs import configure_logging, secrets_of
 from .observe.rundir import run_directory
+from .processes import loops
 from .settings import Settings
 
 log = logging.getLogger("reviewstream")

@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import loops
+from ..processes import loops
 from ..wire import MODES
 from .plan import MIN_CONCURRENCY, BenchOptions
 from .report import CHART_NAME, chart, table, write_json

@@ -36,7 +36,6 @@ from ..errors import (
 )
 from ..models import Usage
 from ..observe import metrics as observe
-from ..timeouts import LazyTimeout
 from .base import Prompt, Provider
 
 logger = logging.getLogger(__name__)
@@ -176,7 +175,7 @@ async def resilient_stream(
     while True:
         inner = provider.stream(prompt)
         yielded = False
-        watch = LazyTimeout()  # one timer per stream, not one per token
+        watch = _ReadTimeout()
         try:
             while True:
                 limit = idle_timeout if yielded else first_token_timeout
@@ -219,6 +218,67 @@ async def resilient_stream(
             await _aclose(inner)
         await asyncio.sleep(delay)
         attempt += 1
+
+
+class _ReadTimeout:
+    """The read timeout of one stream, as ``asyncio.timeout`` around each read but with one
+    timer per stream, moved only when it fires early: a timer per token would cost more than
+    the token. ``start`` before each read (``waiting`` is cleared after it); when a read lasts
+    ``limit``, the task is cancelled, and ``expired`` turns that cancellation into the timeout.
+    """
+
+    __slots__ = ("_cancelling", "_fired", "_handle", "_loop", "_task", "limit", "since", "waiting")
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+        self.limit = 0.0
+        self.since = 0.0
+        self.waiting = False
+
+    def start(self, limit: float) -> None:
+        """A read begins, in the current task."""
+        task = self._task = asyncio.current_task()
+        assert task is not None
+        self._cancelling = task.cancelling()
+        self.limit = limit
+        self.since = now = self._loop.time()
+        self.waiting = True
+        due = now + limit
+        handle = self._handle
+        if handle is not None and handle.when() > due:  # a shorter limit than the timer's
+            handle.cancel()
+            handle = None
+        if handle is None:
+            self._handle = self._loop.call_at(due, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        if not self.waiting:
+            return  # the next read arms it again
+        due = self.since + self.limit
+        if self._loop.time() < due:
+            self._handle = self._loop.call_at(due, self._fire)
+            return
+        self._fired = True
+        assert self._task is not None
+        self._task.cancel()
+
+    def expired(self) -> bool:
+        """Whether the cancellation being handled is this timeout's (and not also another's)."""
+        if not self._fired:
+            return False
+        self._fired = False
+        assert self._task is not None
+        return self._task.uncancel() <= self._cancelling
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def _aclose(stream: AsyncGenerator[str | Usage, None]) -> None:

@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from ..loops import loop_factory
+from ..processes.loops import loop_factory
 from .worker import Worker
 
 log = logging.getLogger(__name__)

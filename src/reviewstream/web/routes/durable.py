@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Receive, Scope
 
 from ...errors import InvalidInput, JobNotFound, ReviewstreamError, ServerDraining
 from ...follow import Follower
+from ...holds import Holds
 from ...models import Batch, JobEnd, JobStatus
 from ...observe import metrics as observe
 from ...observe.metrics import sent
@@ -31,7 +32,6 @@ from ...store import Snapshot, StreamMeta, stream_id
 from ...streams import offsets, wire
 from ...streams.wire import JOB_SHAPE, Shape
 from ...tenancy import Principal
-from ...timeouts import LazyTimeout
 from ..delivery import Route
 from ..event_stream import EventStreamResponse
 from ..handlers import error_answer
@@ -260,7 +260,15 @@ async def sse(
     following = service.follow(target.sid, snap.offset, caller, page_size=page)
     follower = await following.__aenter__()
     response = EventStreamResponse(
-        StreamEvents(follower, target, snap, request.cursor, page, close_after=SSE_CLOSE_SECONDS),
+        StreamEvents(
+            follower,
+            target,
+            snap,
+            request.cursor,
+            page,
+            holds=service.holds,
+            close_after=SSE_CLOSE_SECONDS,
+        ),
         heartbeat_seconds=service.settings.sse_heartbeat_seconds,
         closing=following,
     )
@@ -294,11 +302,11 @@ class StreamEvents:
         "_deadline",
         "_first",
         "_follower",
+        "_holds",
         "_job",
         "_page",
         "_state",
         "_text",
-        "_watch",
     )
 
     def __init__(
@@ -309,6 +317,7 @@ class StreamEvents:
         cursor: str | None,
         page: int,
         *,
+        holds: Holds,
         close_after: float,
     ) -> None:
         self._follower = follower
@@ -318,10 +327,11 @@ class StreamEvents:
         self._cursor = cursor
         self._page = page
         self._state = "new"  # then "following", then "done"
-        # Then the stream ends, between events (on the loop's clock), the wait for the next
-        # event cut short by one timer for the whole stream.
+        # Then the stream ends, between events (on the loop's clock). Each wait for the next
+        # event is a hold (``holds``) to that deadline: a set insertion under the timer its
+        # tick shares, not a timer per event.
+        self._holds = holds
         self._deadline = asyncio.get_running_loop().time() + close_after
-        self._watch = LazyTimeout()
 
     def __aiter__(self) -> StreamEvents:
         return self
@@ -352,18 +362,16 @@ class StreamEvents:
                     self._state = "done"
                     return self._control(first.count, up_to_date=True, end=first)
                 return self._control(first.offset, up_to_date=True, end=None)
-        follower, watch, loop = self._follower, self._watch, asyncio.get_running_loop()
+        follower, loop = self._follower, asyncio.get_running_loop()
         while True:
             now = loop.time()
             if now >= self._deadline:
                 self._state = "done"  # time to close: the client resumes from its last offset
                 raise StopAsyncIteration
-            watch.start(self._deadline - now)
             try:
-                item = sent(MODE, await follower.next())
-            except asyncio.CancelledError:
-                if not watch.expired():
-                    raise
+                async with self._holds.hold(self._deadline - now):
+                    item = sent(MODE, await follower.next())
+            except TimeoutError:
                 continue  # closes above
             except ServerDraining:
                 self._state = "done"
@@ -372,8 +380,6 @@ class StreamEvents:
                 self._state = "done"
                 log.warning("Durable Streams SSE of %s broke: %s", follower.job_id, e)
                 raise StopAsyncIteration from None
-            finally:
-                watch.waiting = False
             if isinstance(item, JobEnd):
                 self._state = "done"
                 return self._control(item.next_offset, up_to_date=True, end=item)
@@ -400,7 +406,6 @@ class StreamEvents:
 
     async def aclose(self) -> None:
         self._state = "done"
-        self._watch.close()
 
 
 JOB_ROUTES = (

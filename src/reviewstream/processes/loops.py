@@ -1,5 +1,6 @@
-"""The event loop a reviewstream process runs on: uvloop when installed (it comes with
-``uvicorn[standard]``, and ``serve`` runs the API on it), else asyncio's own."""
+"""The event loop our own processes run on — ``reviewstream worker``, a worker thread's loop,
+``reviewstream bench`` — as uvicorn picks the API's: uvloop when installed (it comes with
+``uvicorn[standard]``), else asyncio's own. uvloop spends less CPU per token."""
 
 from __future__ import annotations
 
