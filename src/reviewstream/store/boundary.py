@@ -11,13 +11,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreError
 from ..observe import metrics as observe
@@ -222,11 +229,17 @@ async def send_all(
     async def attempt() -> list[Any]:
         await conn.send_packed_command(packed)
         replies: list[Any] = []
-        for _ in commands:
-            try:
-                replies.append(await conn.read_response())
-            except ResponseError as e:
-                replies.append(e)
+        # The connection's read timeout bounds the replies together: redis-py would arm a
+        # timer per reply (``math.inf``: none), which costs more than reading a small one.
+        try:
+            async with asyncio.timeout(conn.socket_timeout):
+                for _ in commands:
+                    try:
+                        replies.append(await conn.read_response(timeout=math.inf))
+                    except ResponseError as e:
+                        replies.append(e)
+        except TimeoutError as e:  # as redis-py's own read timeout: retried, then a failure
+            raise RedisTimeoutError(f"no reply within {conn.socket_timeout}s") from e
         return replies
 
     async def failed(_: Exception) -> None:
