@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from reviewstream.errors import StoreError
 from reviewstream.keys import Keys
 from reviewstream.models import Batch, ReviewRequest
-from reviewstream.store import Claim, Renewal, Store
+from reviewstream.store import Append, Claim, Lane, Renewal, Store, appended
 from reviewstream.store.notices import parse_notice
 from reviewstream.workers.appends import Appends
 from reviewstream.workers.clock import RedisClock
@@ -257,3 +257,34 @@ async def test_renew_all_waits_for_no_master_past_a_sixth_of_the_lease(
         await redis.client_unpause()
     assert all(isinstance(f, StoreError) and "in time" in str(f) for f in found), found
     assert await store.renew_all(claims, lease_ms=3000) == [Renewal.RENEWED] * 2
+
+
+async def test_a_silent_redis_fails_a_flush_at_the_read_timeout_and_the_lane_goes_on(
+    redis_url: str, store: Store
+) -> None:
+    """Redis stops answering mid-flush: the round trip fails at the connection's read timeout
+    (one timeout for all its replies), not when Redis answers again; the flusher's held
+    connection reconnects for the next flush, and the retry at the same offset stores the
+    token once."""
+    [claim] = await running_jobs(store, 1)
+    slow = aioredis.Redis.from_url(
+        redis_url, decode_responses=True, socket_timeout=0.3, retry=Retry(NoBackoff(), 0)
+    )
+    jobs = Store(slow, store.keys, retention_seconds=60).jobs
+    lane = Lane(slow)
+    append = Append(claim.job_id, claim.owner, claim.offset, ["a "], [f"{time.time():.6f}"])
+    try:
+        await lane.connection()  # connected before Redis goes silent
+        # Writes held (a script is one): the APPEND waits unanswered, CLIENT UNPAUSE goes on.
+        await store.redis.client_pause(10_000, all=False)
+        try:
+            [reply] = await jobs.append_batch([append], lane=lane)
+        finally:
+            await store.redis.client_unpause()
+        assert isinstance(reply, StoreError)
+        [reply] = await jobs.append_batch([append], lane=lane)
+        assert appended(claim.job_id, reply, claim.offset)
+    finally:
+        await lane.aclose()
+        await slow.aclose()
+    assert (await store.jobs.read(claim.job_id, 0, 10)).tokens == ["a "]
